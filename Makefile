@@ -1,0 +1,25 @@
+# Two commands on a fresh machine: `make demo` and `make test`.  Both create .venv first.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+
+.PHONY: demo test lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test,plot]"
+	touch $@
+
+demo: $(VENV)/.installed
+	$(PY) examples/log_op_example.py
+	$(PY) examples/softsign_derivatives.py --out softsign.png
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -n auto
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check jaxops tests examples
+
+clean:
+	rm -rf $(VENV) softsign.png

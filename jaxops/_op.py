@@ -1,0 +1,130 @@
+"""The operator mechanism: (XLA implementation, registered gradient op, schema) -> public op.
+
+Every jaxops op is made here, by :func:`defop`, and nowhere else.
+
+Why ``jax.custom_jvp`` with a rule derived from the registered VJP (docs/design.md has
+the evidence): Caffe2 registers a gradient op, i.e. a VJP ``bwd(res, dy)``.  ``jax.custom_vjp``
+would run it in reverse mode but rejects ``jvp``/``jacfwd``/``hessian``/``linearize``.  A
+registered VJP is linear in ``dy``, so its transpose is the JVP: the tangent rule is
+``jax.linear_transpose(bwd)(t)``.  Forward mode evaluates that transpose; reverse mode
+transposes it once more and so runs ``bwd`` itself, the registered gradient op, which shows up
+by name (``jit[name=relu_gradient]``) in every reverse-mode jaxpr.  Gradient ops are ordinary
+jaxops ops written in transposable ``jnp``; JAX differentiates them for second derivatives.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxops.schema import OpSchema
+
+__all__ = ["defop"]
+
+
+def _aval(schema: OpSchema, param_name: str, value: Any) -> jax.ShapeDtypeStruct:
+    """Shape and (canonical) dtype of an argument, or a TypeError for a non-array."""
+    if isinstance(value, (jax.Array, np.ndarray, np.generic, bool, int, float)):
+        dtype = getattr(value, "dtype", None) or np.result_type(value)
+        dtype = jax.dtypes.canonicalize_dtype(dtype)
+        return jax.ShapeDtypeStruct(np.shape(value), dtype)
+    raise TypeError(
+        f"jaxops.{schema.function}: input {param_name!r} must be a JAX or NumPy array or a "
+        f"Python float, got {type(value).__name__}. Wrap it with jnp.asarray(...)."
+    )
+
+
+def defop(schema: OpSchema) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Turn an XLA implementation into the public op described by ``schema``.
+
+    The decorated function is the op's XLA implementation: positional parameters are the
+    schema's inputs (arrays), keyword-only parameters its attributes (static).  The result is
+    the public op: it checks inputs and attributes against the schema at trace time, runs the
+    implementation under ``jax.jit`` (one compilation per shape, dtype and attribute values)
+    and, once ``@op.defgrad`` has registered a gradient, differentiates through that gradient
+    in both modes.  The op carries ``op.schema`` and ``op.inplace`` (a jitted variant that
+    donates the inputs the schema lets the outputs alias).
+    """
+
+    def decorate(impl: Callable[..., Any]) -> Callable[..., Any]:
+        sig = inspect.signature(impl)
+        input_names = [
+            p.name for p in sig.parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+        attr_names = tuple(
+            p.name for p in sig.parameters.values() if p.kind == p.KEYWORD_ONLY
+        )
+        differentiable = tuple(i for i, p in enumerate(schema.inputs) if p.differentiable)
+        registered: dict[str, Callable[..., Any]] = {}
+
+        @functools.cache
+        def with_gradient(attr_items: tuple[tuple[str, Any], ...]) -> Callable[..., Any]:
+            attrs = dict(attr_items)
+            fn = jax.custom_jvp(functools.wraps(impl)(lambda *xs: impl(*xs, **attrs)))
+
+            @fn.defjvp
+            def jvp(primals, tangents):
+                y = fn(*primals)
+
+                def vjp(dy):
+                    cts = registered["vjp"](*primals, y, dy, **attrs)
+                    return cts if isinstance(cts, tuple) else (cts,)
+
+                (t_out,) = jax.linear_transpose(vjp, y)(tuple(tangents[i] for i in differentiable))
+                return y, t_out
+
+            return fn
+
+        @functools.wraps(impl)
+        def core(*arrays, **attrs):
+            if "vjp" not in registered:
+                return impl(*arrays, **attrs)
+            return with_gradient(tuple(attrs.items()))(*arrays)
+
+        jitted = jax.jit(core, static_argnames=attr_names)
+
+        @functools.wraps(impl)
+        def op(*args, **kwargs):
+            try:
+                bound = sig.bind(*args, **kwargs)
+            except TypeError as e:
+                raise TypeError(f"jaxops.{schema.function}: {e}; signature is {sig}") from None
+            arrays = [bound.arguments[n] for n in input_names]
+            avals = [_aval(schema, p.name, a) for p, a in zip(schema.inputs, arrays, strict=True)]
+            attrs = schema.canonical_attributes(
+                {n: bound.arguments[n] for n in attr_names if n in bound.arguments}
+            )
+            schema.infer(*avals, **attrs)  # type constraints and shapes, at trace time
+            return jitted(*arrays, **attrs)
+
+        def defgrad(vjp: Callable[..., Any]) -> Callable[..., Any]:
+            """Register ``vjp(*inputs, y, dy, **attrs)`` -> cotangents of the differentiable
+            inputs (a tuple, or one array for one input).  It must call the gradient op."""
+            if "vjp" in registered:
+                raise ValueError(f"{schema.name} already has a registered gradient")
+            registered["vjp"] = vjp
+            return vjp
+
+        donate = tuple(sorted({i for i, _ in schema.allow_inplace}))
+        inplace_jit = jax.jit(op, donate_argnums=donate, static_argnames=attr_names)
+
+        @functools.wraps(impl)
+        def inplace(*args, **kwargs):
+            attrs = {k: v for k, v in kwargs.items() if k in attr_names}
+            if (why := schema.inplace_refusal(attrs)) is not None:
+                raise ValueError(f"jaxops.{schema.function} may not run in place: {why}")
+            return inplace_jit(*args, **kwargs)
+
+        op.schema = schema
+        op.defgrad = defgrad
+        op.inplace = inplace
+        op.implementation = impl
+        return op
+
+    return decorate

@@ -1,0 +1,322 @@
+"""The ReLU family and Softsign, with their Caffe2 gradient ops.
+
+Each op is one block: schema, XLA implementation (the decorated function), registered
+gradient (``@op.defgrad``), then its gradient op.  The gradient ops of the ReLU family read
+Y, as Caffe2's do, so that the forward may overwrite X (``allow_inplace``); Softsign's reads X
+and so may not run in place.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from jaxops import schema
+from jaxops._numerics import upcast
+from jaxops._op import defop
+from jaxops.schema import JAXOPS_DOMAIN, Attribute, OpSchema, Parameter, pointwise_cost
+
+_X = (Parameter("X", doc="input tensor"),)
+_Y = (Parameter("Y", doc="output tensor"),)
+_Y_DY = (
+    Parameter("Y", doc="the forward op's output (its derivative is 0 almost everywhere)"),
+    Parameter("dY", doc="gradient of the loss w.r.t. Y"),
+)
+_DX = (Parameter("dX", doc="gradient of the loss w.r.t. X"),)
+
+
+# ---------------------------------------------------------------------------------- Relu
+
+RELU = schema.register(OpSchema(
+    name="Relu", function="relu", since_version=14, inherit_onnx_schema=True,
+    doc="Y = max(0, X), elementwise.",
+    inputs=_X, outputs=_Y, allow_inplace=((0, 0),), gradient="ReluGradient",
+    cost_fn=pointwise_cost(flops=0),
+))
+
+
+@defop(RELU)
+def relu(x: ArrayLike) -> jax.Array:
+    r"""Rectified linear unit.
+
+    .. math:: \mathrm{relu}(x) = \max(0, x), \qquad \mathrm{relu}'(x) = [x > 0]
+
+    The derivative at 0 is 0 (Caffe2's and ONNX's convention; ``jnp.maximum`` would give
+    0.5).  NaN propagates.  Output dtype = input dtype.
+
+    Args:
+      x: float16, bfloat16, float32 or float64 array.
+
+    Returns:
+      ``max(0, x)``, same shape and dtype.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jaxops
+      >>> jaxops.relu(jnp.array([-1.0, 0.0, 2.0]))
+      Array([0., 0., 2.], dtype=float32)
+      >>> jax.grad(lambda x: jaxops.relu(x).sum())(jnp.array([-1.0, 0.0, 2.0]))
+      Array([0., 0., 1.], dtype=float32)
+
+    References:
+      ONNX Relu-14; Caffe2 ``ReluOp`` / ``ReluGradientOp``.
+    """
+    return jnp.maximum(x, jnp.zeros((), x.dtype))  # max propagates NaN; `where(x > 0)` would not
+
+
+@relu.defgrad
+def _relu_vjp(x, y, dy):
+    return relu_gradient(y, dy)
+
+
+RELU_GRADIENT = schema.register(OpSchema(
+    name="ReluGradient", function="relu_gradient", domain=JAXOPS_DOMAIN,
+    doc="dX = dY where Y > 0, else 0 (Caffe2 ReluGradient).",
+    inputs=_Y_DY, outputs=_DX, allow_inplace=((1, 0),),
+    cost_fn=pointwise_cost(flops=1),
+))
+
+
+@defop(RELU_GRADIENT)
+def relu_gradient(y: ArrayLike, dy: ArrayLike) -> jax.Array:
+    r"""Gradient op of :func:`relu`, from its output: ``dy * [y > 0]``.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxops
+      >>> jaxops.relu_gradient(jnp.array([0.0, 2.0]), jnp.array([5.0, 5.0]))
+      Array([0., 5.], dtype=float32)
+    """
+    return jnp.where(y > 0, dy, jnp.zeros_like(dy))
+
+
+# ---------------------------------------------------------------------------------- ReluN
+
+def _positive(n: float) -> str | None:
+    if not n > 0:
+        return "must be > 0 (ReluN clips to [0, n]; use jaxops.relu for no upper bound)."
+    return None
+
+
+RELU_N = schema.register(OpSchema(
+    name="ReluN", function="relu_n", domain=JAXOPS_DOMAIN,
+    doc="Y = min(max(0, X), n), elementwise (Caffe2 ReluN; exports to ONNX as Clip(X, 0, n)).",
+    inputs=_X, outputs=_Y, allow_inplace=((0, 0),), gradient="ReluNGradient",
+    attributes=(Attribute("n", "float", 6.0, doc="upper bound, > 0", check=_positive),),
+    cost_fn=pointwise_cost(flops=2),
+))
+
+
+@defop(RELU_N)
+def relu_n(x: ArrayLike, *, n: float = 6.0) -> jax.Array:
+    r"""ReLU clipped at ``n`` (ReLU6 for the default).
+
+    .. math:: \mathrm{relu\_n}(x) = \min(\max(0, x), n), \qquad
+              \mathrm{relu\_n}'(x) = [0 < x < n]
+
+    The derivative is 0 at both kinks, x = 0 and x = n (``jnp.clip`` would give 0.5).
+    NaN propagates.
+
+    Args:
+      x: float16, bfloat16, float32 or float64 array.
+      n: the upper bound, a Python float > 0 (static).
+
+    Example:
+      >>> import jax.numpy as jnp, jaxops
+      >>> jaxops.relu_n(jnp.array([-1.0, 3.0, 9.0]), n=6.0)
+      Array([0., 3., 6.], dtype=float32)
+
+    References:
+      Caffe2 ``ReluNOp`` / ``ReluNGradientOp``; Krizhevsky, "Convolutional Deep Belief
+      Networks on CIFAR-10" (2010) for ReLU6.
+    """
+    return jnp.minimum(jnp.maximum(x, jnp.zeros((), x.dtype)), jnp.asarray(n, x.dtype))
+
+
+@relu_n.defgrad
+def _relu_n_vjp(x, y, dy, *, n):
+    return relu_n_gradient(y, dy, n=n)
+
+
+RELU_N_GRADIENT = schema.register(OpSchema(
+    name="ReluNGradient", function="relu_n_gradient", domain=JAXOPS_DOMAIN,
+    doc="dX = dY where 0 < Y < n, else 0 (Caffe2 ReluNGradient).",
+    inputs=_Y_DY, outputs=_DX, allow_inplace=((1, 0),),
+    attributes=(Attribute("n", "float", 6.0, doc="upper bound, > 0", check=_positive),),
+    cost_fn=pointwise_cost(flops=2),
+))
+
+
+@defop(RELU_N_GRADIENT)
+def relu_n_gradient(y: ArrayLike, dy: ArrayLike, *, n: float = 6.0) -> jax.Array:
+    r"""Gradient op of :func:`relu_n`, from its output: ``dy * [0 < y < n]``.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxops
+      >>> jaxops.relu_n_gradient(jnp.array([0.0, 3.0, 6.0]), jnp.ones(3), n=6.0)
+      Array([0., 1., 0.], dtype=float32)
+    """
+    return jnp.where((y > 0) & (y < jnp.asarray(n, y.dtype)), dy, jnp.zeros_like(dy))
+
+
+# ----------------------------------------------------------------------------- LeakyRelu
+
+def _finite(v: float) -> str | None:
+    return None if math.isfinite(v) else "must be finite."
+
+
+def _leaky_inplace(alpha: float) -> str | None:
+    if alpha > 0:
+        return None
+    return (f"with alpha={alpha} <= 0 its gradient reads X (Y no longer carries the sign of X); "
+            "call it without donation.")
+
+
+_ALPHA = Attribute("alpha", "float", 0.01, doc="slope for x < 0", check=_finite)
+
+LEAKY_RELU = schema.register(OpSchema(
+    name="LeakyRelu", function="leaky_relu", since_version=16, inherit_onnx_schema=True,
+    doc="Y = X where X >= 0, else alpha * X, elementwise.",
+    inputs=_X, outputs=_Y, allow_inplace=((0, 0),), inplace_condition=_leaky_inplace,
+    gradient="LeakyReluGradient", attributes=(_ALPHA,),
+    cost_fn=pointwise_cost(flops=2),
+))
+
+
+@defop(LEAKY_RELU)
+def leaky_relu(x: ArrayLike, *, alpha: float = 0.01) -> jax.Array:
+    r"""Leaky rectified linear unit.
+
+    .. math:: \mathrm{leaky\_relu}(x) = \begin{cases} x & x \ge 0 \\ \alpha x & x < 0
+              \end{cases}, \qquad \mathrm{leaky\_relu}'(x) = \begin{cases} 1 & x \ge 0 \\
+              \alpha & x < 0 \end{cases}
+
+    The derivative at +0 is 1 (Caffe2/ONNX).  The gradient op reads the sign of its first
+    input: Y when ``alpha > 0`` (Y has the sign of X, even where ``alpha * x`` underflows to
+    -0), X when ``alpha <= 0`` (Y loses the sign of X; negative slopes are supported).  So
+    the derivative at -0 is ``alpha``: from Y, -0 cannot be told apart from an underflowed
+    negative input.  Half-precision inputs are multiplied in float32.  NaN propagates.
+
+    Args:
+      x: float16, bfloat16, float32 or float64 array.
+      alpha: slope for negative inputs, a finite Python float (static); may be negative.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxops
+      >>> jaxops.leaky_relu(jnp.array([-2.0, 0.0, 3.0]), alpha=0.5)
+      Array([-1.,  0.,  3.], dtype=float32)
+
+    References:
+      ONNX LeakyRelu-16; Caffe2 ``LeakyReluOp``; Maas et al., "Rectifier Nonlinearities
+      Improve Neural Network Acoustic Models" (2013).
+    """
+    xf = upcast(x)
+    return jnp.where(x >= 0, xf, alpha * xf).astype(x.dtype)
+
+
+@leaky_relu.defgrad
+def _leaky_relu_vjp(x, y, dy, *, alpha):
+    return leaky_relu_gradient(y if alpha > 0 else x, dy, alpha=alpha)
+
+
+LEAKY_RELU_GRADIENT = schema.register(OpSchema(
+    name="LeakyReluGradient", function="leaky_relu_gradient", domain=JAXOPS_DOMAIN,
+    doc="dX = dY where Y is positive or +0, else alpha * dY (Caffe2 LeakyReluGradient; "
+        "for alpha <= 0 the first input is X).",
+    inputs=_Y_DY, outputs=_DX, allow_inplace=((1, 0),), attributes=(_ALPHA,),
+    cost_fn=pointwise_cost(flops=2),
+))
+
+
+@defop(LEAKY_RELU_GRADIENT)
+def leaky_relu_gradient(y: ArrayLike, dy: ArrayLike, *, alpha: float = 0.01) -> jax.Array:
+    r"""Gradient op of :func:`leaky_relu`: ``dy`` where ``y`` is positive or +0, else
+    ``alpha * dy``.
+
+    ``y`` is the forward output for ``alpha > 0`` and the forward input otherwise; only its
+    sign bit is read (see :func:`leaky_relu`).
+
+    Example:
+      >>> import jax.numpy as jnp, jaxops
+      >>> jaxops.leaky_relu_gradient(jnp.array([-1.0, 0.0, 2.0]), jnp.ones(3), alpha=0.1)
+      Array([0.1, 1. , 1. ], dtype=float32)
+    """
+    dyf = upcast(dy)
+    return jnp.where(jnp.signbit(y), alpha * dyf, dyf).astype(dy.dtype)
+
+
+# ------------------------------------------------------------------------------ Softsign
+
+SOFTSIGN = schema.register(OpSchema(
+    name="Softsign", function="softsign", since_version=22, inherit_onnx_schema=True,
+    doc="output = input / (1 + |input|), elementwise.",
+    inputs=(Parameter("input", doc="input tensor"),),
+    outputs=(Parameter("output", doc="output tensor"),),
+    gradient="SoftsignGradient",
+    cost_fn=pointwise_cost(flops=3),
+))
+
+
+@defop(SOFTSIGN)
+def softsign(x: ArrayLike) -> jax.Array:
+    r"""Softsign.
+
+    .. math:: \mathrm{softsign}(x) = \frac{x}{1 + |x|}, \qquad
+              \mathrm{softsign}'(x) = \frac{1}{(1 + |x|)^2}, \qquad
+              \mathrm{softsign}''(x) = \frac{-2\,\mathrm{sign}(x)}{(1 + |x|)^3}
+
+    ``softsign(±inf) = ±1`` (the limit; the plain formula gives inf/inf = NaN).  The second
+    derivative at 0 is 0 (``sign(0) = 0``).  Its gradient op reads X, so Softsign may not
+    run in place.  Half-precision inputs are computed in float32.
+
+    Args:
+      x: float16, bfloat16, float32 or float64 array.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jaxops
+      >>> jaxops.softsign(jnp.array([-1.0, 0.0, 3.0]))
+      Array([-0.5 ,  0.  ,  0.75], dtype=float32)
+      >>> jax.grad(jaxops.softsign)(jnp.float32(1.0))
+      Array(0.25, dtype=float32)
+
+    References:
+      ONNX Softsign-22; Caffe2 ``SoftsignOp``; Bergstra et al., "Quadratic polynomials
+      learn better image features" (2009).
+    """
+    xf = upcast(x)
+    y = jnp.where(jnp.isinf(xf), jnp.sign(xf), xf / (1 + jnp.abs(xf)))
+    return y.astype(x.dtype)
+
+
+@softsign.defgrad
+def _softsign_vjp(x, y, dy):
+    return softsign_gradient(x, dy)
+
+
+SOFTSIGN_GRADIENT = schema.register(OpSchema(
+    name="SoftsignGradient", function="softsign_gradient", domain=JAXOPS_DOMAIN,
+    doc="dX = dY / (1 + |X|)^2 (Caffe2 SoftsignGradient).",
+    inputs=(Parameter("X", doc="the forward op's input"), Parameter("dY", doc="gradient w.r.t. Y")),
+    outputs=_DX, allow_inplace=((1, 0),),
+    cost_fn=pointwise_cost(flops=3),
+))
+
+
+@defop(SOFTSIGN_GRADIENT)
+def softsign_gradient(x: ArrayLike, dy: ArrayLike) -> jax.Array:
+    r"""Gradient op of :func:`softsign`, from its input: ``dy / (1 + |x|)^2``.
+
+    Differentiable in ``x`` too, with ``d/dx = -2 dy sign(x) / (1 + |x|)^3`` (0 at x = 0).
+
+    Example:
+      >>> import jax.numpy as jnp, jaxops
+      >>> jaxops.softsign_gradient(jnp.array([0.0, 1.0]), jnp.ones(2))
+      Array([1.  , 0.25], dtype=float32)
+    """
+    xf, dyf = upcast(x), upcast(dy)
+    # |x| as x * sign(x): JAX's abs'(0) is 1, but softsign''(0) must be 0.  A product with
+    # r = 1/(1+|x|) rather than a division by (1+|x|)^2, so that d/dx = -2 dy r^3 sign(x)
+    # is 0, not inf/inf = NaN, at x = ±inf.
+    r = 1 / (1 + xf * jnp.sign(xf))
+    return (dyf * (r * r)).astype(dy.dtype)

@@ -1,0 +1,321 @@
+"""Operator schemas: ONNX's vocabulary plus Caffe2's flags, one record per op.
+
+An :class:`OpSchema` describes an operator the way ``onnx.defs`` and Caffe2's
+``OPERATOR_SCHEMA`` do: typed inputs and outputs, attributes with defaults, type
+constraints, which inputs may share a buffer with which outputs, the gradient op,
+and functions for shape/dtype inference and cost.  Every public jaxops op (and every
+gradient op) registers one here; :func:`get` and :func:`all_schemas` read the registry.
+
+    >>> import jaxops
+    >>> s = jaxops.schema.get("LeakyRelu")
+    >>> s.domain, s.since_version, s.attribute("alpha").default
+    ('', 16, 0.01)
+    >>> s.gradient
+    'LeakyReluGradient'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+__all__ = [
+    "Attribute",
+    "Cost",
+    "FLOAT_TYPES",
+    "JAXOPS_DOMAIN",
+    "OpSchema",
+    "Parameter",
+    "all_schemas",
+    "get",
+    "onnx_type",
+    "pointwise_cost",
+    "register",
+]
+
+#: Domain of the operators (and gradient operators) that ONNX does not define.
+JAXOPS_DOMAIN = "ai.jaxops"
+
+#: The floating dtypes every differentiable jaxops op accepts (float64 needs x64).
+FLOAT_TYPES = ("float16", "bfloat16", "float32", "float64")
+
+_ONNX_TYPE_NAMES = {
+    "float16": "tensor(float16)",
+    "bfloat16": "tensor(bfloat16)",
+    "float32": "tensor(float)",
+    "float64": "tensor(double)",
+    "int32": "tensor(int32)",
+    "int64": "tensor(int64)",
+    "bool": "tensor(bool)",
+}
+
+
+def onnx_type(dtype_name: str) -> str:
+    """The ONNX type string (``'tensor(float)'``) of a numpy dtype name."""
+    return _ONNX_TYPE_NAMES[dtype_name]
+
+
+@dataclasses.dataclass(frozen=True)
+class Parameter:
+    """An input or output: ONNX's ``FormalParameter``."""
+
+    name: str
+    type_param: str = "T"
+    doc: str = ""
+    optional: bool = False
+    differentiable: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Attribute:
+    """A static attribute with its ONNX type and default.
+
+    ``check`` returns an error sentence for a bad value (``None`` when fine); it runs
+    after the value has been converted to ``type``.
+    """
+
+    name: str
+    type: str  # "float" | "int" | "string"
+    default: Any = None
+    required: bool = False
+    doc: str = ""
+    check: Callable[[Any], str | None] | None = None
+
+    def canonical(self, op: str, value: Any) -> Any:
+        """The value as a hashable Python scalar of this attribute's type, or an error."""
+        where = f"jaxops.{op}: attribute {self.name!r}"
+        if isinstance(value, jax.core.Tracer) or (
+            isinstance(value, (jax.Array, np.ndarray)) and np.ndim(value) != 0
+        ):
+            raise TypeError(
+                f"{where} must be a static Python {self.type}, got {type(value).__name__}. "
+                "Attributes are compile-time constants; pass a Python number "
+                "(use an input, not an attribute, for a learnable or traced value)."
+            )
+        if self.type == "float":
+            ok = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+            ok = ok or (isinstance(value, (jax.Array, np.ndarray)) and np.ndim(value) == 0)
+            if not ok:
+                raise TypeError(f"{where} must be a float, got {value!r} ({type(value).__name__}).")
+            value = float(value)
+        elif self.type == "int":
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+                raise TypeError(f"{where} must be an int, got {value!r} ({type(value).__name__}).")
+            value = int(value)
+        elif self.type == "string":
+            if not isinstance(value, str):
+                raise TypeError(
+                    f"{where} must be a string, got {value!r} ({type(value).__name__})."
+                )
+        if self.check is not None and (problem := self.check(value)) is not None:
+            raise ValueError(f"{where}: {problem} Got {value!r}.")
+        return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Cost:
+    """Caffe2's ``OpSchema::Cost``: work and traffic of one call."""
+
+    flops: float
+    transcendentals: float
+    bytes_read: float
+    bytes_written: float
+
+    @property
+    def bytes_accessed(self) -> float:
+        return self.bytes_read + self.bytes_written
+
+
+def _nbytes(aval) -> int:
+    return math.prod(aval.shape) * np.dtype(aval.dtype).itemsize
+
+
+def pointwise_cost(flops: float = 0, transcendentals: float = 0):
+    """Caffe2's ``PointwiseCostInference<N>``: N flops per output element, every input
+    read once and every output written once."""
+
+    def cost(in_avals, out_avals, **attrs):
+        n = sum(math.prod(a.shape) for a in out_avals)
+        return Cost(
+            flops=flops * n,
+            transcendentals=transcendentals * n,
+            bytes_read=sum(_nbytes(a) for a in in_avals),
+            bytes_written=sum(_nbytes(a) for a in out_avals),
+        )
+
+    return cost
+
+
+def _identical_type_and_shape(schema: OpSchema, in_avals, **attrs):
+    """Caffe2's ``IdenticalTypeAndShape``: every input has one shape and dtype; the
+    outputs have them too."""
+    first = in_avals[0]
+    for p, a in zip(schema.inputs[1:], in_avals[1:], strict=True):
+        if a.shape != first.shape:
+            raise ValueError(
+                f"jaxops.{schema.function}: input {p.name!r} must have the shape of "
+                f"{schema.inputs[0].name!r} {first.shape}, got {a.shape}."
+            )
+    return tuple(jax.ShapeDtypeStruct(first.shape, first.dtype) for _ in schema.outputs)
+
+
+@dataclasses.dataclass(frozen=True)
+class OpSchema:
+    """One operator's record, in ONNX's vocabulary plus Caffe2's flags.
+
+    Attributes:
+      name: the op_type (ONNX's name where ONNX has the op, else Caffe2's).
+      function: the public Python name (``jaxops.<function>``).
+      domain: ``""`` for ai.onnx ops, :data:`JAXOPS_DOMAIN` for the others.
+      since_version: the ONNX opset version whose semantics the op follows.
+      inputs / outputs / attributes / type_constraints: as in ``onnx.defs.OpSchema``.
+      allow_inplace: ``(input, output)`` index pairs whose buffers may be shared.
+      inplace_condition: ``(**attrs) -> reason | None`` for ops that may alias only for
+        some attribute values.
+      identical_type_and_shape: outputs take the first input's shape and dtype.
+      inherit_onnx_schema: the record mirrors ``onnx.defs.get_schema(name, since_version)``.
+      gradient: the op_type of the registered gradient op, if any.
+      cost_fn: ``(in_avals, out_avals, **attrs) -> Cost`` (Caffe2's cost inference).
+      infer_fn: ``(schema, in_avals, **attrs) -> tuple of ShapeDtypeStruct``.
+      implementations: implementation name -> platforms it runs on.
+    """
+
+    name: str
+    function: str
+    doc: str
+    inputs: tuple[Parameter, ...]
+    outputs: tuple[Parameter, ...]
+    since_version: int = 1
+    domain: str = ""
+    attributes: tuple[Attribute, ...] = ()
+    type_constraints: Mapping[str, tuple[str, ...]] = dataclasses.field(
+        default_factory=lambda: {"T": FLOAT_TYPES}
+    )
+    allow_inplace: tuple[tuple[int, int], ...] = ()
+    inplace_condition: Callable[..., str | None] | None = None
+    identical_type_and_shape: bool = True
+    inherit_onnx_schema: bool = False
+    gradient: str | None = None
+    cost_fn: Callable[..., Cost] | None = None
+    infer_fn: Callable[..., tuple[jax.ShapeDtypeStruct, ...]] | None = None
+    implementations: Mapping[str, tuple[str, ...]] = dataclasses.field(
+        default_factory=lambda: {"xla": ("cpu", "cuda", "rocm", "tpu")}
+    )
+
+    def attribute(self, name: str) -> Attribute:
+        for a in self.attributes:
+            if a.name == name:
+                return a
+        raise KeyError(f"{self.name} has no attribute {name!r}")
+
+    def inplace_refusal(self, attrs: Mapping[str, Any]) -> str | None:
+        """Why this op may not overwrite its input for these attributes (None: it may)."""
+        if not self.allow_inplace:
+            grad = f" ({self.gradient} reads X)" if self.gradient else ""
+            return f"{self.name} lists no allow_inplace pairs{grad}; call it without donation."
+        if self.inplace_condition is not None:
+            return self.inplace_condition(**self.canonical_attributes(attrs))
+        return None
+
+    def check_inputs(self, in_avals: Sequence[Any]) -> None:
+        """Enforce the type constraints: TypeError naming op, input, dtype and allowed."""
+        bound: dict[str, np.dtype] = {}
+        for p, a in zip(self.inputs, in_avals, strict=True):
+            dtype = np.dtype(a.dtype)
+            allowed = self.type_constraints[p.type_param]
+            if dtype.name not in allowed:
+                raise TypeError(
+                    f"jaxops.{self.function}: input {p.name!r} has dtype {dtype.name}, but "
+                    f"{self.name} accepts {p.type_param} in {{{', '.join(allowed)}}}. "
+                    "Cast it first, e.g. x.astype(jnp.float32)."
+                )
+            first = bound.setdefault(p.type_param, dtype)
+            if dtype != first:
+                raise TypeError(
+                    f"jaxops.{self.function}: input {p.name!r} has dtype {dtype.name}, but an "
+                    f"earlier input of type {p.type_param} is {first.name}; jaxops does not "
+                    "promote silently. Cast the inputs to one dtype."
+                )
+
+    def canonical_attributes(self, attrs: Mapping[str, Any]) -> dict[str, Any]:
+        """Attributes checked against the schema and converted to hashable scalars."""
+        out = {}
+        for a in self.attributes:
+            if a.name not in attrs:
+                if a.required:
+                    raise TypeError(f"jaxops.{self.function}: attribute {a.name!r} is required.")
+                out[a.name] = a.default
+            else:
+                out[a.name] = a.canonical(self.function, attrs[a.name])
+        return out
+
+    def infer(self, *in_avals, **attrs) -> tuple[jax.ShapeDtypeStruct, ...]:
+        """Output shapes and dtypes, without running anything (must match jax.eval_shape)."""
+        self.check_inputs(in_avals)
+        attrs = self.canonical_attributes(attrs)
+        if self.infer_fn is not None:
+            return self.infer_fn(self, in_avals, **attrs)
+        if self.identical_type_and_shape:
+            return _identical_type_and_shape(self, in_avals, **attrs)
+        raise NotImplementedError(f"{self.name} has no shape inference")
+
+    def cost(self, *in_avals, **attrs) -> Cost:
+        """Caffe2-style cost of one call on inputs of these shapes and dtypes."""
+        if self.cost_fn is None:
+            raise NotImplementedError(f"{self.name} has no cost inference")
+        out_avals = self.infer(*in_avals, **attrs)
+        return self.cost_fn(in_avals, out_avals, **self.canonical_attributes(attrs))
+
+    def __str__(self) -> str:
+        def params(ps):
+            return "\n".join(
+                f"    {p.name}: {p.type_param}{' (optional)' if p.optional else ''}"
+                f"{'' if p.differentiable else ' (non-differentiable)'}  {p.doc}"
+                for p in ps
+            )
+
+        attrs = "\n".join(
+            f"    {a.name}: {a.type} = {a.default!r}  {a.doc}" for a in self.attributes
+        ) or "    (none)"
+        tcs = "\n".join(f"    {k} in {{{', '.join(v)}}}" for k, v in self.type_constraints.items())
+        return (
+            f"{self.name}-{self.since_version} (domain {self.domain or 'ai.onnx'!r}) "
+            f"= jaxops.{self.function}\n  {self.doc}\n"
+            f"  inputs:\n{params(self.inputs)}\n  outputs:\n{params(self.outputs)}\n"
+            f"  attributes:\n{attrs}\n  type constraints:\n{tcs}\n"
+            f"  allow_inplace: {list(self.allow_inplace)}\n"
+            f"  gradient: {self.gradient}\n"
+            f"  implementations: {dict(self.implementations)}"
+        )
+
+
+_REGISTRY: dict[str, OpSchema] = {}
+
+
+def register(schema: OpSchema) -> OpSchema:
+    """Add a schema to the registry (an op_type may be registered once)."""
+    if schema.name in _REGISTRY:
+        raise ValueError(f"schema {schema.name!r} is already registered")
+    _REGISTRY[schema.name] = schema
+    return schema
+
+
+def get(op_type: str) -> OpSchema:
+    """The schema registered under ``op_type`` (e.g. ``"Relu"``, ``"ReluGradient"``)."""
+    try:
+        return _REGISTRY[op_type]
+    except KeyError:
+        raise KeyError(
+            f"no jaxops op {op_type!r}; registered: {', '.join(sorted(_REGISTRY))}"
+        ) from None
+
+
+def all_schemas() -> tuple[OpSchema, ...]:
+    """Every registered schema (ops and gradient ops), sorted by op_type."""
+    return tuple(_REGISTRY[k] for k in sorted(_REGISTRY))

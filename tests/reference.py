@@ -1,0 +1,141 @@
+"""The test table: every op with a float64 NumPy reference for its value and its first and
+second partial derivatives, the input domain to sample, and the kinks to keep finite
+differences away from.  Adding an op to the transform matrix is one entry here.
+
+The references are written from the math (SPEC §2.1), not from jaxops code.  Derivatives at
+the kinks follow the conventions in the SPEC table; the derivative of a gradient op w.r.t. the
+forward output Y is 0 (it only reads Y's sign or range).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+
+import jaxops as jo
+
+Arrays = tuple[np.ndarray, ...]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: jax.jit(case)
+class Case:
+    name: str
+    op: Callable
+    attrs: dict
+    ref: Callable[..., np.ndarray]  # (*inputs) -> output
+    d1: Callable[..., Arrays]  # (*inputs) -> d out / d input_i, elementwise
+    d2: Callable[..., tuple[Arrays, ...]]  # (*inputs) -> d2 out / d input_i d input_j
+    sample: Callable[[np.random.Generator, tuple[int, ...]], Arrays]
+    kinks: tuple[float, ...] = ()
+
+    def __call__(self, *xs):
+        return self.op(*xs, **self.attrs)
+
+    def __str__(self):
+        attrs = ",".join(f"{k}={v}" for k, v in self.attrs.items())
+        return f"{self.name}({attrs})" if attrs else self.name
+
+
+def _zeros(*xs):
+    return np.zeros_like(xs[0])
+
+
+def _uniform(lo, hi, *points):
+    """Uniform samples with the given points (kinks) planted in the first entries."""
+
+    def sample(rng, shape):
+        x = rng.uniform(lo, hi, size=shape)
+        flat = x.reshape(-1)
+        flat[: len(points)] = points
+        return (x,)
+
+    return sample
+
+
+def _with_dy(forward_sample, forward=None):
+    """Inputs (y or x, dy) for a gradient op: y = forward(x) when given, else x."""
+
+    def sample(rng, shape):
+        (x,) = forward_sample(rng, shape)
+        first = forward(x) if forward is not None else x
+        return first, rng.uniform(-2, 2, size=shape)
+
+    return sample
+
+
+def _leaky(x, a):
+    return np.where(x >= 0, x, a * x)
+
+
+def _leaky_slope(s, a):
+    # slope from the sign bit of the first input: +0 and positives -> 1, -0 and negatives -> a
+    return np.where(np.signbit(s), a, 1.0)
+
+
+def _softsign(x):
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isinf(x), np.sign(x), x / (1 + np.abs(x)))
+
+
+def _relu_cases():
+    yield Case(
+        "relu", jo.relu, {}, lambda x: np.maximum(x, 0),
+        lambda x: ((x > 0) * 1.0,), lambda x: ((_zeros(x),),),
+        _uniform(-3, 3, 0.0), kinks=(0.0,))
+    for n in (6.0, 1.5):
+        yield Case(
+            "relu_n", jo.relu_n, {"n": n}, lambda x, n=n: np.minimum(np.maximum(x, 0), n),
+            lambda x, n=n: (((x > 0) & (x < n)) * 1.0,), lambda x: ((_zeros(x),),),
+            _uniform(-3, 8, 0.0, n), kinks=(0.0, n))
+    for a in (0.01, -0.5, 0.0):
+        yield Case(
+            "leaky_relu", jo.leaky_relu, {"alpha": a}, lambda x, a=a: _leaky(x, a),
+            lambda x, a=a: (_leaky_slope(x, a),), lambda x: ((_zeros(x),),),
+            _uniform(-3, 3, 0.0), kinks=(0.0,))
+
+
+def _softsign_log_cases():
+    yield Case(
+        "softsign", jo.softsign, {}, _softsign,
+        lambda x: (1 / (1 + np.abs(x)) ** 2,),
+        lambda x: ((-2 * np.sign(x) / (1 + np.abs(x)) ** 3,),),
+        _uniform(-5, 5, 0.0), kinks=(0.0,))
+    yield Case(
+        "log", jo.log, {}, np.log, lambda x: (1 / x,), lambda x: ((-1 / x**2,),),
+        lambda rng, shape: (np.exp(rng.uniform(-3, 3, size=shape)),))
+
+
+def _gradient_cases():
+    zero2 = lambda s, dy: ((_zeros(s), _zeros(s)), (_zeros(s), _zeros(s)))  # noqa: E731
+    yield Case(
+        "relu_gradient", jo.relu_gradient, {}, lambda y, dy: np.where(y > 0, dy, 0.0),
+        lambda y, dy: (_zeros(y), (y > 0) * 1.0), zero2,
+        _with_dy(_uniform(-3, 3, 0.0), lambda x: np.maximum(x, 0)), kinks=(0.0,))
+    yield Case(
+        "relu_n_gradient", jo.relu_n_gradient, {"n": 6.0},
+        lambda y, dy: np.where((y > 0) & (y < 6), dy, 0.0),
+        lambda y, dy: (_zeros(y), ((y > 0) & (y < 6)) * 1.0), zero2,
+        _with_dy(_uniform(-3, 8, 0.0, 6.0), lambda x: np.clip(x, 0, 6)), kinks=(0.0, 6.0))
+    for a in (0.01, -0.5):
+        yield Case(
+            "leaky_relu_gradient", jo.leaky_relu_gradient, {"alpha": a},
+            lambda s, dy, a=a: _leaky_slope(s, a) * dy,
+            lambda s, dy, a=a: (_zeros(s), _leaky_slope(s, a)), zero2,
+            _with_dy(_uniform(-3, 3, 0.0, -0.0)), kinks=(0.0,))
+    p = lambda x: 1 + np.abs(x)  # noqa: E731
+    yield Case(
+        "softsign_gradient", jo.softsign_gradient, {}, lambda x, dy: dy / p(x) ** 2,
+        lambda x, dy: (-2 * dy * np.sign(x) / p(x) ** 3, 1 / p(x) ** 2),
+        lambda x, dy: ((6 * dy * np.sign(x) ** 2 / p(x) ** 4, -2 * np.sign(x) / p(x) ** 3),
+                       (-2 * np.sign(x) / p(x) ** 3, _zeros(x))),
+        _with_dy(_uniform(-5, 5, 0.0)), kinks=(0.0,))
+    yield Case(
+        "log_gradient", jo.log_gradient, {}, lambda x, dy: dy / x,
+        lambda x, dy: (-dy / x**2, 1 / x),
+        lambda x, dy: ((2 * dy / x**3, -1 / x**2), (-1 / x**2, _zeros(x))),
+        _with_dy(lambda rng, shape: (np.exp(rng.uniform(-2, 2, size=shape)),)))
+
+
+CASES: tuple[Case, ...] = (*_relu_cases(), *_softsign_log_cases(), *_gradient_cases())

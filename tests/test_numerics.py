@@ -1,0 +1,173 @@
+"""Kinks, extreme inputs and bad inputs: the edges of every op, asserted exactly."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from reference import CASES
+
+import jaxops as jo
+
+DTYPES = ("float32", "bfloat16", "float16", "float64")
+FORWARD = [c for c in CASES if not c.name.endswith("_gradient")]
+
+
+def _grad(f):
+    return jax.vmap(jax.grad(f))
+
+
+# --------------------------------------------------------------------------------- kinks
+
+def test_kinks_exact():
+    z = jnp.zeros(())
+    assert _grad(jo.relu)(z[None])[0] == 0.0
+    assert jax.grad(jo.relu_n)(0.0) == 0.0
+    assert jax.grad(jo.relu_n)(6.0) == 0.0
+    assert jax.grad(lambda x: jo.relu_n(x, n=2.0))(2.0) == 0.0
+    assert jax.grad(lambda x: jo.relu_n(x, n=2.0))(7.0) == 0.0
+    assert jax.grad(jo.leaky_relu)(0.0) == 1.0
+    assert jax.grad(lambda x: jo.leaky_relu(x, alpha=-0.5))(0.0) == 1.0
+    assert jax.grad(jo.softsign)(0.0) == 1.0
+    assert jax.grad(jax.grad(jo.softsign))(0.0) == 0.0
+    assert jax.grad(jax.grad(jo.relu))(0.0) == 0.0
+    assert jax.grad(jax.grad(jo.leaky_relu))(0.0) == 0.0
+
+
+def test_kinks_in_forward_mode_match_reverse_mode():
+    for f in (jo.relu, jo.relu_n, jo.leaky_relu, jo.softsign):
+        for x in (0.0, 6.0):
+            assert jax.jvp(f, (x,), (1.0,))[1] == jax.grad(f)(x), (f.__name__, x)
+
+
+def test_leaky_relu_negative_and_zero_alpha_gradients():
+    x = jnp.array([-3.0, -1e-3, 1e-3, 3.0])
+    for alpha in (-0.5, -2.0, 0.0, 0.3):
+        g = _grad(functools.partial(jo.leaky_relu, alpha=alpha))(x)
+        np.testing.assert_array_equal(g, np.float32([alpha, alpha, 1.0, 1.0]))
+
+
+def test_leaky_relu_sign_of_zero_and_underflow():
+    # +0 -> 1 (Caffe2/ONNX); -0 and negatives whose alpha*x underflows to -0 -> alpha
+    x = jnp.array([0.0, -0.0, -1e-37], jnp.float32)
+    assert jo.leaky_relu(x, alpha=0.01)[2] == 0.0  # underflowed (XLA:CPU flushes to zero)
+    np.testing.assert_array_equal(_grad(jo.leaky_relu)(x), np.float32([1.0, 0.01, 0.01]))
+
+
+# ------------------------------------------------------------------------- extreme inputs
+
+def _extremes(dtype):
+    tiny = float(jnp.finfo(dtype).smallest_subnormal)
+    raw = [0.0, -0.0, tiny, -tiny, 1e30, -1e30, np.inf, -np.inf, np.nan, 1.0, -1.0]
+    with np.errstate(over="ignore"):
+        x = jnp.asarray(np.array(raw), dtype)  # 1e30 is inf in float16
+    return x, np.asarray(x, np.float64)
+
+
+def _flush(x64, dtype):
+    """x with subnormals (of dtype, and of float32 where half types are computed) as signed
+    zeros: XLA:CPU runs with flush-to-zero and denormals-are-zero."""
+    small = float(jnp.finfo(jnp.float32 if dtype != "float64" else dtype).tiny)
+    small = max(small, float(jnp.finfo(dtype).tiny))
+    return np.where(np.abs(x64) < small, np.copysign(0.0, x64), x64)
+
+
+def _matches_with_or_without_flush(actual, ref_fn, x64, dtype, what):
+    actual = np.asarray(actual, np.float64)
+    with np.errstate(all="ignore"):
+        # references rounded to dtype, as the op's output is
+        exact = np.asarray(jnp.asarray(ref_fn(x64), dtype), np.float64)
+        flushed = np.asarray(jnp.asarray(ref_fn(_flush(x64, dtype)), dtype), np.float64)
+    tol = 4 * float(jnp.finfo(dtype).eps)
+
+    def close(a, b):
+        return np.isclose(a, b, rtol=tol, atol=0, equal_nan=True) | (a == b)
+
+    # a subnormal output passed through unchanged (a select) is a zero under DAZ too
+    ok = close(actual, exact) | close(actual, flushed) | close(_flush(actual, dtype), flushed)
+    bad = ~ok
+    assert ok.all(), f"{what}: x={x64[bad]} got={actual[bad]} exact={exact[bad]} ({flushed[bad]})"
+    # no NaN where the math is finite
+    assert not (np.isnan(actual) & ~np.isnan(exact) & ~np.isnan(flushed)).any(), what
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", FORWARD, ids=str)
+def test_extreme_inputs(case, dtype):
+    ctx = jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext()
+    with ctx:
+        x, x64 = _extremes(dtype)
+        _matches_with_or_without_flush(case(x), case.ref, x64, dtype, f"{case} value")
+        d1 = _grad(case)(x)
+        _matches_with_or_without_flush(d1, lambda v: case.d1(v)[0], x64, dtype, f"{case} d1")
+        d2 = _grad(jax.grad(case))(x)
+        _matches_with_or_without_flush(d2, lambda v: case.d2(v)[0][0], x64, dtype, f"{case} d2")
+
+
+def test_nan_propagates_and_log_follows_ieee():
+    nan = jnp.float32(jnp.nan)
+    for f in (jo.relu, jo.relu_n, jo.leaky_relu, jo.softsign, jo.log):
+        assert jnp.isnan(f(nan)), f.__name__
+    np.testing.assert_array_equal(jo.log(jnp.array([0.0, -0.0, -1.0, np.inf])),
+                                  [-np.inf, -np.inf, np.nan, np.inf])
+    np.testing.assert_array_equal(_grad(jo.log)(jnp.array([0.0, -0.0, np.inf])),
+                                  [np.inf, -np.inf, 0.0])
+    np.testing.assert_array_equal(jo.softsign(jnp.array([np.inf, -np.inf])), [1.0, -1.0])
+
+
+def test_log_of_negative_does_not_crash_a_jitted_program():
+    out = jax.jit(lambda x: jo.log(x) + 1)(jnp.array([-1.0, 2.0]))
+    assert jnp.isnan(out[0]) and out[1] == pytest.approx(1 + np.log(2.0))
+
+
+# ---------------------------------------------------------------------------- bad inputs
+
+BAD_INPUTS = [
+    (lambda: jo.log(jnp.arange(3)), TypeError,
+     r"jaxops.log: input 'input' has dtype int32, but Log accepts T in \{float16, bfloat16, "
+     r"float32, float64\}. Cast it first"),
+    (lambda: jo.relu(jnp.array([True, False])), TypeError,
+     r"jaxops.relu: input 'X' has dtype bool, but Relu accepts T in"),
+    (lambda: jo.relu(3), TypeError, r"jaxops.relu: input 'X' has dtype int32"),
+    (lambda: jo.softsign([1.0, 2.0]), TypeError,
+     r"jaxops.softsign: input 'input' must be a JAX or NumPy array or a Python float, got "
+     r"list. Wrap it with jnp.asarray"),
+    (lambda: jo.relu_n(jnp.ones(2), n=0.0), ValueError,
+     r"jaxops.relu_n: attribute 'n': must be > 0 .*use jaxops.relu for no upper bound.*Got 0.0"),
+    (lambda: jo.relu_n(jnp.ones(2), n=-1), ValueError, r"attribute 'n': must be > 0"),
+    (lambda: jo.relu_n(jnp.ones(2), n=float("nan")), ValueError, r"attribute 'n': must be > 0"),
+    (lambda: jo.relu_n(jnp.ones(2), n="6"), TypeError,
+     r"jaxops.relu_n: attribute 'n' must be a float, got '6' \(str\)"),
+    (lambda: jo.leaky_relu(jnp.ones(2), alpha="a"), TypeError,
+     r"jaxops.leaky_relu: attribute 'alpha' must be a float, got 'a' \(str\)"),
+    (lambda: jo.leaky_relu(jnp.ones(2), alpha=True), TypeError, r"'alpha' must be a float"),
+    (lambda: jo.leaky_relu(jnp.ones(2), alpha=float("inf")), ValueError,
+     r"attribute 'alpha': must be finite"),
+    (lambda: jax.jit(lambda a: jo.leaky_relu(jnp.ones(2), alpha=a))(0.1), TypeError,
+     r"attribute 'alpha' must be a static Python float, got .*Tracer"),
+    (lambda: jo.relu(jnp.ones(2), alpha=0.1), TypeError,
+     r"jaxops.relu: got an unexpected keyword argument 'alpha'"),
+    (lambda: jo.relu_n(jnp.ones(2), 6.0), TypeError, r"jaxops.relu_n: too many positional"),
+    (lambda: jo.relu_gradient(jnp.ones(3), jnp.ones(4)), ValueError,
+     r"jaxops.relu_gradient: input 'dY' must have the shape of 'Y' \(3,\), got \(4,\)"),
+    (lambda: jo.log_gradient(jnp.ones(3), jnp.ones(3, jnp.bfloat16)), TypeError,
+     r"input 'dY' has dtype bfloat16, but an earlier input of type T is float32; jaxops does "
+     r"not promote silently"),
+]
+
+
+@pytest.mark.parametrize("call,error,message", BAD_INPUTS)
+def test_bad_inputs_raise_helpful_errors(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_errors_are_raised_at_trace_time():
+    with pytest.raises(TypeError, match="jaxops.log: input 'input' has dtype int32"):
+        jax.make_jaxpr(jo.log)(jnp.arange(3))
+    with pytest.raises(TypeError, match="has dtype int32"):
+        jax.eval_shape(jo.relu, jax.ShapeDtypeStruct((2,), jnp.int32))

@@ -1,0 +1,130 @@
+"""jaxops.schema: the registry, fidelity to onnx.defs, signatures, inference and cost."""
+
+from __future__ import annotations
+
+import inspect
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import onnx
+import onnx.defs
+import pytest
+
+import jaxops as jo
+from jaxops.schema import onnx_type
+
+SCHEMAS = jo.schema.all_schemas()
+ONNX_SCHEMAS = [s for s in SCHEMAS if s.inherit_onnx_schema]
+SEED_OPS = {"Relu", "ReluN", "LeakyRelu", "Softsign", "Log"}
+
+
+def test_registry_lists_every_op_and_gradient_op():
+    names = {s.name for s in SCHEMAS}
+    assert SEED_OPS | {f"{n}Gradient" for n in SEED_OPS} <= names
+    for s in SCHEMAS:
+        assert jo.schema.get(s.name) is s
+        assert callable(getattr(jo, s.function)), s.function
+        if s.gradient is not None:
+            assert jo.schema.get(s.gradient).domain == jo.schema.JAXOPS_DOMAIN
+    with pytest.raises(KeyError, match="no jaxops op 'Nope'; registered: .*LeakyRelu"):
+        jo.schema.get("Nope")
+
+
+@pytest.mark.parametrize("s", ONNX_SCHEMAS, ids=lambda s: s.name)
+def test_schema_matches_onnx_defs(s):
+    ref = onnx.defs.get_schema(s.name, s.since_version, s.domain)
+    assert ref.since_version == s.since_version
+    assert ref.domain == s.domain
+    assert [p.name for p in ref.inputs] == [p.name for p in s.inputs]
+    assert [p.name for p in ref.outputs] == [p.name for p in s.outputs]
+    assert [p.type_str for p in ref.inputs] == [p.type_param for p in s.inputs]
+    assert [p.option == onnx.defs.OpSchema.FormalParameterOption.Optional for p in ref.inputs] == [
+        p.optional for p in s.inputs
+    ]
+    assert set(ref.attributes) == {a.name for a in s.attributes}
+    for a in s.attributes:
+        ra = ref.attributes[a.name]
+        assert ra.type.name.lower() == a.type
+        assert ra.required == a.required
+        if not a.required:
+            # ONNX stores float defaults as float32
+            assert np.float32(onnx.helper.get_attribute_value(ra.default_value)) == np.float32(
+                a.default
+            )
+    ref_tc = {t.type_param_str: set(t.allowed_type_strs) for t in ref.type_constraints}
+    assert set(ref_tc) == set(s.type_constraints)
+    for param, dtypes in s.type_constraints.items():
+        # jaxops accepts the float types only (its ops are differentiable): a subset of ONNX's
+        assert {onnx_type(d) for d in dtypes} <= ref_tc[param]
+
+
+def test_non_onnx_ops_live_in_the_jaxops_domain():
+    for s in SCHEMAS:
+        if not s.inherit_onnx_schema:
+            assert s.domain == jo.schema.JAXOPS_DOMAIN and s.since_version == 1, s.name
+            with pytest.raises(onnx.defs.SchemaError):
+                onnx.defs.get_schema(s.name, onnx.defs.onnx_opset_version(), "")
+
+
+@pytest.mark.parametrize("s", SCHEMAS, ids=lambda s: s.name)
+def test_function_signature_matches_schema(s):
+    params = list(inspect.signature(getattr(jo, s.function)).parameters.values())
+    positional = [p for p in params if p.kind is p.POSITIONAL_OR_KEYWORD]
+    keyword = [p for p in params if p.kind is p.KEYWORD_ONLY]
+    assert len(positional) == len(s.inputs)
+    assert [p.name for p in keyword] == [a.name for a in s.attributes]
+    assert [p.default for p in keyword] == [a.default for a in s.attributes]
+    assert len(params) == len(positional) + len(keyword)
+
+
+SHAPES = [(), (7,), (3, 5, 2)]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("s", SCHEMAS, ids=lambda s: s.name)
+def test_infer_matches_eval_shape(s, shape):
+    for dtype in (jnp.float32, jnp.bfloat16, jnp.float16):
+        avals = [jax.ShapeDtypeStruct(shape, dtype) for _ in s.inputs]
+        inferred = s.infer(*avals)
+        traced = jax.eval_shape(getattr(jo, s.function), *avals)
+        traced = traced if isinstance(traced, tuple) else (traced,)
+        assert [(a.shape, a.dtype) for a in inferred] == [(a.shape, a.dtype) for a in traced]
+
+
+def test_infer_rejects_mismatched_shapes():
+    message = r"input 'dY' must have the shape of 'Y' \(3,\), got \(4,\)"
+    with pytest.raises(ValueError, match=message):
+        jo.schema.get("ReluGradient").infer(
+            jax.ShapeDtypeStruct((3,), jnp.float32), jax.ShapeDtypeStruct((4,), jnp.float32)
+        )
+
+
+# XLA counts one flop per elementwise HLO (compare, select, max, abs, ...); Caffe2 counts the
+# arithmetic an op needs (Relu: 0, as a comparison).  So flops may differ by a few per element:
+# the tolerance is FLOP_SLACK per element, plus, for half-precision inputs, one convert per
+# input and output (computing in float32; XLA counts a convert as a flop).  Bytes and
+# transcendentals must agree exactly.
+FLOP_SLACK = 4
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("s", SCHEMAS, ids=lambda s: s.name)
+def test_cost_matches_xla_cost_analysis(s, dtype):
+    n = 4096
+    avals = [jax.ShapeDtypeStruct((n,), dtype) for _ in s.inputs]
+    cost = s.cost(*avals)
+    xla = jax.jit(getattr(jo, s.function)).lower(*avals).compile().cost_analysis()
+    assert cost.bytes_accessed == xla["bytes accessed"]
+    assert cost.transcendentals == xla.get("transcendentals", 0.0)
+    converts = len(s.inputs) + len(s.outputs) if dtype == jnp.bfloat16 else 0
+    slack = (FLOP_SLACK + converts) * n
+    assert abs(cost.flops - xla.get("flops", 0.0)) <= slack, (cost.flops, xla["flops"])
+
+
+def test_schema_printout_names_everything():
+    text = str(jo.schema.get("LeakyRelu"))
+    for needle in ("LeakyRelu-16", "jaxops.leaky_relu", "alpha: float = 0.01",
+                   "T in {float16, bfloat16, float32, float64}", "allow_inplace: [(0, 0)]",
+                   "gradient: LeakyReluGradient", "'xla'"):
+        assert needle in text

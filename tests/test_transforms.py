@@ -1,0 +1,224 @@
+"""The transform matrix: every op x dtype x transform, values and derivatives against the
+float64 NumPy references of tests/reference.py.
+
+Tolerances are in units of the dtype's epsilon (``eps``): the ops compute half precision in
+float32 and round once, each transform adds at most a rounding or two (the cotangent product,
+the sum over inputs in jvp and grad-of-grad), so ``TOL_ULPS`` eps bounds the error with
+margin.  Largest errors measured over the whole matrix (|error| / max(|ref|, 1)): 0.5 eps for
+bfloat16 and float16 (correctly rounded), 2.5 eps for float32 and 3 eps for float64 (both the
+jvp of log_gradient, a sum of two rounded products).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+from reference import CASES, Case
+
+DTYPES = ("float32", "bfloat16", "float16", "float64")
+TOL_ULPS = 4
+SHAPE = (8, 3)  # leading 8: one row per device in the sharded case
+
+
+def _eps(dtype):
+    return float(jnp.finfo(dtype).eps)
+
+
+def _context(dtype):
+    return jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext()
+
+
+def _inputs(case: Case, dtype, seed=0):
+    """Inputs in ``dtype`` and the same values in float64 for the reference, plus a
+    cotangent ``w`` and tangents/second cotangents ``ts``."""
+    rng = np.random.default_rng(seed)
+    raw = case.sample(rng, SHAPE)
+    xs = tuple(jnp.asarray(r, dtype) for r in raw)
+    xs64 = tuple(np.asarray(x, np.float64) for x in xs)
+    w = jnp.asarray(rng.uniform(-2, 2, SHAPE), dtype)
+    ts = tuple(jnp.asarray(rng.uniform(-2, 2, SHAPE), dtype) for _ in raw)
+    return xs, xs64, w, ts
+
+
+def _close(actual, expected, dtype, what):
+    tol = TOL_ULPS * _eps(dtype)
+    np.testing.assert_allclose(
+        np.asarray(actual, np.float64), expected, rtol=tol, atol=tol, err_msg=what
+    )
+
+
+def _f64(a):
+    return np.asarray(a, np.float64)
+
+
+def _diag(v):
+    """Jacobian of an elementwise map with elementwise derivative v (shape SHAPE)."""
+    n = v.size
+    return np.diag(v.reshape(-1)).reshape(v.shape + v.shape) if n else v
+
+
+def _weighted_loss(case, w):
+    return lambda *xs: jnp.sum(case(*xs) * w)
+
+
+def _argnums(xs):
+    return tuple(range(len(xs)))
+
+
+# Each transform returns (computed, expected) pairs, computed from jaxops, expected from the
+# float64 reference.
+def t_jit(case, xs, xs64, w, ts):
+    return [(jax.jit(case)(*xs), case.ref(*xs64))]
+
+
+def t_vmap(case, xs, xs64, w, ts):
+    return [(jax.vmap(case)(*xs), case.ref(*xs64))]
+
+
+def t_grad(case, xs, xs64, w, ts):
+    g = jax.grad(_weighted_loss(case, w), argnums=_argnums(xs))(*xs)
+    return [(gi, _f64(w) * di) for gi, di in zip(g, case.d1(*xs64), strict=True)]
+
+
+def t_grad_grad(case, xs, xs64, w, ts):
+    argnums = _argnums(xs)
+    first = jax.grad(_weighted_loss(case, w), argnums=argnums)
+
+    def second(*xs):
+        return sum(jnp.sum(g * t) for g, t in zip(first(*xs), ts, strict=True))
+
+    g2 = jax.grad(second, argnums=argnums)(*xs)
+    d2 = case.d2(*xs64)
+    expected = [
+        sum(_f64(ts[i]) * _f64(w) * d2[i][j] for i in argnums) for j in argnums
+    ]
+    return list(zip(g2, expected, strict=True))
+
+
+def t_jvp(case, xs, xs64, w, ts):
+    y, t_out = jax.jvp(case, xs, ts)
+    expected_t = sum(_f64(t) * d for t, d in zip(ts, case.d1(*xs64), strict=True))
+    return [(y, case.ref(*xs64)), (t_out, expected_t)]
+
+
+def t_linearize(case, xs, xs64, w, ts):
+    y, f_lin = jax.linearize(case, *xs)
+    expected_t = sum(_f64(t) * d for t, d in zip(ts, case.d1(*xs64), strict=True))
+    return [(y, case.ref(*xs64)), (f_lin(*ts), expected_t)]
+
+
+def _t_jacobian(jac):
+    def t(case, xs, xs64, w, ts):
+        jacs = jac(case, argnums=_argnums(xs))(*xs)
+        return [(j, _diag(d)) for j, d in zip(jacs, case.d1(*xs64), strict=True)]
+
+    return t
+
+
+def t_hessian(case, xs, xs64, w, ts):
+    argnums = _argnums(xs)
+    h = jax.hessian(_weighted_loss(case, w), argnums=argnums)(*xs)
+    d2 = case.d2(*xs64)
+    return [(h[i][j], _diag(_f64(w) * d2[i][j])) for i in argnums for j in argnums]
+
+
+def t_vmap_grad(case, xs, xs64, w, ts):
+    def row_loss(*args):
+        *row, w_row = args
+        return jnp.sum(case(*row) * w_row)
+
+    g = jax.vmap(jax.grad(row_loss, argnums=_argnums(xs)))(*xs, w)
+    return [(gi, _f64(w) * di) for gi, di in zip(g, case.d1(*xs64), strict=True)]
+
+
+def t_grad_vmap(case, xs, xs64, w, ts):
+    g = jax.grad(lambda *xs: jnp.sum(jax.vmap(case)(*xs) * w), argnums=_argnums(xs))(*xs)
+    return [(gi, _f64(w) * di) for gi, di in zip(g, case.d1(*xs64), strict=True)]
+
+
+def t_scan(case, xs, xs64, w, ts):
+    def loss(*xs):
+        def body(carry, row):
+            *row_xs, w_row = row
+            y = case(*row_xs)
+            return carry + jnp.sum(y * w_row).astype(jnp.float32), y
+
+        total, ys = jax.lax.scan(body, jnp.float32(0), (*xs, w))
+        return total, ys
+
+    g, ys = jax.grad(loss, argnums=_argnums(xs), has_aux=True)(*xs)
+    return [(ys, case.ref(*xs64))] + [
+        (gi, _f64(w) * di) for gi, di in zip(g, case.d1(*xs64), strict=True)
+    ]
+
+
+def t_checkpoint(case, xs, xs64, w, ts):
+    g = jax.grad(jax.checkpoint(_weighted_loss(case, w)), argnums=_argnums(xs))(*xs)
+    return [(gi, _f64(w) * di) for gi, di in zip(g, case.d1(*xs64), strict=True)]
+
+
+def t_sharded(case, xs, xs64, w, ts):
+    mesh = jax.make_mesh((8,), ("d",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.P("d"))
+    xs_s = tuple(jax.device_put(x, sharding) for x in xs)
+    w_s = jax.device_put(w, sharding)
+
+    @jax.jit
+    def run(*args):
+        *xs, w = args
+        return case(*xs), jax.grad(_weighted_loss(case, w), argnums=_argnums(xs))(*xs)
+
+    y, g = run(*xs_s, w_s)
+    assert y.sharding.is_equivalent_to(sharding, y.ndim), y.sharding
+    return [(y, case.ref(*xs64))] + [
+        (gi, _f64(w) * di) for gi, di in zip(g, case.d1(*xs64), strict=True)
+    ]
+
+
+TRANSFORMS = {
+    "jit": t_jit,
+    "vmap": t_vmap,
+    "grad": t_grad,
+    "grad_grad": t_grad_grad,
+    "jvp": t_jvp,
+    "jacfwd": _t_jacobian(jax.jacfwd),
+    "jacrev": _t_jacobian(jax.jacrev),
+    "hessian": t_hessian,
+    "linearize": t_linearize,
+    "vmap_grad": t_vmap_grad,
+    "grad_vmap": t_grad_vmap,
+    "scan": t_scan,
+    "checkpoint": t_checkpoint,
+    "sharded": t_sharded,
+}
+
+
+@pytest.mark.parametrize("transform", list(TRANSFORMS))
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_transform_matrix(case, dtype, transform):
+    with _context(dtype):
+        xs, xs64, w, ts = _inputs(case, dtype)
+        for k, (computed, expected) in enumerate(TRANSFORMS[transform](case, xs, xs64, w, ts)):
+            assert computed.dtype == jnp.dtype(dtype), (k, computed.dtype)
+            _close(computed, expected, dtype, f"{case} {dtype} {transform} output {k}")
+
+
+def _away_from_kinks(case, seed=1):
+    """Float64 inputs at least 0.05 from every kink (finite differences step 1e-3ish)."""
+    rng = np.random.default_rng(seed)
+    raw = list(case.sample(rng, SHAPE))
+    for k in case.kinks:
+        raw[0] = np.where(np.abs(raw[0] - k) < 0.05, raw[0] + 0.1, raw[0])
+    return tuple(jnp.asarray(r, jnp.float64) for r in raw)
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_finite_differences(case, x64):
+    check_grads(functools.partial(case), _away_from_kinks(case), order=2, modes=("fwd", "rev"))
