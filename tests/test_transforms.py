@@ -86,6 +86,13 @@ def t_grad(case, xs, xs64, w, ts):
     return [(gi, _f64(w) * di) for gi, di in zip(g, case.d1(*xs64), strict=True)]
 
 
+def t_vjp(case, xs, xs64, w, ts):
+    y, vjp_fn = jax.vjp(case, *xs)
+    return [(y, case.ref(*xs64))] + [
+        (gi, _f64(w) * di) for gi, di in zip(vjp_fn(w), case.d1(*xs64), strict=True)
+    ]
+
+
 def t_grad_grad(case, xs, xs64, w, ts):
     argnums = _argnums(xs)
     first = jax.grad(_weighted_loss(case, w), argnums=argnums)
@@ -186,6 +193,7 @@ TRANSFORMS = {
     "vmap": t_vmap,
     "grad": t_grad,
     "grad_grad": t_grad_grad,
+    "vjp": t_vjp,
     "jvp": t_jvp,
     "jacfwd": _t_jacobian(jax.jacfwd),
     "jacrev": _t_jacobian(jax.jacrev),

@@ -1,0 +1,59 @@
+"""What is benchmarked: each jaxops op with its reference formulation and inputs.
+
+One entry per op.  The reference is what a JAX user would write without jaxops (jax.nn where
+it has the op, else plain jnp); it is also the correctness oracle before timing.  Adding an
+op (as the operator set grows) is one entry here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+import jaxops as jo
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Bench:
+    name: str
+    op: Callable  # the jaxops op (attributes bound)
+    reference: Callable
+    make_inputs: Callable[[jax.Array, int, str], tuple]  # (key, n, dtype) -> inputs
+    schema: str  # op_type, for cost inference and allow_inplace
+    elementwise: bool = True
+
+
+def _uniform(lo, hi, arity=1):
+    def make(key, n, dtype):
+        keys = jax.random.split(key, arity)
+        return tuple(jax.random.uniform(k, (n,), dtype, lo, hi) for k in keys)
+
+    return make
+
+
+BENCHES: dict[str, Bench] = {
+    b.name: b
+    for b in (
+        Bench("relu", jo.relu, jax.nn.relu, _uniform(-3, 3), "Relu"),
+        Bench("relu_n", jo.relu_n, jax.nn.relu6, _uniform(-3, 9), "ReluN"),
+        Bench("leaky_relu", jo.leaky_relu, jax.nn.leaky_relu, _uniform(-3, 3), "LeakyRelu"),
+        Bench("softsign", jo.softsign, jax.nn.soft_sign, _uniform(-5, 5), "Softsign"),
+        Bench("log", jo.log, jnp.log, _uniform(0.1, 10), "Log"),
+        Bench("relu_gradient", jo.relu_gradient,
+              lambda y, dy: jnp.where(y > 0, dy, 0), _uniform(-1, 1, 2), "ReluGradient"),
+        Bench("relu_n_gradient", jo.relu_n_gradient,
+              lambda y, dy: jnp.where((y > 0) & (y < 6), dy, 0), _uniform(-1, 7, 2),
+              "ReluNGradient"),
+        Bench("leaky_relu_gradient", jo.leaky_relu_gradient,
+              lambda y, dy: jnp.where(y >= 0, dy, 0.01 * dy), _uniform(-1, 1, 2),
+              "LeakyReluGradient"),
+        Bench("softsign_gradient", jo.softsign_gradient,
+              lambda x, dy: dy / jnp.square(1 + jnp.abs(x)), _uniform(-5, 5, 2),
+              "SoftsignGradient"),
+        Bench("log_gradient", jo.log_gradient, lambda x, dy: dy / x, _uniform(0.1, 10, 2),
+              "LogGradient"),
+    )
+}
