@@ -66,7 +66,12 @@ def defop(schema: OpSchema) -> Callable[[Callable[..., Any]], Callable[..., Any]
         @functools.cache
         def with_gradient(attr_items: tuple[tuple[str, Any], ...]) -> Callable[..., Any]:
             attrs = dict(attr_items)
-            fn = jax.custom_jvp(functools.wraps(impl)(lambda *xs: impl(*xs, **attrs)))
+
+            def forward(*xs):
+                return impl(*xs, **attrs)
+
+            forward.__name__ = forward.__qualname__ = impl.__name__  # custom_jvp_call[name=]
+            fn = jax.custom_jvp(forward)
 
             @fn.defjvp
             def jvp(primals, tangents):
