@@ -3,14 +3,13 @@ its transpose, attributes are static and compile once, and allow_inplace is real
 
 from __future__ import annotations
 
-import contextlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import jaxops as jo
+from benchmarks.harness import count_compiles  # one compile counter for tests and benchmarks
 from jaxops._op import defop
 from jaxops.schema import OpSchema, Parameter
 
@@ -69,21 +68,6 @@ def test_derivatives_come_from_registered_gradient_not_from_forward():
     np.testing.assert_array_equal(jax.jvp(fake, (x,), (jnp.ones(4),))[1], 3.0)
     np.testing.assert_array_equal(jax.jacfwd(fake)(x), 3.0 * np.eye(4))
     np.testing.assert_array_equal(jax.linearize(fake, x)[1](jnp.ones(4)), 3.0)
-
-
-@contextlib.contextmanager
-def count_compiles():
-    events = []
-
-    def listener(event, duration, **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
-            events.append(event)
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        yield events
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def test_attribute_change_recompiles_once_and_same_value_never():
