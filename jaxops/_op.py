@@ -129,7 +129,6 @@ def defop(schema: OpSchema) -> Callable[[Callable[..., Any]], Callable[..., Any]
         op.schema = schema
         op.defgrad = defgrad
         op.inplace = inplace
-        op.implementation = impl
         return op
 
     return decorate

@@ -1,6 +1,11 @@
 """The test table: every op with a float64 NumPy reference for its value and its first and
-second partial derivatives, the input domain to sample, and the kinks to keep finite
-differences away from.  Adding an op to the transform matrix is one entry here.
+second derivatives, the input domain to sample, and the kinks to keep finite differences
+away from.  Adding an op to the transform matrix is one entry here.
+
+Elementwise ops give their partial derivatives elementwise (``d1``, ``d2``); ops that act on
+the last axis (softmax) give the per-row Jacobian and Hessian (``jac_row``, ``hess_row``).
+Either way the tests see full Jacobians ``J[i]`` (out x input i) and Hessians ``H[i][j]``
+(out x input i x input j) over the flattened arrays.
 
 The references are written from the math (SPEC §2.1), not from jaxops code.  Derivatives at
 the kinks follow the conventions in the SPEC table; the derivative of a gradient op w.r.t. the
@@ -25,17 +30,55 @@ class Case:
     op: Callable
     attrs: dict
     ref: Callable[..., np.ndarray]  # (*inputs) -> output
-    d1: Callable[..., Arrays]  # (*inputs) -> d out / d input_i, elementwise
-    d2: Callable[..., tuple[Arrays, ...]]  # (*inputs) -> d2 out / d input_i d input_j
+    d1: Callable[..., Arrays] | None  # (*inputs) -> d out / d input_i, elementwise
+    d2: Callable[..., tuple[Arrays, ...]] | None  # (*inputs) -> d2 out / d in_i d in_j
     sample: Callable[[np.random.Generator, tuple[int, ...]], Arrays]
     kinks: tuple[float, ...] = ()
+    jac_row: Callable[..., Arrays] | None = None  # (*rows) -> (C, C) per input
+    hess_row: Callable[..., tuple[Arrays, ...]] | None = None  # (*rows) -> (C, C, C)
 
     def __call__(self, *xs):
         return self.op(*xs, **self.attrs)
 
+    def jacobians(self, *xs) -> Arrays:
+        """J[i]: d vec(out) / d vec(input i), float64."""
+        if self.jac_row is None:
+            return tuple(np.diag(d.ravel()) for d in self.d1(*xs))
+        per_row = [self.jac_row(*rows) for rows in zip(*(x.reshape(-1, x.shape[-1]) for x in xs),
+                                                         strict=True)]
+        return tuple(_block_diag([r[i] for r in per_row]) for i in range(len(xs)))
+
+    def hessians(self, *xs) -> tuple[Arrays, ...]:
+        """H[i][j]: d2 vec(out) / d vec(input i) d vec(input j), float64."""
+        k = range(len(xs))
+        if self.hess_row is None:
+            d2 = self.d2(*xs)
+            return tuple(tuple(_diag3(d2[i][j].ravel()) for j in k) for i in k)
+        per_row = [self.hess_row(*rows) for rows in zip(*(x.reshape(-1, x.shape[-1]) for x in xs),
+                                                          strict=True)]
+        return tuple(tuple(_block_diag([r[i][j] for r in per_row]) for j in k) for i in k)
+
     def __str__(self):
         attrs = ",".join(f"{k}={v}" for k, v in self.attrs.items())
         return f"{self.name}({attrs})" if attrs else self.name
+
+
+def _diag3(v):
+    h = np.zeros((v.size,) * 3)
+    idx = np.arange(v.size)
+    h[idx, idx, idx] = v
+    return h
+
+
+def _block_diag(blocks):
+    """Block-diagonal over the leading axes of per-row (C, C[, C]) blocks."""
+    c, nd = blocks[0].shape[0], blocks[0].ndim
+    n = c * len(blocks)
+    out = np.zeros((n,) * nd)
+    for r, b in enumerate(blocks):
+        sl = slice(r * c, (r + 1) * c)
+        out[(sl,) * nd] = b
+    return out
 
 
 def _zeros(*xs):

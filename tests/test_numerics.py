@@ -14,7 +14,7 @@ from reference import CASES
 import jaxops as jo
 
 DTYPES = ("float32", "bfloat16", "float16", "float64")
-FORWARD = [c for c in CASES if not c.name.endswith("_gradient")]
+FORWARD = [c for c in CASES if not c.name.endswith("_gradient") and c.d1 is not None]
 
 
 def _grad(f):

@@ -57,10 +57,25 @@ def _f64(a):
     return np.asarray(a, np.float64)
 
 
-def _diag(v):
-    """Jacobian of an elementwise map with elementwise derivative v (shape SHAPE)."""
-    n = v.size
-    return np.diag(v.reshape(-1)).reshape(v.shape + v.shape) if n else v
+def _flat(a):
+    return _f64(a).ravel()
+
+
+def _vjp_ref(case, xs64, w):
+    """w^T J[i], shaped like input i."""
+    return [(_flat(w) @ j).reshape(x.shape) for j, x in
+            zip(case.jacobians(*xs64), xs64, strict=True)]
+
+
+def _jvp_ref(case, xs64, ts):
+    """sum_i J[i] t_i, shaped like the output."""
+    out = sum(j @ _flat(t) for j, t in zip(case.jacobians(*xs64), ts, strict=True))
+    return out.reshape(xs64[0].shape)
+
+
+def _hess_w(case, xs64, w):
+    """d2 sum(w * out) / d input_i d input_j, as (size_i, size_j) matrices."""
+    return [[np.einsum("o,oab->ab", _flat(w), h) for h in row] for row in case.hessians(*xs64)]
 
 
 def _weighted_loss(case, w):
@@ -69,6 +84,10 @@ def _weighted_loss(case, w):
 
 def _argnums(xs):
     return tuple(range(len(xs)))
+
+
+def _pairs(computed, expected):
+    return list(zip(computed, expected, strict=True))
 
 
 # Each transform returns (computed, expected) pairs, computed from jaxops, expected from the
@@ -83,14 +102,12 @@ def t_vmap(case, xs, xs64, w, ts):
 
 def t_grad(case, xs, xs64, w, ts):
     g = jax.grad(_weighted_loss(case, w), argnums=_argnums(xs))(*xs)
-    return [(gi, _f64(w) * di) for gi, di in zip(g, case.d1(*xs64), strict=True)]
+    return _pairs(g, _vjp_ref(case, xs64, w))
 
 
 def t_vjp(case, xs, xs64, w, ts):
     y, vjp_fn = jax.vjp(case, *xs)
-    return [(y, case.ref(*xs64))] + [
-        (gi, _f64(w) * di) for gi, di in zip(vjp_fn(w), case.d1(*xs64), strict=True)
-    ]
+    return [(y, case.ref(*xs64)), *_pairs(vjp_fn(w), _vjp_ref(case, xs64, w))]
 
 
 def t_grad_grad(case, xs, xs64, w, ts):
@@ -101,29 +118,29 @@ def t_grad_grad(case, xs, xs64, w, ts):
         return sum(jnp.sum(g * t) for g, t in zip(first(*xs), ts, strict=True))
 
     g2 = jax.grad(second, argnums=argnums)(*xs)
-    d2 = case.d2(*xs64)
+    hw = _hess_w(case, xs64, w)
     expected = [
-        sum(_f64(ts[i]) * _f64(w) * d2[i][j] for i in argnums) for j in argnums
+        sum(_flat(ts[i]) @ hw[i][j] for i in argnums).reshape(xs64[j].shape) for j in argnums
     ]
-    return list(zip(g2, expected, strict=True))
+    return _pairs(g2, expected)
 
 
 def t_jvp(case, xs, xs64, w, ts):
     y, t_out = jax.jvp(case, xs, ts)
-    expected_t = sum(_f64(t) * d for t, d in zip(ts, case.d1(*xs64), strict=True))
-    return [(y, case.ref(*xs64)), (t_out, expected_t)]
+    return [(y, case.ref(*xs64)), (t_out, _jvp_ref(case, xs64, ts))]
 
 
 def t_linearize(case, xs, xs64, w, ts):
     y, f_lin = jax.linearize(case, *xs)
-    expected_t = sum(_f64(t) * d for t, d in zip(ts, case.d1(*xs64), strict=True))
-    return [(y, case.ref(*xs64)), (f_lin(*ts), expected_t)]
+    return [(y, case.ref(*xs64)), (f_lin(*ts), _jvp_ref(case, xs64, ts))]
 
 
 def _t_jacobian(jac):
     def t(case, xs, xs64, w, ts):
         jacs = jac(case, argnums=_argnums(xs))(*xs)
-        return [(j, _diag(d)) for j, d in zip(jacs, case.d1(*xs64), strict=True)]
+        shape = xs64[0].shape
+        return _pairs(jacs, [j.reshape(shape + x.shape) for j, x in
+                             zip(case.jacobians(*xs64), xs64, strict=True)])
 
     return t
 
@@ -131,8 +148,9 @@ def _t_jacobian(jac):
 def t_hessian(case, xs, xs64, w, ts):
     argnums = _argnums(xs)
     h = jax.hessian(_weighted_loss(case, w), argnums=argnums)(*xs)
-    d2 = case.d2(*xs64)
-    return [(h[i][j], _diag(_f64(w) * d2[i][j])) for i in argnums for j in argnums]
+    hw = _hess_w(case, xs64, w)
+    return [(h[i][j], hw[i][j].reshape(xs64[i].shape + xs64[j].shape))
+            for i in argnums for j in argnums]
 
 
 def t_vmap_grad(case, xs, xs64, w, ts):
@@ -141,12 +159,12 @@ def t_vmap_grad(case, xs, xs64, w, ts):
         return jnp.sum(case(*row) * w_row)
 
     g = jax.vmap(jax.grad(row_loss, argnums=_argnums(xs)))(*xs, w)
-    return [(gi, _f64(w) * di) for gi, di in zip(g, case.d1(*xs64), strict=True)]
+    return _pairs(g, _vjp_ref(case, xs64, w))
 
 
 def t_grad_vmap(case, xs, xs64, w, ts):
     g = jax.grad(lambda *xs: jnp.sum(jax.vmap(case)(*xs) * w), argnums=_argnums(xs))(*xs)
-    return [(gi, _f64(w) * di) for gi, di in zip(g, case.d1(*xs64), strict=True)]
+    return _pairs(g, _vjp_ref(case, xs64, w))
 
 
 def t_scan(case, xs, xs64, w, ts):
@@ -160,14 +178,12 @@ def t_scan(case, xs, xs64, w, ts):
         return total, ys
 
     g, ys = jax.grad(loss, argnums=_argnums(xs), has_aux=True)(*xs)
-    return [(ys, case.ref(*xs64))] + [
-        (gi, _f64(w) * di) for gi, di in zip(g, case.d1(*xs64), strict=True)
-    ]
+    return [(ys, case.ref(*xs64)), *_pairs(g, _vjp_ref(case, xs64, w))]
 
 
 def t_checkpoint(case, xs, xs64, w, ts):
     g = jax.grad(jax.checkpoint(_weighted_loss(case, w)), argnums=_argnums(xs))(*xs)
-    return [(gi, _f64(w) * di) for gi, di in zip(g, case.d1(*xs64), strict=True)]
+    return _pairs(g, _vjp_ref(case, xs64, w))
 
 
 def t_sharded(case, xs, xs64, w, ts):
@@ -183,9 +199,7 @@ def t_sharded(case, xs, xs64, w, ts):
 
     y, g = run(*xs_s, w_s)
     assert y.sharding.is_equivalent_to(sharding, y.ndim), y.sharding
-    return [(y, case.ref(*xs64))] + [
-        (gi, _f64(w) * di) for gi, di in zip(g, case.d1(*xs64), strict=True)
-    ]
+    return [(y, case.ref(*xs64)), *_pairs(g, _vjp_ref(case, xs64, w))]
 
 
 TRANSFORMS = {
