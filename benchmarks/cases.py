@@ -45,6 +45,9 @@ BENCHES: dict[str, Bench] = {
         Bench("leaky_relu", jo.leaky_relu, jax.nn.leaky_relu, _uniform(-3, 3), "LeakyRelu"),
         Bench("softsign", jo.softsign, jax.nn.soft_sign, _uniform(-5, 5), "Softsign"),
         Bench("log", jo.log, jnp.log, _uniform(0.1, 10), "Log"),
+        Bench("sigmoid", jo.sigmoid, jax.nn.sigmoid, _uniform(-6, 6), "Sigmoid"),
+        Bench("tanh", jo.tanh, jnp.tanh, _uniform(-4, 4), "Tanh"),
+        Bench("exp", jo.exp, jnp.exp, _uniform(-4, 4), "Exp"),
         Bench("relu_gradient", jo.relu_gradient,
               lambda y, dy: jnp.where(y > 0, dy, 0), _uniform(-1, 1, 2), "ReluGradient"),
         Bench("relu_n_gradient", jo.relu_n_gradient,
@@ -59,5 +62,11 @@ BENCHES: dict[str, Bench] = {
               "SoftsignGradient"),
         Bench("log_gradient", jo.log_gradient, lambda x, dy: dy / x, _uniform(0.1, 10, 2),
               "LogGradient"),
+        Bench("sigmoid_gradient", jo.sigmoid_gradient, lambda y, dy: dy * y * (1 - y),
+              _uniform(0, 1, 2), "SigmoidGradient"),
+        Bench("tanh_gradient", jo.tanh_gradient, lambda y, dy: dy * (1 - y * y),
+              _uniform(-1, 1, 2), "TanhGradient"),
+        Bench("exp_gradient", jo.exp_gradient, lambda y, dy: dy * y, _uniform(0, 5, 2),
+              "ExpGradient"),
     )
 }

@@ -27,14 +27,21 @@ from jaxops.schema import OpSchema
 __all__ = ["defop"]
 
 
-def _aval(schema: OpSchema, param_name: str, value: Any) -> jax.ShapeDtypeStruct:
-    """Shape and (canonical) dtype of an argument, or a TypeError for a non-array."""
-    if isinstance(value, (jax.Array, np.ndarray, np.generic, bool, int, float)):
-        dtype = getattr(value, "dtype", None) or np.result_type(value)
-        dtype = jax.dtypes.canonicalize_dtype(dtype)
-        return jax.ShapeDtypeStruct(np.shape(value), dtype)
+def _aval(schema: OpSchema, param, value: Any) -> jax.ShapeDtypeStruct | None:
+    """Shape and (canonical) dtype of an argument, None for an omitted optional input, or a
+    TypeError.  Python scalars are weakly typed: they take the dtype of the arrays they meet,
+    as in ``jnp``."""
+    if value is None:
+        if param.optional:
+            return None
+        raise TypeError(f"jaxops.{schema.function}: input {param.name!r} is required, got None.")
+    if isinstance(value, (jax.Array, np.ndarray, np.generic)):
+        return jax.ShapeDtypeStruct(np.shape(value), jax.dtypes.canonicalize_dtype(value.dtype))
+    if isinstance(value, (bool, int, float)):
+        dtype = jax.dtypes.canonicalize_dtype(np.result_type(value))
+        return jax.ShapeDtypeStruct((), dtype, weak_type=not isinstance(value, bool))
     raise TypeError(
-        f"jaxops.{schema.function}: input {param_name!r} must be a JAX or NumPy array or a "
+        f"jaxops.{schema.function}: input {param.name!r} must be a JAX or NumPy array or a "
         f"Python float, got {type(value).__name__}. Wrap it with jnp.asarray(...)."
     )
 
@@ -81,7 +88,8 @@ def defop(schema: OpSchema) -> Callable[[Callable[..., Any]], Callable[..., Any]
                     cts = registered["vjp"](*primals, y, dy, **attrs)
                     return cts if isinstance(cts, tuple) else (cts,)
 
-                (t_out,) = jax.linear_transpose(vjp, y)(tuple(tangents[i] for i in differentiable))
+                present = tuple(i for i in differentiable if primals[i] is not None)
+                (t_out,) = jax.linear_transpose(vjp, y)(tuple(tangents[i] for i in present))
                 return y, t_out
 
             return fn
@@ -101,7 +109,7 @@ def defop(schema: OpSchema) -> Callable[[Callable[..., Any]], Callable[..., Any]
             except TypeError as e:
                 raise TypeError(f"jaxops.{schema.function}: {e}; signature is {sig}") from None
             arrays = [bound.arguments[n] for n in input_names]
-            avals = [_aval(schema, p.name, a) for p, a in zip(schema.inputs, arrays, strict=True)]
+            avals = [_aval(schema, p, a) for p, a in zip(schema.inputs, arrays, strict=True)]
             attrs = schema.canonical_attributes(
                 {n: bound.arguments[n] for n in attr_names if n in bound.arguments}
             )
@@ -110,7 +118,8 @@ def defop(schema: OpSchema) -> Callable[[Callable[..., Any]], Callable[..., Any]
 
         def defgrad(vjp: Callable[..., Any]) -> Callable[..., Any]:
             """Register ``vjp(*inputs, y, dy, **attrs)`` -> cotangents of the differentiable
-            inputs (a tuple, or one array for one input).  It must call the gradient op."""
+            inputs that are present (a tuple, or one array for one input).  It must call the
+            gradient op."""
             if "vjp" in registered:
                 raise ValueError(f"{schema.name} already has a registered gradient")
             registered["vjp"] = vjp

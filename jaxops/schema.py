@@ -224,24 +224,35 @@ class OpSchema:
         return None
 
     def check_inputs(self, in_avals: Sequence[Any]) -> None:
-        """Enforce the type constraints: TypeError naming op, input, dtype and allowed."""
+        """Enforce the type constraints: TypeError naming op, input, dtype and allowed.
+
+        Omitted optional inputs (None) are skipped.  Weakly typed inputs (Python scalars)
+        take the dtype of the other inputs of their type parameter, as in ``jnp``; alone,
+        they must have an allowed dtype themselves.
+        """
         bound: dict[str, np.dtype] = {}
-        for p, a in zip(self.inputs, in_avals, strict=True):
-            dtype = np.dtype(a.dtype)
-            allowed = self.type_constraints[p.type_param]
-            if dtype.name not in allowed:
-                raise TypeError(
-                    f"jaxops.{self.function}: input {p.name!r} has dtype {dtype.name}, but "
-                    f"{self.name} accepts {p.type_param} in {{{', '.join(allowed)}}}. "
-                    "Cast it first, e.g. x.astype(jnp.float32)."
-                )
-            first = bound.setdefault(p.type_param, dtype)
-            if dtype != first:
-                raise TypeError(
-                    f"jaxops.{self.function}: input {p.name!r} has dtype {dtype.name}, but an "
-                    f"earlier input of type {p.type_param} is {first.name}; jaxops does not "
-                    "promote silently. Cast the inputs to one dtype."
-                )
+        present = [(p, a) for p, a in zip(self.inputs, in_avals, strict=True) if a is not None]
+        for strong in (True, False):
+            for p, a in present:
+                if bool(getattr(a, "weak_type", False)) == strong:
+                    continue
+                dtype = np.dtype(a.dtype)
+                if not strong and p.type_param in bound:
+                    continue  # a Python scalar next to arrays: takes their dtype
+                allowed = self.type_constraints[p.type_param]
+                if dtype.name not in allowed:
+                    raise TypeError(
+                        f"jaxops.{self.function}: input {p.name!r} has dtype {dtype.name}, but "
+                        f"{self.name} accepts {p.type_param} in {{{', '.join(allowed)}}}. "
+                        "Cast it first, e.g. x.astype(jnp.float32)."
+                    )
+                first = bound.setdefault(p.type_param, dtype)
+                if dtype != first:
+                    raise TypeError(
+                        f"jaxops.{self.function}: input {p.name!r} has dtype {dtype.name}, but "
+                        f"an earlier input of type {p.type_param} is {first.name}; jaxops does "
+                        "not promote silently. Cast the inputs to one dtype."
+                    )
 
     def canonical_attributes(self, attrs: Mapping[str, Any]) -> dict[str, Any]:
         """Attributes checked against the schema and converted to hashable scalars."""

@@ -150,6 +150,42 @@ def _softsign_log_cases():
         lambda rng, shape: (np.exp(rng.uniform(-3, 3, size=shape)),))
 
 
+def _sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def _smooth_cases():
+    yield Case(
+        "sigmoid", jo.sigmoid, {}, _sigmoid,
+        lambda x: (_sigmoid(x) * (1 - _sigmoid(x)),),
+        lambda x: ((_sigmoid(x) * (1 - _sigmoid(x)) * (1 - 2 * _sigmoid(x)),),),
+        _uniform(-6, 6, 0.0))
+    yield Case(
+        "tanh", jo.tanh, {}, np.tanh, lambda x: (1 - np.tanh(x) ** 2,),
+        lambda x: ((-2 * np.tanh(x) * (1 - np.tanh(x) ** 2),),), _uniform(-4, 4, 0.0))
+    yield Case(
+        "exp", jo.exp, {}, np.exp, lambda x: (np.exp(x),), lambda x: ((np.exp(x),),),
+        _uniform(-4, 4, 0.0))
+
+
+def _smooth_gradient_cases():
+    one = lambda y: np.ones_like(y)  # noqa: E731
+    yield Case(
+        "sigmoid_gradient", jo.sigmoid_gradient, {}, lambda y, dy: dy * y * (1 - y),
+        lambda y, dy: (dy * (1 - 2 * y), y * (1 - y)),
+        lambda y, dy: ((-2 * dy, 1 - 2 * y), (1 - 2 * y, _zeros(y))),
+        _with_dy(_uniform(-6, 6, 0.0), _sigmoid))
+    yield Case(
+        "tanh_gradient", jo.tanh_gradient, {}, lambda y, dy: dy * (1 - y**2),
+        lambda y, dy: (-2 * y * dy, 1 - y**2),
+        lambda y, dy: ((-2 * dy, -2 * y), (-2 * y, _zeros(y))),
+        _with_dy(_uniform(-4, 4, 0.0), np.tanh))
+    yield Case(
+        "exp_gradient", jo.exp_gradient, {}, lambda y, dy: dy * y,
+        lambda y, dy: (dy, y), lambda y, dy: ((_zeros(y), one(y)), (one(y), _zeros(y))),
+        _with_dy(_uniform(-4, 4, 0.0), np.exp))
+
+
 def _gradient_cases():
     zero2 = lambda s, dy: ((_zeros(s), _zeros(s)), (_zeros(s), _zeros(s)))  # noqa: E731
     yield Case(
@@ -181,4 +217,7 @@ def _gradient_cases():
         _with_dy(lambda rng, shape: (np.exp(rng.uniform(-2, 2, size=shape)),)))
 
 
-CASES: tuple[Case, ...] = (*_relu_cases(), *_softsign_log_cases(), *_gradient_cases())
+CASES: tuple[Case, ...] = (
+    *_relu_cases(), *_softsign_log_cases(), *_smooth_cases(),
+    *_gradient_cases(), *_smooth_gradient_cases(),
+)

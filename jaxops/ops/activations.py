@@ -320,3 +320,117 @@ def softsign_gradient(x: ArrayLike, dy: ArrayLike) -> jax.Array:
     # is 0, not inf/inf = NaN, at x = ±inf.
     r = 1 / (1 + xf * jnp.sign(xf))
     return (dyf * (r * r)).astype(dy.dtype)
+
+
+# ------------------------------------------------------------------------ Sigmoid, Tanh
+
+def _reads_y(name: str, formula: str) -> OpSchema:
+    """Schema of a Caffe2 gradient op that reads the forward output: (Y, dY) -> dX."""
+    return OpSchema(
+        name=f"{name}Gradient", function=f"{_snake(name)}_gradient", domain=JAXOPS_DOMAIN,
+        doc=f"dX = {formula} (Caffe2 {name}Gradient).", inputs=_Y_DY, outputs=_DX,
+        allow_inplace=((1, 0),), cost_fn=pointwise_cost(flops=3),
+    )
+
+
+def _snake(name: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
+
+
+SIGMOID = schema.register(OpSchema(
+    name="Sigmoid", function="sigmoid", since_version=13, inherit_onnx_schema=True,
+    doc="Y = 1 / (1 + exp(-X)), elementwise.",
+    inputs=_X, outputs=_Y, allow_inplace=((0, 0),), gradient="SigmoidGradient",
+    cost_fn=pointwise_cost(flops=3, transcendentals=1),
+))
+
+
+@defop(SIGMOID)
+def sigmoid(x: ArrayLike) -> jax.Array:
+    r"""Logistic sigmoid.
+
+    .. math:: \sigma(x) = \frac{1}{1 + e^{-x}}, \qquad \sigma' = \sigma (1 - \sigma)
+
+    Computed with ``lax.logistic`` (no overflow for large ``|x|``); half precision in
+    float32.  The gradient op reads Y, so Sigmoid may run in place.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxops
+      >>> jaxops.sigmoid(jnp.array([0.0, 100.0, -100.0]))
+      Array([0.5, 1. , 0. ], dtype=float32)
+
+    References:
+      ONNX Sigmoid-13; Caffe2 ``SigmoidOp`` / ``SigmoidGradientOp``.
+    """
+    return jax.lax.logistic(upcast(x)).astype(x.dtype)
+
+
+@sigmoid.defgrad
+def _sigmoid_vjp(x, y, dy):
+    return sigmoid_gradient(y, dy)
+
+
+SIGMOID_GRADIENT = schema.register(_reads_y("Sigmoid", "dY * Y * (1 - Y)"))
+
+
+@defop(SIGMOID_GRADIENT)
+def sigmoid_gradient(y: ArrayLike, dy: ArrayLike) -> jax.Array:
+    r"""Gradient op of :func:`sigmoid`, from its output: ``dy * y * (1 - y)``.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxops
+      >>> jaxops.sigmoid_gradient(jnp.array([0.5]), jnp.array([2.0]))
+      Array([0.5], dtype=float32)
+    """
+    yf = upcast(y)
+    return (upcast(dy) * (yf * (1 - yf))).astype(dy.dtype)
+
+
+TANH = schema.register(OpSchema(
+    name="Tanh", function="tanh", since_version=13, inherit_onnx_schema=True,
+    doc="output = tanh(input), elementwise.",
+    inputs=(Parameter("input", doc="input tensor"),),
+    outputs=(Parameter("output", doc="hyperbolic tangent of the input"),),
+    allow_inplace=((0, 0),), gradient="TanhGradient",
+    cost_fn=pointwise_cost(transcendentals=1),
+))
+
+
+@defop(TANH)
+def tanh(x: ArrayLike) -> jax.Array:
+    r"""Hyperbolic tangent.
+
+    .. math:: \tanh'(x) = 1 - \tanh^2(x), \qquad \tanh''(x) = -2 \tanh(x) (1 - \tanh^2(x))
+
+    Half precision is computed in float32.  The gradient op reads Y (in place allowed).
+
+    Example:
+      >>> import jax.numpy as jnp, jaxops
+      >>> jaxops.tanh(jnp.array([0.0, 20.0]))
+      Array([0., 1.], dtype=float32)
+
+    References:
+      ONNX Tanh-13; Caffe2 ``TanhOp`` / ``TanhGradientOp``.
+    """
+    return jnp.tanh(upcast(x)).astype(x.dtype)
+
+
+@tanh.defgrad
+def _tanh_vjp(x, y, dy):
+    return tanh_gradient(y, dy)
+
+
+TANH_GRADIENT = schema.register(_reads_y("Tanh", "dY * (1 - Y^2)"))
+
+
+@defop(TANH_GRADIENT)
+def tanh_gradient(y: ArrayLike, dy: ArrayLike) -> jax.Array:
+    r"""Gradient op of :func:`tanh`, from its output: ``dy * (1 - y^2)``.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxops
+      >>> jaxops.tanh_gradient(jnp.array([0.5]), jnp.array([2.0]))
+      Array([1.5], dtype=float32)
+    """
+    yf = upcast(y)
+    return (upcast(dy) * (1 - yf * yf)).astype(dy.dtype)

@@ -1,4 +1,4 @@
-"""Log (and, with the wider operator set, its relatives), with their gradient ops."""
+"""Log and Exp, with their gradient ops."""
 
 from __future__ import annotations
 
@@ -71,3 +71,60 @@ def log_gradient(x: ArrayLike, dy: ArrayLike) -> jax.Array:
       Array([0.5 , 0.25], dtype=float32)
     """
     return (upcast(dy) / upcast(x)).astype(dy.dtype)
+
+
+EXP = schema.register(OpSchema(
+    name="Exp", function="exp", since_version=13, inherit_onnx_schema=True,
+    doc="output = e^input, elementwise.",
+    inputs=(Parameter("input", doc="input tensor"),),
+    outputs=(Parameter("output", doc="exponential of the input"),),
+    allow_inplace=((0, 0),), gradient="ExpGradient",
+    cost_fn=pointwise_cost(transcendentals=1),
+))
+
+
+@defop(EXP)
+def exp(x: ArrayLike) -> jax.Array:
+    r"""Exponential.
+
+    .. math:: \exp'(x) = \exp(x)
+
+    IEEE semantics: overflow gives inf, ``exp(-inf) = 0``.  The gradient op reads Y, so Exp
+    may run in place.  Half precision is computed in float32.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxops
+      >>> jaxops.exp(jnp.array([0.0, -jnp.inf]))
+      Array([1., 0.], dtype=float32)
+
+    References:
+      ONNX Exp-13; Caffe2 ``ExpOp`` (its gradient was ``Mul(dY, Y)``).
+    """
+    return jnp.exp(upcast(x)).astype(x.dtype)
+
+
+@exp.defgrad
+def _exp_vjp(x, y, dy):
+    return exp_gradient(y, dy)
+
+
+EXP_GRADIENT = schema.register(OpSchema(
+    name="ExpGradient", function="exp_gradient", domain=JAXOPS_DOMAIN,
+    doc="dX = dY * Y (Caffe2 expressed it as Mul(dY, Y)).",
+    inputs=(Parameter("Y", doc="the forward op's output"),
+            Parameter("dY", doc="gradient w.r.t. Y")),
+    outputs=(Parameter("dX", doc="gradient w.r.t. X"),), allow_inplace=((1, 0),),
+    cost_fn=pointwise_cost(flops=1),
+))
+
+
+@defop(EXP_GRADIENT)
+def exp_gradient(y: ArrayLike, dy: ArrayLike) -> jax.Array:
+    r"""Gradient op of :func:`exp`, from its output: ``dy * y``.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxops
+      >>> jaxops.exp_gradient(jnp.array([2.0]), jnp.array([3.0]))
+      Array([6.], dtype=float32)
+    """
+    return (upcast(dy) * upcast(y)).astype(dy.dtype)
