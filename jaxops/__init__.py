@@ -5,8 +5,12 @@ This file is the public API: every name users may import is re-exported here.
 
 from jaxops import schema as schema
 from jaxops.ops.activations import (
+    clip as clip,
+    clip_gradient as clip_gradient,
     leaky_relu as leaky_relu,
     leaky_relu_gradient as leaky_relu_gradient,
+    prelu as prelu,
+    prelu_gradient as prelu_gradient,
     relu as relu,
     relu_gradient as relu_gradient,
     relu_n as relu_n,
@@ -23,6 +27,12 @@ from jaxops.ops.exponential import (
     exp_gradient as exp_gradient,
     log as log,
     log_gradient as log_gradient,
+)
+from jaxops.ops.softmax import (
+    log_softmax as log_softmax,
+    log_softmax_gradient as log_softmax_gradient,
+    softmax as softmax,
+    softmax_gradient as softmax_gradient,
 )
 
 __version__ = "0.1.0"

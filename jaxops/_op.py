@@ -35,7 +35,10 @@ def _aval(schema: OpSchema, param, value: Any) -> jax.ShapeDtypeStruct | None:
         if param.optional:
             return None
         raise TypeError(f"jaxops.{schema.function}: input {param.name!r} is required, got None.")
-    if isinstance(value, (jax.Array, np.ndarray, np.generic)):
+    if isinstance(value, jax.Array):  # arrays and tracers; a traced Python scalar stays weak
+        aval = jax.typeof(value)
+        return jax.ShapeDtypeStruct(aval.shape, aval.dtype, weak_type=aval.weak_type)
+    if isinstance(value, (np.ndarray, np.generic)):
         return jax.ShapeDtypeStruct(np.shape(value), jax.dtypes.canonicalize_dtype(value.dtype))
     if isinstance(value, (bool, int, float)):
         dtype = jax.dtypes.canonicalize_dtype(np.result_type(value))
@@ -108,6 +111,7 @@ def defop(schema: OpSchema) -> Callable[[Callable[..., Any]], Callable[..., Any]
                 bound = sig.bind(*args, **kwargs)
             except TypeError as e:
                 raise TypeError(f"jaxops.{schema.function}: {e}; signature is {sig}") from None
+            bound.apply_defaults()  # omitted optional inputs are None
             arrays = [bound.arguments[n] for n in input_names]
             avals = [_aval(schema, p, a) for p, a in zip(schema.inputs, arrays, strict=True)]
             attrs = schema.canonical_attributes(

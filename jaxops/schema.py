@@ -70,6 +70,7 @@ class Parameter:
     doc: str = ""
     optional: bool = False
     differentiable: bool = True
+    scalar: bool = False  # ONNX's "tensor of empty shape" (Clip's min and max)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,7 +146,7 @@ def pointwise_cost(flops: float = 0, transcendentals: float = 0):
         return Cost(
             flops=flops * n,
             transcendentals=transcendentals * n,
-            bytes_read=sum(_nbytes(a) for a in in_avals),
+            bytes_read=sum(_nbytes(a) for a in in_avals if a is not None),
             bytes_written=sum(_nbytes(a) for a in out_avals),
         )
 
@@ -153,11 +154,19 @@ def pointwise_cost(flops: float = 0, transcendentals: float = 0):
 
 
 def _identical_type_and_shape(schema: OpSchema, in_avals, **attrs):
-    """Caffe2's ``IdenticalTypeAndShape``: every input has one shape and dtype; the
-    outputs have them too."""
+    """Caffe2's ``IdenticalTypeAndShape``: every tensor input has one shape and dtype; the
+    outputs have them too.  Scalar inputs must be scalars."""
     first = in_avals[0]
     for p, a in zip(schema.inputs[1:], in_avals[1:], strict=True):
-        if a.shape != first.shape:
+        if a is None:
+            continue
+        if p.scalar:
+            if a.shape != ():
+                raise ValueError(
+                    f"jaxops.{schema.function}: input {p.name!r} must be a scalar (shape ()), "
+                    f"got shape {a.shape}."
+                )
+        elif a.shape != first.shape:
             raise ValueError(
                 f"jaxops.{schema.function}: input {p.name!r} must have the shape of "
                 f"{schema.inputs[0].name!r} {first.shape}, got {a.shape}."
@@ -175,6 +184,8 @@ class OpSchema:
       domain: ``""`` for ai.onnx ops, :data:`JAXOPS_DOMAIN` for the others.
       since_version: the ONNX opset version whose semantics the op follows.
       inputs / outputs / attributes / type_constraints: as in ``onnx.defs.OpSchema``.
+      elementwise: each output element depends on the input elements at its position only
+        (after broadcasting); False for reductions along an axis (softmax).
       allow_inplace: ``(input, output)`` index pairs whose buffers may be shared.
       inplace_condition: ``(**attrs) -> reason | None`` for ops that may alias only for
         some attribute values.
@@ -197,6 +208,7 @@ class OpSchema:
     type_constraints: Mapping[str, tuple[str, ...]] = dataclasses.field(
         default_factory=lambda: {"T": FLOAT_TYPES}
     )
+    elementwise: bool = True
     allow_inplace: tuple[tuple[int, int], ...] = ()
     inplace_condition: Callable[..., str | None] | None = None
     identical_type_and_shape: bool = True

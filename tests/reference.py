@@ -186,6 +186,123 @@ def _smooth_gradient_cases():
         _with_dy(_uniform(-4, 4, 0.0), np.exp))
 
 
+def _clip_prelu_cases():
+    for lo, hi in ((-1.0, 2.0), (2.0, -1.0), (None, 0.5)):
+        def ref(x, lo=lo, hi=hi):
+            y = x if lo is None else np.maximum(x, lo)
+            return np.minimum(y, hi)
+
+        def mask(x, lo=lo, hi=hi):
+            return ((True if lo is None else x > lo) & (x < hi)) * 1.0
+
+        kinks = tuple(b for b in (lo, hi) if b is not None)
+        yield Case("clip", jo.clip, {"min": lo, "max": hi}, ref, lambda x, m=mask: (m(x),),
+                   lambda x: ((_zeros(x),),), _uniform(-3, 3, *kinks), kinks=kinks)
+        yield Case("clip_gradient", jo.clip_gradient, {"min": lo, "max": hi},
+                   lambda y, dy, m=mask: m(y) * dy, lambda y, dy, m=mask: (_zeros(y), m(y)),
+                   lambda y, dy: ((_zeros(y), _zeros(y)), (_zeros(y), _zeros(y))),
+                   _with_dy(_uniform(-3, 3, *kinks), ref), kinks=kinks)
+
+    def prelu_sample(rng, shape):
+        x = rng.uniform(-3, 3, size=shape)
+        x.reshape(-1)[0] = 0.0
+        return x, rng.uniform(-1, 1, size=shape)
+
+    neg = lambda x: (x < 0) * 1.0  # noqa: E731
+    yield Case(
+        "prelu", jo.prelu, {}, lambda x, a: np.where(x >= 0, x, a * x),
+        lambda x, a: (np.where(x >= 0, 1.0, a), np.where(x < 0, x, 0.0)),
+        lambda x, a: ((_zeros(x), neg(x)), (neg(x), _zeros(x))),
+        prelu_sample, kinks=(0.0,))
+
+    def with_dy(rng, shape):
+        return (*prelu_sample(rng, shape), rng.uniform(-2, 2, size=shape))
+
+    z3 = lambda x: tuple(tuple(_zeros(x) for _ in range(3)) for _ in range(3))  # noqa: E731
+
+    def d2_dx(x, a, dy):
+        h = [list(r) for r in z3(x)]
+        h[1][2] = h[2][1] = neg(x)
+        return tuple(tuple(r) for r in h)
+
+    def d2_dslope(x, a, dy):
+        h = [list(r) for r in z3(x)]
+        h[0][2] = h[2][0] = neg(x)
+        return tuple(tuple(r) for r in h)
+
+    yield Case(
+        "prelu_gradient[dX]", lambda x, a, dy: jo.prelu_gradient(x, a, dy)[0], {},
+        lambda x, a, dy: np.where(x < 0, a * dy, dy),
+        lambda x, a, dy: (_zeros(x), neg(x) * dy, np.where(x < 0, a, 1.0)), d2_dx,
+        with_dy, kinks=(0.0,))
+    yield Case(
+        "prelu_gradient[dslope]", lambda x, a, dy: jo.prelu_gradient(x, a, dy)[1], {},
+        lambda x, a, dy: neg(x) * dy * x,
+        lambda x, a, dy: (neg(x) * dy, _zeros(x), neg(x) * x), d2_dslope,
+        with_dy, kinks=(0.0,))
+
+
+def _softmax(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def _softmax_cases():
+    def jac(x):
+        s = _softmax(x)
+        return np.diag(s) - np.outer(s, s)
+
+    def sm_hess(x):
+        s, j = _softmax(x), jac(x)
+        eye = np.eye(len(x))
+        # d J[i, j] / d x_k = J[i, k] (d_ij - s_j) - s_i J[j, k]
+        return (np.einsum("ik,ij->ijk", j, eye - s[None, :])
+                - np.einsum("i,jk->ijk", s, j))
+
+    yield Case("softmax", jo.softmax, {}, _softmax, None, None, _uniform(-3, 3),
+               jac_row=lambda x: (jac(x),), hess_row=lambda x: ((sm_hess(x),),))
+    yield Case("log_softmax", jo.log_softmax, {},
+               lambda x: np.log(_softmax(x)), None, None, _uniform(-3, 3),
+               jac_row=lambda x: (np.eye(len(x)) - _softmax(x)[None, :],),
+               hess_row=lambda x: ((-np.broadcast_to(jac(x)[None], (len(x),) * 3),),))
+
+    def sg_jac(y, dy):
+        eye = np.eye(len(y))
+        return (eye * (dy - dy @ y) - np.outer(y, dy), y[:, None] * (eye - y[None, :]))
+
+    def sg_hess(y, dy):
+        eye = np.eye(len(y))
+        yy = -np.einsum("ij,k->ijk", eye, dy) - np.einsum("ik,j->ijk", eye, dy)
+        ydy = np.einsum("ij,ik->ijk", eye, eye - y[None, :]) - np.einsum("i,jk->ijk", y, eye)
+        return ((yy, ydy), (ydy.transpose(0, 2, 1), np.zeros_like(yy)))
+
+    def softmax_rows(rng, shape):
+        return _softmax(rng.uniform(-3, 3, size=shape)), rng.uniform(-2, 2, size=shape)
+
+    yield Case("softmax_gradient", jo.softmax_gradient, {},
+               lambda y, dy: y * (dy - (dy * y).sum(-1, keepdims=True)), None, None,
+               softmax_rows, jac_row=sg_jac, hess_row=sg_hess)
+
+    def lg_jac(y, dy):
+        eye = np.eye(len(y))
+        return (-eye * np.exp(y) * dy.sum(), eye - np.exp(y)[:, None])
+
+    def lg_hess(y, dy):
+        eye = np.eye(len(y))
+        e = np.exp(y)
+        yy = -np.einsum("ij,ik,i->ijk", eye, eye, e) * dy.sum()
+        ydy = -np.einsum("ij,i->ij", eye, e)[:, :, None] * np.ones(len(y))[None, None, :]
+        return ((yy, ydy), (ydy.transpose(0, 2, 1), np.zeros_like(yy)))
+
+    def log_softmax_rows(rng, shape):
+        y, dy = softmax_rows(rng, shape)
+        return np.log(y), dy
+
+    yield Case("log_softmax_gradient", jo.log_softmax_gradient, {},
+               lambda y, dy: dy - np.exp(y) * dy.sum(-1, keepdims=True), None, None,
+               log_softmax_rows, jac_row=lg_jac, hess_row=lg_hess)
+
+
 def _gradient_cases():
     zero2 = lambda s, dy: ((_zeros(s), _zeros(s)), (_zeros(s), _zeros(s)))  # noqa: E731
     yield Case(
@@ -217,7 +334,15 @@ def _gradient_cases():
         _with_dy(lambda rng, shape: (np.exp(rng.uniform(-2, 2, size=shape)),)))
 
 
+def example_args(schema, shape=(7,), dtype="float32", value=0.5):
+    """Arguments that satisfy an op's schema: arrays of ``shape`` filled with ``value``,
+    scalars for its scalar inputs."""
+    import jax.numpy as jnp
+
+    return tuple(jnp.full(() if p.scalar else shape, value, dtype) for p in schema.inputs)
+
+
 CASES: tuple[Case, ...] = (
-    *_relu_cases(), *_softsign_log_cases(), *_smooth_cases(),
-    *_gradient_cases(), *_smooth_gradient_cases(),
+    *_relu_cases(), *_softsign_log_cases(), *_smooth_cases(), *_clip_prelu_cases(),
+    *_softmax_cases(), *_gradient_cases(), *_smooth_gradient_cases(),
 )

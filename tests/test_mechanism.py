@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference import example_args
 
 import jaxops as jo
 from benchmarks.harness import count_compiles  # one compile counter for tests and benchmarks
@@ -36,9 +37,9 @@ def _jit_names(jaxpr) -> set[str]:
 def test_reverse_mode_calls_registered_gradient_op(s):
     op = getattr(jo, s.function)
     grad_fn = jo.schema.get(s.gradient).function
-    x = jnp.linspace(0.5, 2.0, 8)
-    fwd = jax.make_jaxpr(op)(x).jaxpr
-    rev = jax.make_jaxpr(jax.grad(lambda x: op(x).sum()))(x).jaxpr
+    args = example_args(s, (8,))
+    fwd = jax.make_jaxpr(op)(*args).jaxpr
+    rev = jax.make_jaxpr(jax.grad(lambda *a: op(*a).sum()))(*args).jaxpr
     assert grad_fn not in _jit_names(fwd)
     assert grad_fn in _jit_names(rev), _jit_names(rev)
 
@@ -96,11 +97,11 @@ def test_attribute_change_under_jit_and_grad():
 
 
 INPLACE = [s for s in jo.schema.all_schemas() if s.allow_inplace]
-NOT_INPLACE = [s for s in jo.schema.all_schemas() if not s.allow_inplace]
+NOT_INPLACE = [s for s in OPS_WITH_GRADIENT if not s.allow_inplace]
 
 
 def _args(s, shape=(256, 256)):
-    return tuple(jnp.full(shape, 0.5, jnp.float32) for _ in s.inputs)
+    return example_args(s, shape)
 
 
 @pytest.mark.parametrize("s", INPLACE, ids=lambda s: s.name)

@@ -14,7 +14,10 @@ from reference import CASES
 import jaxops as jo
 
 DTYPES = ("float32", "bfloat16", "float16", "float64")
-FORWARD = [c for c in CASES if not c.name.endswith("_gradient") and c.d1 is not None]
+FORWARD = [  # single-input elementwise ops (the others have their own edge tests)
+    c for c in CASES if not c.name.startswith(("prelu", "clip_gradient"))
+    and not c.name.endswith("_gradient") and c.d1 is not None
+]
 
 
 def _grad(f):
@@ -171,3 +174,97 @@ def test_errors_are_raised_at_trace_time():
         jax.make_jaxpr(jo.log)(jnp.arange(3))
     with pytest.raises(TypeError, match="has dtype int32"):
         jax.eval_shape(jo.relu, jax.ShapeDtypeStruct((2,), jnp.int32))
+
+
+# ------------------------------------------------------------- broadcasting, softmax edges
+
+@pytest.mark.parametrize("slope_shape", [(), (3,), (1, 3), (4, 1), (4, 3)])
+def test_prelu_broadcast_slope_and_its_summed_gradient(slope_shape):
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-2, 2, (4, 3))
+    a = rng.uniform(-1, 1, slope_shape)
+    w = rng.uniform(-1, 1, (4, 3))
+    ab = np.broadcast_to(a, x.shape)
+    want_y = np.where(x >= 0, x, ab * x)
+    want_dx = w * np.where(x >= 0, 1.0, ab)
+    # the slope's gradient sums over the dimensions broadcasting added or stretched
+    g = (w * np.where(x < 0, x, 0.0)).sum(axis=tuple(range(x.ndim - len(slope_shape))))
+    stretched = tuple(i for i, n in enumerate(slope_shape) if n == 1)
+    want_da = g.sum(axis=stretched, keepdims=True).reshape(slope_shape)
+    xj, aj, wj = (jnp.asarray(v, jnp.float32) for v in (x, a, w))
+    np.testing.assert_allclose(jo.prelu(xj, aj), want_y, rtol=1e-6)
+    dx, da = jax.grad(lambda x, a: jnp.sum(jo.prelu(x, a) * wj), argnums=(0, 1))(xj, aj)
+    np.testing.assert_allclose(dx, want_dx, rtol=1e-6)
+    np.testing.assert_allclose(da, want_da, rtol=1e-5, atol=1e-6)
+    # forward mode through the same registration, and second order
+    t = jax.jvp(lambda a: jo.prelu(xj, a), (aj,), (jnp.ones_like(aj),))[1]
+    np.testing.assert_allclose(t, np.where(x < 0, x, 0.0), rtol=1e-6)
+    jax.hessian(lambda x, a: jnp.sum(jo.prelu(x, a) * wj), argnums=(0, 1))(xj, aj)
+
+
+def test_prelu_rejects_a_slope_that_does_not_broadcast():
+    with pytest.raises(ValueError, match=r"slope of shape \(4,\) must broadcast to X's shape "
+                                         r"\(2, 3\).*one slope per channel of shape \(3,\)"):
+        jo.prelu(jnp.ones((2, 3)), jnp.ones(4))
+
+
+def test_clip_bounds_are_scalars_and_min_above_max_gives_max():
+    x = jnp.linspace(-3, 3, 7)
+    np.testing.assert_array_equal(jo.clip(x, 1.0, -1.0), -1.0)
+    np.testing.assert_array_equal(jax.grad(lambda x: jo.clip(x, 1.0, -1.0).sum())(x), 0.0)
+    np.testing.assert_array_equal(jo.clip(x), x)  # no bounds: identity
+    np.testing.assert_array_equal(jax.grad(lambda x: jo.clip(x).sum())(x), 1.0)
+    g = jax.grad(lambda x: jo.clip(x, -1.0, 1.0).sum())(jnp.array([-1.0, 1.0, 0.0]))
+    np.testing.assert_array_equal(g, [0.0, 0.0, 1.0])  # 0 at both bounds
+    # min/max are non-differentiable inputs, as ONNX marks them
+    assert jax.grad(lambda m: jo.clip(x, m, 2.0).sum())(0.0) == 0.0
+    with pytest.raises(ValueError, match=r"jaxops.clip: input 'min' must be a scalar"):
+        jo.clip(x, jnp.zeros(7), 1.0)
+    with pytest.raises(TypeError, match=r"input 'max' has dtype float16, but an earlier input"):
+        jo.clip(x, 0.0, jnp.float16(1))
+    y = jo.clip(jnp.ones(3, jnp.bfloat16), 0, 0.5)  # Python scalars take x's dtype
+    assert y.dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+@pytest.mark.parametrize("op", [jo.softmax, jo.log_softmax], ids=lambda f: f.__name__)
+def test_softmax_large_masked_and_nan(op, dtype):
+    inf = np.inf
+    x = jnp.asarray([[1e4, 0.0, -1e4], [-inf, 2.0, -inf], [-inf, -inf, -inf],
+                     [65000.0, 65000.0, 65000.0]], dtype)
+    y = np.asarray(op(x), np.float64)
+    w = jnp.asarray([[1.0, -1.0, 0.5]] * 4, dtype)
+    g = np.asarray(jax.grad(lambda x: jnp.sum(jnp.where(jnp.isinf(op(x)), 0, op(x)) * w))(x),
+                   np.float64)
+    assert not np.isnan(y).any() and not np.isnan(g).any()
+    assert np.isfinite(g).all()
+    if op is jo.softmax:
+        np.testing.assert_allclose(y, [[1, 0, 0], [0, 1, 0], [0, 0, 0], [1 / 3] * 3],
+                                   rtol=1e-2, atol=0)
+        np.testing.assert_array_equal(g[2], 0.0)  # fully masked row: zero gradient
+        np.testing.assert_array_equal(g[1][[0, 2]], 0.0)  # -inf entries: zero gradient
+    else:
+        np.testing.assert_array_equal(y[2], -inf)
+        np.testing.assert_array_equal(y[1], [-inf, 0.0, -inf])
+        np.testing.assert_allclose(y[0], [0.0, -1e4, -2e4], rtol=1e-2)
+    nan = jnp.asarray([[np.nan, 0.0]], dtype)
+    assert np.isnan(np.asarray(op(nan), np.float64)).all()  # NaN propagates along its row
+
+
+@pytest.mark.parametrize("axis", [0, 1, -3])
+def test_softmax_axis_and_its_errors(axis):
+    x = jnp.asarray(np.random.default_rng(0).uniform(-3, 3, (2, 3, 4)), jnp.float32)
+    ref = jax.nn.softmax(x, axis=axis)
+    np.testing.assert_allclose(jo.softmax(x, axis=axis), ref, rtol=1e-6)
+    np.testing.assert_allclose(jo.log_softmax(x, axis=axis), jax.nn.log_softmax(x, axis=axis),
+                               rtol=1e-5, atol=1e-6)
+    w = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, x.shape), jnp.float32)
+    for ours, theirs in ((jo.softmax, jax.nn.softmax), (jo.log_softmax, jax.nn.log_softmax)):
+        g = jax.grad(lambda x, f=ours: jnp.sum(f(x, axis=axis) * w))(x)
+        g_ref = jax.grad(lambda x, f=theirs: jnp.sum(f(x, axis=axis) * w))(x)
+        np.testing.assert_allclose(g, g_ref, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"attribute 'axis'=3 is out of range for an input of "
+                                         r"rank 3; use an axis in \[-3, 2\]"):
+        jo.softmax(x, axis=3)
+    with pytest.raises(TypeError, match=r"attribute 'axis' must be an int, got 1.0"):
+        jo.log_softmax(x, axis=1.0)

