@@ -28,6 +28,15 @@ from jaxops.ops.exponential import (
     log as log,
     log_gradient as log_gradient,
 )
+from jaxops.ops.losses import (
+    binary_cross_entropy as binary_cross_entropy,
+    binary_cross_entropy_gradient as binary_cross_entropy_gradient,
+    hinge as hinge,
+    kl_divergence as kl_divergence,
+    mae as mae,
+    mse as mse,
+    msle as msle,
+)
 from jaxops.ops.softmax import (
     log_softmax as log_softmax,
     log_softmax_gradient as log_softmax_gradient,

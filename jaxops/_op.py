@@ -118,6 +118,12 @@ def defop(schema: OpSchema) -> Callable[[Callable[..., Any]], Callable[..., Any]
                 {n: bound.arguments[n] for n in attr_names if n in bound.arguments}
             )
             schema.infer(*avals, **attrs)  # type constraints and shapes, at trace time
+            if schema.value_check is not None and not any(
+                isinstance(a, jax.core.Tracer) for a in arrays
+            ):
+                values = [None if a is None else np.asarray(a) for a in arrays]
+                if (problem := schema.value_check(*values, **attrs)) is not None:
+                    raise ValueError(f"jaxops.{schema.function}: {problem}")
             return jitted(*arrays, **attrs)
 
         def defgrad(vjp: Callable[..., Any]) -> Callable[..., Any]:

@@ -82,7 +82,7 @@ class Attribute:
     """
 
     name: str
-    type: str  # "float" | "int" | "string"
+    type: str  # "float" | "int" | "bool" | "string"
     default: Any = None
     required: bool = False
     doc: str = ""
@@ -109,6 +109,10 @@ class Attribute:
             if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
                 raise TypeError(f"{where} must be an int, got {value!r} ({type(value).__name__}).")
             value = int(value)
+        elif self.type == "bool":
+            if not isinstance(value, (bool, np.bool_)):
+                raise TypeError(f"{where} must be a bool, got {value!r} ({type(value).__name__}).")
+            value = bool(value)
         elif self.type == "string":
             if not isinstance(value, str):
                 raise TypeError(
@@ -186,6 +190,9 @@ class OpSchema:
       inputs / outputs / attributes / type_constraints: as in ``onnx.defs.OpSchema``.
       elementwise: each output element depends on the input elements at its position only
         (after broadcasting); False for reductions along an axis (softmax).
+      value_check: ``(*concrete inputs, **attrs) -> problem | None``, run only when every
+        input is concrete (outside ``jit``): value-dependent mistakes get a clear error
+        where one is possible, and never crash a jitted program.
       allow_inplace: ``(input, output)`` index pairs whose buffers may be shared.
       inplace_condition: ``(**attrs) -> reason | None`` for ops that may alias only for
         some attribute values.
@@ -209,6 +216,7 @@ class OpSchema:
         default_factory=lambda: {"T": FLOAT_TYPES}
     )
     elementwise: bool = True
+    value_check: Callable[..., str | None] | None = None
     allow_inplace: tuple[tuple[int, int], ...] = ()
     inplace_condition: Callable[..., str | None] | None = None
     identical_type_and_shape: bool = True

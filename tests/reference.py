@@ -34,6 +34,7 @@ class Case:
     d2: Callable[..., tuple[Arrays, ...]] | None  # (*inputs) -> d2 out / d in_i d in_j
     sample: Callable[[np.random.Generator, tuple[int, ...]], Arrays]
     kinks: tuple[float, ...] = ()
+    fixed: tuple[int, ...] = ()  # labels and non-differentiable targets: held fixed in FD
     jac_row: Callable[..., Arrays] | None = None  # (*rows) -> (C, C) per input
     hess_row: Callable[..., tuple[Arrays, ...]] | None = None  # (*rows) -> (C, C, C)
 
@@ -303,6 +304,72 @@ def _softmax_cases():
                log_softmax_rows, jac_row=lg_jac, hess_row=lg_hess)
 
 
+def _loss_cases():
+    """Losses with reduction="none" (elementwise in two inputs); test_losses.py derives the
+    "sum" and "mean" expectations from the same entries."""
+    none = {"reduction": "none"}
+    z = _zeros
+    one = lambda a: np.ones_like(a)  # noqa: E731
+
+    def two(lo_a, hi_a, lo_b, hi_b):
+        def sample(rng, shape):
+            return rng.uniform(lo_a, hi_a, size=shape), rng.uniform(lo_b, hi_b, size=shape)
+
+        return sample
+
+    yield Case("mse", jo.mse, none, lambda p, t: (p - t) ** 2,
+               lambda p, t: (2 * (p - t), -2 * (p - t)),
+               lambda p, t: ((2 * one(p), -2 * one(p)), (-2 * one(p), 2 * one(p))),
+               two(-3, 3, -3, 3))
+    yield Case("mae", jo.mae, none, lambda p, t: np.abs(p - t),
+               lambda p, t: (np.sign(p - t), -np.sign(p - t)),
+               lambda p, t: ((z(p), z(p)), (z(p), z(p))), two(-3, 3, -3, 3))
+
+    def msle_d2(p, t):
+        d = np.log1p(p) - np.log1p(t)
+        return ((2 * (1 - d) / (1 + p) ** 2, -2 / ((1 + p) * (1 + t))),
+                (-2 / ((1 + p) * (1 + t)), 2 * (1 + d) / (1 + t) ** 2))
+
+    yield Case("msle", jo.msle, none, lambda p, t: (np.log1p(p) - np.log1p(t)) ** 2,
+               lambda p, t: (2 * (np.log1p(p) - np.log1p(t)) / (1 + p),
+                             -2 * (np.log1p(p) - np.log1p(t)) / (1 + t)),
+               msle_d2, two(-0.5, 4, -0.5, 4))
+
+    def hinge_sample(rng, shape):
+        return rng.uniform(-3, 3, size=shape), rng.choice([-1.0, 1.0], size=shape)
+
+    active = lambda s, y: ((1 - y * s) > 0) * 1.0  # noqa: E731
+    yield Case("hinge", jo.hinge, none, lambda s, y: np.maximum(0, 1 - y * s),
+               lambda s, y: (-y * active(s, y), -s * active(s, y)),
+               lambda s, y: ((z(s), -active(s, y)), (-active(s, y), z(s))), hinge_sample,
+               fixed=(1,))
+
+    def kl_sample(rng, shape):
+        return np.log(rng.uniform(0.05, 1, size=shape)), rng.uniform(0.05, 1, size=shape)
+
+    yield Case("kl_divergence", jo.kl_divergence, none,
+               lambda lp, q: q * (np.log(q) - lp),
+               lambda lp, q: (-q, np.log(q) - lp + 1),
+               lambda lp, q: ((z(q), -one(q)), (-one(q), 1 / q)), kl_sample)
+
+    def kl_log_sample(rng, shape):
+        lp, q = kl_sample(rng, shape)
+        return lp, np.log(q)
+
+    yield Case("kl_divergence", jo.kl_divergence, {"log_target": True, "reduction": "none"},
+               lambda lp, lq: np.exp(lq) * (lq - lp),
+               lambda lp, lq: (-np.exp(lq), np.exp(lq) * (lq - lp + 1)),
+               lambda lp, lq: ((z(lq), -np.exp(lq)), (-np.exp(lq), np.exp(lq) * (lq - lp + 2))),
+               kl_log_sample)
+
+    # targets are non-differentiable (Caffe2, ONNX): their partials are 0
+    yield Case("binary_cross_entropy", jo.binary_cross_entropy, none,
+               lambda x, t: np.maximum(x, 0) - x * t + np.log1p(np.exp(-np.abs(x))),
+               lambda x, t: (_sigmoid(x) - t, z(x)),
+               lambda x, t: ((_sigmoid(x) * (1 - _sigmoid(x)), z(x)), (z(x), z(x))),
+               two(-6, 6, 0, 1), fixed=(1,))
+
+
 def _gradient_cases():
     zero2 = lambda s, dy: ((_zeros(s), _zeros(s)), (_zeros(s), _zeros(s)))  # noqa: E731
     yield Case(
@@ -344,5 +411,5 @@ def example_args(schema, shape=(7,), dtype="float32", value=0.5):
 
 CASES: tuple[Case, ...] = (
     *_relu_cases(), *_softsign_log_cases(), *_smooth_cases(), *_clip_prelu_cases(),
-    *_softmax_cases(), *_gradient_cases(), *_smooth_gradient_cases(),
+    *_softmax_cases(), *_loss_cases(), *_gradient_cases(), *_smooth_gradient_cases(),
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import jax
@@ -81,6 +82,11 @@ def test_function_signature_matches_schema(s):
 SHAPES = [(), (7,), (3, 5, 2)]
 
 
+def _same_shape_attrs(s):
+    """Attributes under which every tensor input has one shape (no reduction to a scalar)."""
+    return {"reduction": "none"} if any(a.name == "reduction" for a in s.attributes) else {}
+
+
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("s", SCHEMAS, ids=lambda s: s.name)
 def test_infer_matches_eval_shape(s, shape):
@@ -88,10 +94,11 @@ def test_infer_matches_eval_shape(s, shape):
         with pytest.raises(ValueError, match="out of range for an input of rank 0"):
             s.infer(*(jax.ShapeDtypeStruct((), jnp.float32) for _ in s.inputs))
         return
+    attrs = _same_shape_attrs(s)
     for dtype in (jnp.float32, jnp.bfloat16, jnp.float16):
         avals = [jax.ShapeDtypeStruct(() if p.scalar else shape, dtype) for p in s.inputs]
-        inferred = s.infer(*avals)
-        traced = jax.eval_shape(getattr(jo, s.function), *avals)
+        inferred = s.infer(*avals, **attrs)
+        traced = jax.eval_shape(functools.partial(getattr(jo, s.function), **attrs), *avals)
         traced = traced if isinstance(traced, tuple) else (traced,)
         assert [(a.shape, a.dtype) for a in inferred] == [(a.shape, a.dtype) for a in traced]
 
@@ -117,8 +124,10 @@ FLOP_SLACK = 4
 def test_cost_matches_xla_cost_analysis(s, dtype):
     n = 4096
     avals = [jax.ShapeDtypeStruct(() if p.scalar else (n,), dtype) for p in s.inputs]
-    cost = s.cost(*avals)
-    xla = jax.jit(getattr(jo, s.function)).lower(*avals).compile().cost_analysis()
+    attrs = _same_shape_attrs(s)
+    cost = s.cost(*avals, **attrs)
+    op = functools.partial(getattr(jo, s.function), **attrs)
+    xla = jax.jit(op).lower(*avals).compile().cost_analysis()
     if s.elementwise:
         assert cost.bytes_accessed == xla["bytes accessed"]
     else:

@@ -1,0 +1,320 @@
+"""Elementwise losses with a ``reduction`` ("none" | "sum" | "mean", default "mean").
+
+Each loss is computed per element in at least float32 and reduced there, then cast to the
+input dtype.  ONNX has none of these ops; they live in the jaxops domain (since_version 1).
+Losses whose autodiff is already simple and stable (MSE, MAE, MSLE, hinge, KL) have no
+registered gradient; the logistic cross-entropy has one (Caffe2's
+SigmoidCrossEntropyWithLogitsGradient), which never forms ``exp`` of a large logit.
+
+Per-element means: ``reduction="none"`` returns one loss per element, like PyTorch's
+``MSELoss``/``KLDivLoss``; optax returns the same per-element values for ``squared_error``,
+``hinge_loss`` and ``sigmoid_binary_cross_entropy`` and sums KL over the last axis (that is
+``kl_divergence(..., reduction="sum")`` per example here).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from jaxops import schema
+from jaxops._numerics import upcast
+from jaxops._op import defop
+from jaxops.ops.activations import relu
+from jaxops.schema import JAXOPS_DOMAIN, Attribute, Cost, OpSchema, Parameter
+
+REDUCTIONS = ("none", "sum", "mean")
+
+
+def _reduction_ok(r: str) -> str | None:
+    return None if r in REDUCTIONS else f"must be one of {REDUCTIONS}."
+
+
+_REDUCTION = Attribute("reduction", "string", "mean", doc="none | sum | mean",
+                       check=_reduction_ok)
+
+
+def _reduce(loss: jax.Array, reduction: str, dtype) -> jax.Array:
+    if reduction == "sum":
+        loss = jnp.sum(loss)
+    elif reduction == "mean":
+        loss = jnp.mean(loss)
+    return loss.astype(dtype)
+
+
+def _loss_infer(s: OpSchema, in_avals, *, reduction, **attrs):
+    first = in_avals[0]
+    # the gradient op checks its (logits, targets) prefix with this too: strict=False
+    for p, a in zip(s.inputs[1:], in_avals[1:], strict=False):
+        if a is not None and a.shape != first.shape:
+            raise ValueError(
+                f"jaxops.{s.function}: input {p.name!r} must have the shape of "
+                f"{s.inputs[0].name!r} {first.shape}, got {a.shape}."
+            )
+    shape = first.shape if reduction == "none" else ()
+    return (jax.ShapeDtypeStruct(shape, first.dtype),)
+
+
+def _loss_cost(flops: float, transcendentals: float = 0):
+    """Per-element work on the inputs; every input read once, the loss written once."""
+
+    def cost(in_avals, out_avals, **attrs):
+        n = math.prod(in_avals[0].shape)
+        item = jnp.dtype(in_avals[0].dtype).itemsize
+        out = math.prod(out_avals[0].shape) * item
+        return Cost(flops * n, transcendentals * n, n * item * len(in_avals), out)
+
+    return cost
+
+
+def _loss_schema(name, function, doc, inputs, flops, transcendentals=0, **kw) -> OpSchema:
+    return schema.register(OpSchema(
+        name=name, function=function, domain=JAXOPS_DOMAIN, doc=doc, inputs=inputs,
+        outputs=(Parameter("loss", doc="per element for reduction='none', else a scalar"),),
+        attributes=(*kw.pop("attributes", ()), _REDUCTION), elementwise=False,
+        identical_type_and_shape=False, infer_fn=_loss_infer,
+        cost_fn=_loss_cost(flops, transcendentals), **kw,
+    ))
+
+
+_PRED_TARGET = (Parameter("predictions", doc="model outputs"),
+                Parameter("targets", doc="targets, same shape"))
+
+
+# ----------------------------------------------------------------------- MSE, MAE, MSLE
+
+MSE = _loss_schema("MeanSquaredError", "mse", "loss = (predictions - targets)^2",
+                   _PRED_TARGET, flops=2)
+
+
+@defop(MSE)
+def mse(predictions: ArrayLike, targets: ArrayLike, *, reduction: str = "mean") -> jax.Array:
+    r"""Squared error, reduced.
+
+    .. math:: \ell = (p - t)^2
+
+    Matches ``optax.squared_error`` per element (no factor 1/2) and PyTorch's ``MSELoss``.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxops
+      >>> jaxops.mse(jnp.array([1.0, 3.0]), jnp.array([0.0, 1.0]))
+      Array(2.5, dtype=float32)
+    """
+    d = upcast(predictions) - upcast(targets)
+    return _reduce(d * d, reduction, predictions.dtype)
+
+
+MAE = _loss_schema("MeanAbsoluteError", "mae", "loss = |predictions - targets|",
+                   _PRED_TARGET, flops=2)
+
+
+@defop(MAE)
+def mae(predictions: ArrayLike, targets: ArrayLike, *, reduction: str = "mean") -> jax.Array:
+    r"""Absolute error, reduced.
+
+    .. math:: \ell = |p - t|, \qquad \partial_p \ell = \mathrm{sign}(p - t)
+
+    The derivative at ``p = t`` is 0 (``sign(0)``, as PyTorch's ``L1Loss``; JAX's ``abs``
+    would give 1).
+
+    Example:
+      >>> import jax.numpy as jnp, jaxops
+      >>> jaxops.mae(jnp.array([1.0, 3.0]), jnp.array([0.0, 1.0]), reduction="sum")
+      Array(3., dtype=float32)
+    """
+    d = upcast(predictions) - upcast(targets)
+    return _reduce(d * jnp.sign(d), reduction, predictions.dtype)  # sign(0) = 0 at the kink
+
+
+MSLE = _loss_schema("MeanSquaredLogError", "msle",
+                    "loss = (log(1 + predictions) - log(1 + targets))^2, inputs > -1",
+                    _PRED_TARGET, flops=3, transcendentals=2)
+
+
+@defop(MSLE)
+def msle(predictions: ArrayLike, targets: ArrayLike, *, reduction: str = "mean") -> jax.Array:
+    r"""Squared logarithmic error, reduced.
+
+    .. math:: \ell = (\log(1 + p) - \log(1 + t))^2
+
+    Inputs must exceed -1; others give NaN (IEEE ``log`` of a negative), never an error in a
+    jitted program.  ``log1p`` keeps precision for small inputs.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxops
+      >>> jaxops.msle(jnp.array([jnp.e - 1]), jnp.array([0.0]))
+      Array(1., dtype=float32)
+    """
+    d = jnp.log1p(upcast(predictions)) - jnp.log1p(upcast(targets))
+    return _reduce(d * d, reduction, predictions.dtype)
+
+
+# -------------------------------------------------------------------------------- Hinge
+
+def _labels_pm1(scores, labels, **attrs) -> str | None:
+    bad = (labels != 1) & (labels != -1)
+    if bad.any():
+        return (f"labels must be -1 or +1, got {labels[bad][:3].tolist()} (for {{0, 1}} labels "
+                "use 2 * labels - 1, or binary_cross_entropy).")
+    return None
+
+
+HINGE = _loss_schema("HingeLoss", "hinge", "loss = max(0, 1 - labels * scores), labels in ±1",
+                     (Parameter("scores", doc="decision values"),
+                      Parameter("labels", doc="-1 or +1, same shape")), flops=3,
+                     value_check=_labels_pm1)
+
+
+@defop(HINGE)
+def hinge(scores: ArrayLike, labels: ArrayLike, *, reduction: str = "mean") -> jax.Array:
+    r"""Hinge loss for labels in {-1, +1}.
+
+    .. math:: \ell = \max(0, 1 - y s), \qquad \partial_s \ell = -y [y s < 1]
+
+    The derivative at the margin ``y s = 1`` is 0 (through :func:`jaxops.relu`).  Labels in
+    {0, 1} are a mistake: called on concrete arrays, a label outside {-1, +1} raises
+    ``ValueError``; inside ``jit`` values cannot be checked, and the formula is applied as is.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxops
+      >>> jaxops.hinge(jnp.array([2.0, 0.5, -1.0]), jnp.ones(3), reduction="none")
+      Array([0. , 0.5, 2. ], dtype=float32)
+    """
+    s, y = upcast(scores), upcast(labels)
+    return _reduce(relu(1 - y * s), reduction, scores.dtype)
+
+
+# ---------------------------------------------------------------------------------- KL
+
+KL_DIVERGENCE = _loss_schema(
+    "KLDivergence", "kl_divergence",
+    "loss = q (log q - log_p) with 0 log 0 = 0; log_target: exp(log_q) (log_q - log_p)",
+    (Parameter("log_predictions", doc="log-probabilities of the model"),
+     Parameter("targets", doc="target probabilities (log-probabilities if log_target)")),
+    flops=3, transcendentals=1,
+    attributes=(Attribute("log_target", "bool", False, doc="targets are log-probabilities"),),
+)
+
+
+@defop(KL_DIVERGENCE)
+def kl_divergence(
+    log_predictions: ArrayLike, targets: ArrayLike, *, log_target: bool = False,
+    reduction: str = "mean",
+) -> jax.Array:
+    r"""Pointwise Kullback-Leibler divergence of predictions from targets, reduced.
+
+    .. math:: \ell = q (\log q - \log p), \quad 0 \log 0 = 0; \qquad
+              \text{log\_target: } \ell = e^{\log q} (\log q - \log p)
+
+    A zero target (``-inf`` with ``log_target``) contributes 0 with finite gradients (the
+    "double where": the unselected branch never sees log 0).  ``reduction="sum"`` over an
+    example's classes is ``optax.kl_divergence``; ``"mean"`` averages over all elements, as
+    PyTorch's ``KLDivLoss``.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxops
+      >>> jaxops.kl_divergence(jnp.log(jnp.array([0.5, 0.5])), jnp.array([1.0, 0.0]),
+      ...                      reduction="sum")
+      Array(0.6931472, dtype=float32)
+
+    References:
+      Kullback and Leibler, "On Information and Sufficiency" (1951).
+    """
+    lp, t = upcast(log_predictions), upcast(targets)
+    if log_target:
+        empty = jnp.isneginf(t)
+        safe = jnp.where(empty, jnp.zeros_like(t), t)
+        loss = jnp.where(empty, jnp.zeros_like(t), jnp.exp(safe) * (safe - lp))
+    else:
+        empty = t == 0
+        safe = jnp.where(empty, jnp.ones_like(t), t)
+        loss = jnp.where(empty, jnp.zeros_like(t), t * (jnp.log(safe) - lp))
+    return _reduce(loss, reduction, log_predictions.dtype)
+
+
+# ----------------------------------------------------------- logistic (binary) cross-entropy
+
+_LOGITS_TARGETS = (
+    Parameter("logits", doc="unnormalized log-odds"),
+    Parameter("targets", doc="probabilities in [0, 1], same shape", differentiable=False),
+)
+
+BCE = _loss_schema(
+    "SigmoidCrossEntropyWithLogits", "binary_cross_entropy",
+    "loss = max(z, 0) - z t + log(1 + exp(-|z|)) for logits z and targets t",
+    _LOGITS_TARGETS, flops=5, transcendentals=2,
+    gradient="SigmoidCrossEntropyWithLogitsGradient",
+)
+
+
+@defop(BCE)
+def binary_cross_entropy(
+    logits: ArrayLike, targets: ArrayLike, *, reduction: str = "mean"
+) -> jax.Array:
+    r"""Binary cross-entropy ("log loss") from logits, reduced.
+
+    .. math:: \ell = -t \log \sigma(z) - (1 - t) \log(1 - \sigma(z))
+              = \max(z, 0) - z t + \log(1 + e^{-|z|}), \qquad \partial_z \ell = \sigma(z) - t
+
+    The right-hand form never overflows (finite at ``|z| = 1e4``).  The registered gradient
+    op (Caffe2's SigmoidCrossEntropyWithLogitsGradient) computes ``sigma(z) - t`` directly.
+    Targets are non-differentiable (as in Caffe2); same per-element values as
+    ``optax.sigmoid_binary_cross_entropy``.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxops
+      >>> jaxops.binary_cross_entropy(jnp.array([1e4, -1e4, 0.0]), jnp.array([1.0, 0.0, 1.0]),
+      ...                             reduction="none")
+      Array([0.       , 0.       , 0.6931472], dtype=float32)
+    """
+    z, t = upcast(logits), upcast(targets)
+    loss = jnp.maximum(z, 0) - z * t + jnp.log1p(jnp.exp(-jnp.abs(z)))
+    return _reduce(loss, reduction, logits.dtype)
+
+
+@binary_cross_entropy.defgrad
+def _bce_vjp(logits, targets, loss, dloss, *, reduction):
+    return binary_cross_entropy_gradient(logits, targets, dloss, reduction=reduction)
+
+
+def _bce_gradient_infer(s: OpSchema, in_avals, *, reduction):
+    logits, targets, dloss = in_avals
+    (loss,) = _loss_infer(s, (logits, targets), reduction=reduction)
+    if dloss.shape != loss.shape:
+        raise ValueError(f"jaxops.{s.function}: dloss must have the loss's shape {loss.shape} "
+                         f"for reduction={reduction!r}, got {dloss.shape}.")
+    return (jax.ShapeDtypeStruct(logits.shape, logits.dtype),)
+
+
+BCE_GRADIENT = schema.register(OpSchema(
+    name="SigmoidCrossEntropyWithLogitsGradient", function="binary_cross_entropy_gradient",
+    domain=JAXOPS_DOMAIN,
+    doc="dlogits = (sigmoid(logits) - targets) * dloss, dloss spread back over the reduction.",
+    inputs=(*_LOGITS_TARGETS, Parameter("dloss", doc="gradient w.r.t. the loss")),
+    outputs=(Parameter("dlogits", doc="gradient w.r.t. the logits"),),
+    attributes=(_REDUCTION,), elementwise=False, identical_type_and_shape=False,
+    infer_fn=_bce_gradient_infer, cost_fn=_loss_cost(4, 1),
+))
+
+
+@defop(BCE_GRADIENT)
+def binary_cross_entropy_gradient(
+    logits: ArrayLike, targets: ArrayLike, dloss: ArrayLike, *, reduction: str = "mean"
+) -> jax.Array:
+    r"""Gradient op of :func:`binary_cross_entropy`: ``(sigmoid(z) - t) * dloss``, with a
+    scalar ``dloss`` spread over every element (divided by their count for "mean").
+
+    Example:
+      >>> import jax.numpy as jnp, jaxops
+      >>> jaxops.binary_cross_entropy_gradient(jnp.zeros(2), jnp.array([1.0, 0.0]),
+      ...                                      jnp.float32(1.0), reduction="sum")
+      Array([-0.5,  0.5], dtype=float32)
+    """
+    # targets are non-differentiable: also in this op's own derivative (second order)
+    z, t, g = upcast(logits), jax.lax.stop_gradient(upcast(targets)), upcast(dloss)
+    if reduction == "mean":
+        g = g / max(math.prod(z.shape), 1)
+    return ((jax.lax.logistic(z) - t) * jnp.broadcast_to(g, z.shape)).astype(logits.dtype)
