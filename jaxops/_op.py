@@ -114,9 +114,7 @@ def defop(schema: OpSchema) -> Callable[[Callable[..., Any]], Callable[..., Any]
             bound.apply_defaults()  # omitted optional inputs are None
             arrays = [bound.arguments[n] for n in input_names]
             avals = [_aval(schema, p, a) for p, a in zip(schema.inputs, arrays, strict=True)]
-            attrs = schema.canonical_attributes(
-                {n: bound.arguments[n] for n in attr_names if n in bound.arguments}
-            )
+            attrs = schema.canonical_attributes({n: bound.arguments[n] for n in attr_names})
             schema.infer(*avals, **attrs)  # type constraints and shapes, at trace time
             if schema.value_check is not None and not any(
                 isinstance(a, jax.core.Tracer) for a in arrays
