@@ -28,7 +28,10 @@ import numpy as np
 __all__ = [
     "Attribute",
     "Cost",
+    "DX",
     "FLOAT_TYPES",
+    "GRADIENT_OF_X",
+    "GRADIENT_OF_Y",
     "JAXOPS_DOMAIN",
     "OpSchema",
     "Parameter",
@@ -71,6 +74,19 @@ class Parameter:
     optional: bool = False
     differentiable: bool = True
     scalar: bool = False  # ONNX's "tensor of empty shape" (Clip's min and max)
+
+
+#: The inputs and output of a Caffe2 gradient op, shared by every op family: it reads the
+#: forward output Y (in-place friendly) or input X, and the output gradient dY.
+GRADIENT_OF_Y = (
+    Parameter("Y", doc="the forward op's output (its derivative is 0 almost everywhere)"),
+    Parameter("dY", doc="gradient of the loss w.r.t. Y"),
+)
+GRADIENT_OF_X = (
+    Parameter("X", doc="the forward op's input"),
+    Parameter("dY", doc="gradient of the loss w.r.t. Y"),
+)
+DX = (Parameter("dX", doc="gradient of the loss w.r.t. X"),)
 
 
 @dataclasses.dataclass(frozen=True)

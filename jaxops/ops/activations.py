@@ -21,11 +21,7 @@ from jaxops.schema import JAXOPS_DOMAIN, Attribute, OpSchema, Parameter, pointwi
 
 _X = (Parameter("X", doc="input tensor"),)
 _Y = (Parameter("Y", doc="output tensor"),)
-_Y_DY = (
-    Parameter("Y", doc="the forward op's output (its derivative is 0 almost everywhere)"),
-    Parameter("dY", doc="gradient of the loss w.r.t. Y"),
-)
-_DX = (Parameter("dX", doc="gradient of the loss w.r.t. X"),)
+_Y_DY, _X_DY, _DX = schema.GRADIENT_OF_Y, schema.GRADIENT_OF_X, schema.DX
 
 
 # ---------------------------------------------------------------------------------- Relu
@@ -297,7 +293,7 @@ def _softsign_vjp(x, y, dy):
 SOFTSIGN_GRADIENT = schema.register(OpSchema(
     name="SoftsignGradient", function="softsign_gradient", domain=JAXOPS_DOMAIN,
     doc="dX = dY / (1 + |X|)^2 (Caffe2 SoftsignGradient).",
-    inputs=(Parameter("X", doc="the forward op's input"), Parameter("dY", doc="gradient w.r.t. Y")),
+    inputs=_X_DY,
     outputs=_DX, allow_inplace=((1, 0),),
     cost_fn=pointwise_cost(flops=3),
 ))

@@ -55,8 +55,7 @@ def _log_vjp(x, y, dy):
 LOG_GRADIENT = schema.register(OpSchema(
     name="LogGradient", function="log_gradient", domain=JAXOPS_DOMAIN,
     doc="dX = dY / X (Caffe2 expressed it as Div(dY, X)).",
-    inputs=(Parameter("X", doc="the forward op's input"), Parameter("dY", doc="gradient w.r.t. Y")),
-    outputs=(Parameter("dX", doc="gradient w.r.t. X"),), allow_inplace=((1, 0),),
+    inputs=schema.GRADIENT_OF_X, outputs=schema.DX, allow_inplace=((1, 0),),
     cost_fn=pointwise_cost(flops=1),
 ))
 
@@ -111,9 +110,7 @@ def _exp_vjp(x, y, dy):
 EXP_GRADIENT = schema.register(OpSchema(
     name="ExpGradient", function="exp_gradient", domain=JAXOPS_DOMAIN,
     doc="dX = dY * Y (Caffe2 expressed it as Mul(dY, Y)).",
-    inputs=(Parameter("Y", doc="the forward op's output"),
-            Parameter("dY", doc="gradient w.r.t. Y")),
-    outputs=(Parameter("dX", doc="gradient w.r.t. X"),), allow_inplace=((1, 0),),
+    inputs=schema.GRADIENT_OF_Y, outputs=schema.DX, allow_inplace=((1, 0),),
     cost_fn=pointwise_cost(flops=1),
 ))
 

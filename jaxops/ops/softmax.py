@@ -101,13 +101,11 @@ def _softmax_vjp(x, y, dy, *, axis):
     return softmax_gradient(y, dy, axis=axis)
 
 
-_Y_DY = (Parameter("Y", doc="the forward op's output"),
-         Parameter("dY", doc="gradient w.r.t. Y"))
 
 SOFTMAX_GRADIENT = schema.register(OpSchema(
     name="SoftmaxGradient", function="softmax_gradient", domain=JAXOPS_DOMAIN,
     doc="dX = Y * (dY - sum(dY * Y, axis)) (Caffe2 SoftmaxGradient).",
-    inputs=_Y_DY, outputs=(Parameter("dX", doc="gradient w.r.t. X"),),
+    inputs=schema.GRADIENT_OF_Y, outputs=schema.DX,
     attributes=(_AXIS,), elementwise=False, allow_inplace=((1, 0),), infer_fn=_check_axis,
     cost_fn=_row_cost(flops=4, exps=0, logs_per_row=0),
 ))
@@ -177,7 +175,7 @@ def _log_softmax_vjp(x, y, dy, *, axis):
 LOG_SOFTMAX_GRADIENT = schema.register(OpSchema(
     name="LogSoftmaxGradient", function="log_softmax_gradient", domain=JAXOPS_DOMAIN,
     doc="dX = dY - exp(Y) * sum(dY, axis).",
-    inputs=_Y_DY, outputs=(Parameter("dX", doc="gradient w.r.t. X"),),
+    inputs=schema.GRADIENT_OF_Y, outputs=schema.DX,
     attributes=(_AXIS,), elementwise=False, allow_inplace=((1, 0),), infer_fn=_check_axis,
     cost_fn=_row_cost(flops=3, exps=1, logs_per_row=0),
 ))
