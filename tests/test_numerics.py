@@ -199,7 +199,9 @@ def test_prelu_broadcast_slope_and_its_summed_gradient(slope_shape):
     # forward mode through the same registration, and second order
     t = jax.jvp(lambda a: jo.prelu(xj, a), (aj,), (jnp.ones_like(aj),))[1]
     np.testing.assert_allclose(t, np.where(x < 0, x, 0.0), rtol=1e-6)
-    jax.hessian(lambda x, a: jnp.sum(jo.prelu(x, a) * wj), argnums=(0, 1))(xj, aj)
+    h = jax.hessian(lambda x, a: jnp.sum(jo.prelu(x, a) * wj), argnums=(0, 1))(xj, aj)
+    np.testing.assert_array_equal(h[0][0], 0.0)  # piecewise linear in x
+    np.testing.assert_array_equal(h[1][1], 0.0)  # linear in the slope
 
 
 def test_prelu_rejects_a_slope_that_does_not_broadcast():
