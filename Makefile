@@ -12,8 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(PY) examples/log_op_example.py
-	$(PY) examples/softsign_derivatives.py --out softsign.png
+	$(PY) examples/train_classifier.py --out train_classifier.png
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -n auto
@@ -22,4 +21,4 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check jaxops tests examples
 
 clean:
-	rm -rf $(VENV) softsign.png
+	rm -rf $(VENV) softsign.png train_classifier.png

@@ -4,6 +4,12 @@ This file is the public API: every name users may import is re-exported here.
 """
 
 from jaxops import schema as schema
+from jaxops.clipping import (
+    clip_by_global_norm as clip_by_global_norm,
+    clip_by_norm as clip_by_norm,
+    clip_by_value as clip_by_value,
+    global_norm as global_norm,
+)
 from jaxops.ops.activations import (
     clip as clip,
     clip_gradient as clip_gradient,
@@ -22,6 +28,14 @@ from jaxops.ops.activations import (
     tanh as tanh,
     tanh_gradient as tanh_gradient,
 )
+from jaxops.ops.cross_entropy import (
+    cross_entropy as cross_entropy,
+    cross_entropy_gradient as cross_entropy_gradient,
+    nll_loss as nll_loss,
+    nll_loss_gradient as nll_loss_gradient,
+    softmax_cross_entropy as softmax_cross_entropy,
+    softmax_cross_entropy_gradient as softmax_cross_entropy_gradient,
+)
 from jaxops.ops.exponential import (
     exp as exp,
     exp_gradient as exp_gradient,
@@ -36,6 +50,10 @@ from jaxops.ops.losses import (
     mae as mae,
     mse as mse,
     msle as msle,
+)
+from jaxops.ops.normalization import (
+    batch_norm as batch_norm,
+    batch_norm_gradient as batch_norm_gradient,
 )
 from jaxops.ops.softmax import (
     log_softmax as log_softmax,

@@ -94,7 +94,12 @@ class Attribute:
     """A static attribute with its ONNX type and default.
 
     ``check`` returns an error sentence for a bad value (``None`` when fine); it runs
-    after the value has been converted to ``type``.
+    after the value has been converted to ``type``.  An optional attribute whose default is
+    ``None`` (ONNX's "absent", e.g. ``ignore_index``) also accepts ``None``.  ``onnx=False``
+    marks a jaxops-only attribute that ONNX expresses otherwise (``return_log_prob``: ONNX
+    asks for the optional output instead); the onnx.defs fidelity test skips it.
+    ``onnx_name`` is ONNX's name where the Python keyword differs (BatchNormalization's
+    ``training_mode``, an int 0/1 in ONNX, is ``training: bool`` here, as the SPEC's API).
     """
 
     name: str
@@ -103,10 +108,14 @@ class Attribute:
     required: bool = False
     doc: str = ""
     check: Callable[[Any], str | None] | None = None
+    onnx: bool = True
+    onnx_name: str | None = None
 
     def canonical(self, op: str, value: Any) -> Any:
         """The value as a hashable Python scalar of this attribute's type, or an error."""
         where = f"jaxops.{op}: attribute {self.name!r}"
+        if value is None and self.default is None and not self.required:
+            return None
         if isinstance(value, jax.core.Tracer) or (
             isinstance(value, (jax.Array, np.ndarray)) and np.ndim(value) != 0
         ):

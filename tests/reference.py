@@ -7,6 +7,12 @@ the last axis (softmax) give the per-row Jacobian and Hessian (``jac_row``, ``he
 Either way the tests see full Jacobians ``J[i]`` (out x input i) and Hessians ``H[i][j]``
 (out x input i x input j) over the flattened arrays.
 
+Ops with integer labels, per-channel parameters or reductions over the batch (the labelled
+cross-entropies, batch norm: ``STRUCTURED``) give a complex-safe float64 reference ``ref`` and
+a closed-form reference VJP ``vjp_ref``; their Jacobians are the complex-step derivatives of
+``ref`` (exact to float64 rounding: ``Im f(x + ih) / h`` with ``h = 1e-30`` has no
+cancellation) and their weighted Hessians the complex-step derivatives of ``vjp_ref``.
+
 The references are written from the math (SPEC §2.1), not from jaxops code.  Derivatives at
 the kinks follow the conventions in the SPEC table; the derivative of a gradient op w.r.t. the
 forward output Y is 0 (it only reads Y's sign or range).
@@ -17,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
+import jax.numpy as jnp
 import numpy as np
 
 import jaxops as jo
@@ -37,17 +44,43 @@ class Case:
     fixed: tuple[int, ...] = ()  # labels and non-differentiable targets: held fixed in FD
     jac_row: Callable[..., Arrays] | None = None  # (*rows) -> (C, C) per input
     hess_row: Callable[..., tuple[Arrays, ...]] | None = None  # (*rows) -> (C, C, C)
+    # STRUCTURED cases:
+    vjp_ref: Callable[..., Arrays] | None = None  # (*inputs, w) -> w^T J[i] per diff input
+    ints: tuple[int, ...] = ()  # integer inputs (labels), int32
+    constant: tuple[int, ...] = ()  # inputs never differentiated (labels, class weights)
+    unbatched: tuple[int, ...] = ()  # inputs shared by every row under vmap/scan (weights)
+    rowwise: bool = True  # output row k depends on input row k only (same under vmap)
+    shape: tuple[int, ...] | None = None  # input shape to sample (default: the tests')
 
     def __call__(self, *xs):
         return self.op(*xs, **self.attrs)
 
+    @property
+    def diff(self) -> tuple[int, ...]:
+        """The inputs the matrix differentiates."""
+        return tuple(i for i in range(self.arity) if i not in self.constant + self.ints)
+
+    @property
+    def arity(self) -> int:
+        return len(self.sample(np.random.default_rng(0), self.shape or (8, 3)))
+
     def jacobians(self, *xs) -> Arrays:
-        """J[i]: d vec(out) / d vec(input i), float64."""
+        """J[i]: d vec(out) / d vec(input i), float64, for the differentiated inputs."""
+        if self.vjp_ref is not None:
+            return tuple(_complex_step(self.ref, xs, i).T for i in self.diff)
         if self.jac_row is None:
             return tuple(np.diag(d.ravel()) for d in self.d1(*xs))
         per_row = [self.jac_row(*rows) for rows in zip(*(x.reshape(-1, x.shape[-1]) for x in xs),
                                                          strict=True)]
         return tuple(_block_diag([r[i] for r in per_row]) for i in range(len(xs)))
+
+    def hess_w(self, xs, w) -> list[list[np.ndarray]]:
+        """d2 sum(w * out) / d input_i d input_j as (size_i, size_j) matrices (diff inputs)."""
+        if self.vjp_ref is not None:
+            return [[_complex_step(lambda *a, k=k: self.vjp_ref(*a, w)[k], xs, j).T
+                     for j in self.diff] for k in range(len(self.diff))]
+        w = np.ravel(w)
+        return [[np.einsum("o,oab->ab", w, h) for h in row] for row in self.hessians(*xs)]
 
     def hessians(self, *xs) -> tuple[Arrays, ...]:
         """H[i][j]: d2 vec(out) / d vec(input i) d vec(input j), float64."""
@@ -62,6 +95,17 @@ class Case:
     def __str__(self):
         attrs = ",".join(f"{k}={v}" for k, v in self.attrs.items())
         return f"{self.name}({attrs})" if attrs else self.name
+
+
+def _complex_step(f, xs, i, h=1e-30) -> np.ndarray:
+    """d vec(f(*xs)) / d vec(xs[i]) as (size_i, out_size), by the complex step."""
+    x = np.asarray(xs[i], np.complex128)
+    rows = []
+    for k in range(x.size):
+        xk = x.copy()
+        xk.flat[k] += 1j * h
+        rows.append(np.imag(np.asarray(f(*xs[:i], xk, *xs[i + 1:]))).ravel() / h)
+    return np.array(rows).reshape(x.size, -1)
 
 
 def _diag3(v):
@@ -401,15 +445,288 @@ def _gradient_cases():
         _with_dy(lambda rng, shape: (np.exp(rng.uniform(-2, 2, size=shape)),)))
 
 
-def example_args(schema, shape=(7,), dtype="float32", value=0.5):
-    """Arguments that satisfy an op's schema: arrays of ``shape`` filled with ``value``,
-    scalars for its scalar inputs."""
+# ------------------------------------------------------- STRUCTURED: labels, channels, batch
+# References are complex-safe (no abs/max of the differentiated values but through .real),
+# written from the ONNX definitions.  Shapes: (N, C, d) = (8, 3, 3), so that one row under
+# vmap, (3, 3), is again a valid (N, C) input with C = 3 classes/channels.
+
+_STRUCT_SHAPE = (8, 3, 3)
+
+
+def _log_softmax1(s):
+    m = np.max(s.real, axis=1, keepdims=True)
+    return s - m - np.log(np.sum(np.exp(s - m), axis=1, keepdims=True))
+
+
+def _entry_weights(labels, weights, ignore_index):
+    valid = np.ones(labels.shape, bool) if ignore_index is None else labels != ignore_index
+    safe = np.where(valid, labels, 0)
+    w = np.ones(labels.shape) if weights is None else weights[safe]
+    return np.where(valid, w, 0.0), safe
+
+
+def _onehot1(safe, c):
+    return (safe[:, None] == np.arange(c).reshape((1, c) + (1,) * (safe.ndim - 1))) * 1.0
+
+
+def _reduce_ref(loss, w, reduction):
+    if reduction == "none":
+        return loss
+    if reduction == "mean":  # jaxops' policy: a fully ignored batch has mean 0
+        return loss.sum() / w.sum() if w.sum() else 0 * loss.sum()
+    return loss.sum()
+
+
+def _coef(labels, weights, wout, ignore_index, reduction):
+    """d (wout . reduced loss) / d loss_n."""
+    w, safe = _entry_weights(labels, weights, ignore_index)
+    c = w * wout if reduction == "none" else w * np.ravel(wout)[0]
+    if reduction == "mean":
+        c = c / w.sum() if w.sum() else 0 * c
+    return c, safe
+
+
+def _labelled_cases():
+    def sample(rng, shape, logits=True):
+        n, c = shape[0], shape[1]
+        s = rng.uniform(-3, 3, size=shape)
+        labels = rng.integers(0, c, size=(n, *shape[2:]))
+        labels.reshape(-1)[:2] = (1, 1)  # ignore_index=1 occurs, and in the first rows
+        return (s if logits else _log_softmax1(s)), labels, rng.uniform(0.5, 2, size=(c,))
+
+    variants = (("none", 1, True), ("mean", 1, True), ("sum", None, False),
+                ("mean", None, False))
+    for reduction, ignore, weighted in variants:
+        attrs = {"ignore_index": ignore, "reduction": reduction}
+        wsel = (lambda w: w) if weighted else (lambda w: None)
+
+        def sce(s, t, w, a=attrs, wsel=wsel):
+            return jo.softmax_cross_entropy(s, t, wsel(w), **a)
+
+        def sce_ref(s, t, w, ignore=ignore, reduction=reduction, wsel=wsel):
+            ew, safe = _entry_weights(t, wsel(w), ignore)
+            picked = np.take_along_axis(_log_softmax1(s), safe[:, None], 1)[:, 0]
+            return _reduce_ref(-picked * ew, ew, reduction)
+
+        def sce_vjp(s, t, w, wout, ignore=ignore, reduction=reduction, wsel=wsel):
+            coef, safe = _coef(t, wsel(w), wout, ignore, reduction)
+            return ((np.exp(_log_softmax1(s)) - _onehot1(safe, s.shape[1])) * coef[:, None],)
+
+        yield Case(f"softmax_cross_entropy[{'w' if weighted else ''}]", sce, {},
+                   sce_ref, None, None, sample, ints=(1,), constant=(2,), unbatched=(2,),
+                   rowwise=False, shape=_STRUCT_SHAPE, vjp_ref=sce_vjp)
+
+        def nll(x, t, w, a=attrs, wsel=wsel):
+            return jo.nll_loss(x, t, wsel(w), **a)
+
+        def nll_ref(x, t, w, ignore=ignore, reduction=reduction, wsel=wsel):
+            ew, safe = _entry_weights(t, wsel(w), ignore)
+            return _reduce_ref(-np.take_along_axis(x, safe[:, None], 1)[:, 0] * ew, ew,
+                               reduction)
+
+        def nll_vjp(x, t, w, wout, ignore=ignore, reduction=reduction, wsel=wsel):
+            coef, safe = _coef(t, wsel(w), wout, ignore, reduction)
+            return (-_onehot1(safe, x.shape[1]) * coef[:, None] + 0 * x,)
+
+        yield Case(f"nll_loss[{'w' if weighted else ''}]", nll, {}, nll_ref, None, None,
+                   lambda rng, shape: sample(rng, shape, logits=False), ints=(1,),
+                   constant=(2,), unbatched=(2,), rowwise=False, shape=_STRUCT_SHAPE,
+                   vjp_ref=nll_vjp)
+
+    # both outputs at once: the loss and log_prob, flattened into one vector
+    def sce_both(s, t, w):
+        loss, logp = jo.softmax_cross_entropy(s, t, w, ignore_index=1, reduction="none",
+                                              return_log_prob=True)
+        return jnp.concatenate([loss.ravel(), logp.ravel()])
+
+    def sce_both_ref(s, t, w):
+        ew, safe = _entry_weights(t, w, 1)
+        logp = _log_softmax1(s)
+        loss = -np.take_along_axis(logp, safe[:, None], 1)[:, 0] * ew
+        return np.concatenate([loss.ravel(), logp.ravel()])
+
+    def sce_both_vjp(s, t, w, wout):
+        nl = t.size
+        wl, wp = np.reshape(wout[:nl], t.shape), np.reshape(wout[nl:], s.shape)
+        coef, safe = _coef(t, w, wl, 1, "none")
+        p = np.exp(_log_softmax1(s))
+        d_logp = wp - p * wp.sum(1, keepdims=True)
+        return ((p - _onehot1(safe, s.shape[1])) * coef[:, None] + d_logp,)
+
+    yield Case("softmax_cross_entropy[log_prob]", sce_both, {}, sce_both_ref, None, None,
+               sample, ints=(1,), constant=(2,),
+               unbatched=(2,), rowwise=False, shape=_STRUCT_SHAPE, vjp_ref=sce_both_vjp)
+
+
+def _cross_entropy_cases():
+    def probs(rng, shape):
+        p = rng.uniform(0.05, 1, size=shape)
+        t = rng.uniform(0, 1, size=shape)
+        t.reshape(-1)[:2] = 0.0  # 0 log p = 0
+        return p / p.sum(-1, keepdims=True), t / t.sum(-1, keepdims=True)
+
+    def logits(rng, shape):
+        p, t = probs(rng, shape)
+        return np.log(p) + rng.uniform(-1, 1, size=shape[:-1] + (1,)), t
+
+    for from_logits, sample in ((False, probs), (True, logits)):
+        for reduction in ("none", "mean"):
+            def ref(x, t, fl=from_logits, reduction=reduction):
+                logp = x - np.max(x.real, -1, keepdims=True) if fl else np.log(x)
+                if fl:
+                    logp = logp - np.log(np.sum(np.exp(logp), -1, keepdims=True))
+                loss = -np.sum(np.where(t == 0, 0.0, t * logp), -1)
+                return loss if reduction == "none" else loss.mean()
+
+            def vjp(x, t, wout, fl=from_logits, reduction=reduction):
+                wo = wout[..., None] if reduction == "none" else np.ravel(wout)[0] / (
+                    x.size // x.shape[-1])
+                if fl:
+                    e = np.exp(x - np.max(x.real, -1, keepdims=True))
+                    p = e / e.sum(-1, keepdims=True)
+                    return ((p * t.sum(-1, keepdims=True) - t) * wo,)
+                return (np.where(t == 0, 0.0, -t / x) * wo,)
+
+            yield Case("cross_entropy", jo.cross_entropy,
+                       {"from_logits": from_logits, "reduction": reduction}, ref, None, None,
+                       sample, constant=(1,), rowwise=reduction == "none", vjp_ref=vjp)
+
+
+def _bn_axes(x):
+    """The reduced axes and a (C,) -> broadcastable reshape for x of shape (N, C, ...)."""
+    return (0, *range(2, x.ndim)), (lambda v: v.reshape((1, -1) + (1,) * (x.ndim - 2)))
+
+
+def _bn_ref(x, scale, bias, mean, var, training, momentum=0.9, eps=1e-5):
+    axes, ch = _bn_axes(x)
+    if training:
+        mu = x.mean(axes)
+        sigma2 = ((x - ch(mu)) ** 2).mean(axes)
+        new_mean, new_var = momentum * mean + (1 - momentum) * mu, (
+            momentum * var + (1 - momentum) * sigma2)
+    else:
+        mu, sigma2, new_mean, new_var = mean, var, mean, var
+    y = ch(scale) * (x - ch(mu)) / np.sqrt(ch(sigma2) + eps) + ch(bias)
+    return y, new_mean, new_var, mu, sigma2
+
+
+def _bn_vjp(x, scale, bias, mean, var, wy, wm, wv, training, momentum=0.9, eps=1e-5):
+    """Closed-form VJP of (y, new_mean, new_var) with cotangents (wy, wm, wv)."""
+    axes, ch = _bn_axes(x)
+    _, _, _, mu, sigma2 = _bn_ref(x, scale, bias, mean, var, training, momentum, eps)
+    inv = 1 / np.sqrt(sigma2 + eps)
+    xhat = (x - ch(mu)) * ch(inv)
+    dbias, dscale = wy.sum(axes), (wy * xhat).sum(axes)
+    m = x.size // x.shape[1]
+    if training:
+        dx = ch(scale * inv) * (wy - ch(dbias) / m - xhat * ch(dscale) / m)
+        dx = dx + (1 - momentum) * (ch(wm) + 2 * (x - ch(mu)) * ch(wv)) / m
+        return dx, dscale, dbias, momentum * wm, momentum * wv
+    dmean = -dbias * scale * inv + wm
+    dvar = -0.5 * dscale * scale * inv**2 + wv
+    return ch(scale * inv) * wy, dscale, dbias, dmean, dvar
+
+
+def _batch_norm_cases():
+    def sample(rng, shape):
+        c = shape[1]
+        return (rng.normal(0.5, 2, size=shape), rng.uniform(0.5, 2, size=c),
+                rng.normal(size=c), rng.normal(size=c), rng.uniform(0.5, 2, size=c))
+
+    for training in (True, False):
+        def bn_y(*a, tr=training):
+            return jo.batch_norm(*a, training=tr)[0]
+
+        def bn_stats(*a, tr=training):
+            _, m, v = jo.batch_norm(*a, training=tr)
+            return jnp.concatenate([m, v])
+
+        def y_ref(*a, tr=training):
+            return _bn_ref(*a, tr)[0]
+
+        def stats_ref(*a, tr=training):
+            return np.concatenate(_bn_ref(*a, tr)[1:3])
+
+        def y_vjp(*a, tr=training):
+            *xs, w = a
+            c = xs[1].shape[0]
+            return _bn_vjp(*xs, w, np.zeros(c), np.zeros(c), tr)
+
+        def stats_vjp(*a, tr=training):
+            *xs, w = a
+            c = xs[1].shape[0]
+            return _bn_vjp(*xs, np.zeros(xs[0].shape), w[:c], w[c:], tr)
+
+        mode = "train" if training else "eval"
+        # (N, C, d1, d2) = (8, 3, 3, 4): a row under vmap normalizes over M = 3 * 4 samples
+        # (with M = 3, dx is a rank-1 projection whose entries cancel to ~5 eps in float64)
+        common = dict(unbatched=(1, 2, 3, 4), rowwise=False, shape=(8, 3, 3, 4))
+        yield Case(f"batch_norm[Y,{mode}]", bn_y, {}, y_ref, None, None, sample,
+                   vjp_ref=y_vjp, **common)
+        yield Case(f"batch_norm[stats,{mode}]", bn_stats, {}, stats_ref, None, None, sample,
+                   vjp_ref=stats_vjp, **common)
+
+
+#: Per-channel/per-class parameters of the ops over axis 1: shape (C,).
+_PER_CHANNEL = {"scale", "B", "input_mean", "input_var", "saved_mean", "saved_var",
+                "weights", "weight"}
+
+
+def structured(schema) -> bool:
+    """An op over a class/channel axis 1 whose inputs do not all share one shape."""
+    return any(p.type_param in ("Tind", "T1") for p in schema.inputs)
+
+
+def _loss_shape(schema, shape, attrs):
+    """The shape of a loss on inputs of ``shape``: () when reduced, else per entry (labelled:
+    without axis 1; over an ``axis``: without the last axis; elementwise: ``shape``)."""
+    if attrs.get("reduction", "mean") != "none":
+        return ()
+    if structured(schema):
+        return (shape[0], *shape[2:])
+    if any(a.name == "axis" for a in schema.attributes):
+        return shape[:-1]
+    return shape
+
+
+def example_avals(schema, shape=(7,), dtype="float32", **attrs):
+    """ShapeDtypeStructs that satisfy an op's schema.  Same-shape ops: every tensor input has
+    ``shape`` (scalars ()).  Ops over axis 1 (``structured``): the data input has ``shape`` =
+    (N, C, ...), labels (N, ...) int32, per-channel inputs (C,), and a gradient op's ``dloss``
+    the loss's shape for ``attrs``."""
+    import jax
+
+    if not structured(schema):
+        return tuple(jax.ShapeDtypeStruct(
+            () if p.scalar else _loss_shape(schema, shape, attrs) if p.name == "dloss" else shape,
+            dtype) for p in schema.inputs)
+    avals = []
+    for p in schema.inputs:
+        if p.type_param == "Tind":
+            avals.append(jax.ShapeDtypeStruct((shape[0], *shape[2:]), "int32"))
+        elif p.name in _PER_CHANNEL:
+            avals.append(jax.ShapeDtypeStruct((shape[1],), dtype))
+        elif p.name == "dloss":
+            avals.append(jax.ShapeDtypeStruct(_loss_shape(schema, shape, attrs), dtype))
+        else:
+            avals.append(jax.ShapeDtypeStruct(shape, dtype))
+    return tuple(avals)
+
+
+def example_args(schema, shape=(7,), dtype="float32", value=0.5, **attrs):
+    """Arguments that satisfy an op's schema (``example_avals``) filled with ``value`` (labels
+    with class 1)."""
     import jax.numpy as jnp
 
-    return tuple(jnp.full(() if p.scalar else shape, value, dtype) for p in schema.inputs)
+    return tuple(jnp.full(a.shape, 1 if a.dtype == jnp.int32 else value, a.dtype)
+                 for a in example_avals(schema, shape, dtype, **attrs))
 
 
 CASES: tuple[Case, ...] = (
     *_relu_cases(), *_softsign_log_cases(), *_smooth_cases(), *_clip_prelu_cases(),
     *_softmax_cases(), *_loss_cases(), *_gradient_cases(), *_smooth_gradient_cases(),
+)
+
+STRUCTURED: tuple[Case, ...] = (
+    *_labelled_cases(), *_cross_entropy_cases(), *_batch_norm_cases(),
 )

@@ -3,6 +3,7 @@
 import importlib.util
 import pathlib
 
+import jax
 import numpy as np
 
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
@@ -30,3 +31,38 @@ def test_softsign_derivatives_writes_png(tmp_path):
     out = _load("softsign_derivatives").main(["--out", str(png), "--points", "201"])
     assert out["err1"] < 1e-6 and out["err2"] < 1e-6
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_archery_loss_goes_down(capsys):
+    out = _load("archery").main(["--epochs", "30"])
+    losses = out["losses"]
+    assert len(losses) == 30 and not out["dead_at_start"]
+    # SGD on one sample shrinks the miss by ~2.5% per step: 30 steps leave ~0.22 of the loss
+    assert out["final_loss"] < 0.3 * losses[0]
+    assert np.all(np.diff(losses) < 0)  # monotone on a single example with a small step
+    printed = capsys.readouterr().out
+    assert "Epoch 0, Loss:" in printed and "Epoch 29, Loss:" in printed
+    assert f"final loss {out['final_loss']:.6f}" in printed
+
+
+def test_archery_dead_relu_start_is_reported(capsys):
+    out = _load("archery").main(["--epochs", "3", "--seed", "0"])
+    assert out["dead_at_start"]
+    assert out["losses"] == [out["losses"][0]] * 3  # no gradient through a dead ReLU
+    assert "started dead" in capsys.readouterr().out
+
+
+def test_train_classifier_learns_and_writes_png(tmp_path, capsys):
+    png = tmp_path / "curve.png"
+    # optax's schedules mix int step counts with floats: standard promotion for its code
+    # (jaxops ops themselves run under the suite's strict promotion everywhere else)
+    with jax.numpy_dtype_promotion("standard"):
+        out = _load("train_classifier").main(["--epochs", "6", "--points", "300",
+                                              "--out", str(png)])
+    losses = out["losses"]
+    # 5 classes: chance is 20% accuracy and a loss of log 5 = 1.61
+    assert np.mean(losses[:5]) > 1.0 and np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+    assert out["test_accuracy"] > 0.6 and out["train_accuracy"] > 0.6
+    assert out["clipped_steps"] > 0  # clip_by_global_norm is exercised
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "accuracy: train" in capsys.readouterr().out

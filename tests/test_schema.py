@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import onnx.defs
 import pytest
+from reference import example_avals, structured
 
 import jaxops as jo
 from jaxops.schema import onnx_type
@@ -43,12 +44,19 @@ def test_schema_matches_onnx_defs(s):
     assert [p.option == onnx.defs.OpSchema.FormalParameterOption.Optional for p in ref.inputs] == [
         p.optional for p in s.inputs
     ]
-    assert set(ref.attributes) == {a.name for a in s.attributes}
-    for a in s.attributes:
-        ra = ref.attributes[a.name]
-        assert ra.type.name.lower() == a.type
+    # jaxops-only attributes (onnx=False) are ONNX's optional outputs; onnx_name renames
+    onnx_attrs = {a.onnx_name or a.name: a for a in s.attributes if a.onnx}
+    assert set(ref.attributes) == set(onnx_attrs)
+    for name, a in onnx_attrs.items():
+        ra = ref.attributes[name]
+        # ONNX has no bool attributes: a flag is an INT 0/1
+        assert ra.type.name.lower() == ("int" if a.type == "bool" else a.type)
         assert ra.required == a.required
-        if not a.required:
+        if a.default is None:  # "absent" (ignore_index): ONNX has no default either
+            assert ra.default_value.type == onnx.AttributeProto.UNDEFINED
+        elif a.type == "string":
+            assert onnx.helper.get_attribute_value(ra.default_value).decode() == a.default
+        elif not a.required:
             # ONNX stores float defaults as float32
             assert np.float32(onnx.helper.get_attribute_value(ra.default_value)) == np.float32(
                 a.default
@@ -95,8 +103,14 @@ def test_infer_matches_eval_shape(s, shape):
             s.infer(*(jax.ShapeDtypeStruct((), jnp.float32) for _ in s.inputs))
         return
     attrs = _same_shape_attrs(s)
+    if structured(s) and len(shape) < 2:  # (N, C, ...) needed: a clear error instead
+        avals = [jax.ShapeDtypeStruct(shape, jnp.float32 if p.type_param != "Tind" else
+                                      jnp.int32) for p in s.inputs]
+        with pytest.raises(ValueError, match=r"must have shape \(N, C, d1, \.\.\.\)"):
+            s.infer(*avals, **attrs)
+        return
     for dtype in (jnp.float32, jnp.bfloat16, jnp.float16):
-        avals = [jax.ShapeDtypeStruct(() if p.scalar else shape, dtype) for p in s.inputs]
+        avals = example_avals(s, shape, dtype, **attrs)
         inferred = s.infer(*avals, **attrs)
         traced = jax.eval_shape(functools.partial(getattr(jo, s.function), **attrs), *avals)
         traced = traced if isinstance(traced, tuple) else (traced,)
@@ -123,8 +137,8 @@ FLOP_SLACK = 4
 @pytest.mark.parametrize("s", SCHEMAS, ids=lambda s: s.name)
 def test_cost_matches_xla_cost_analysis(s, dtype):
     n = 4096
-    avals = [jax.ShapeDtypeStruct(() if p.scalar else (n,), dtype) for p in s.inputs]
     attrs = _same_shape_attrs(s)
+    avals = example_avals(s, (256, 16) if structured(s) else (n,), dtype, **attrs)
     cost = s.cost(*avals, **attrs)
     op = functools.partial(getattr(jo, s.function), **attrs)
     xla = jax.jit(op).lower(*avals).compile().cost_analysis()
@@ -132,8 +146,10 @@ def test_cost_matches_xla_cost_analysis(s, dtype):
         assert cost.bytes_accessed == xla["bytes accessed"]
     else:
         # XLA:CPU counts every pass of an unfused row reduction (max, sum, normalize) and the
-        # converts; Caffe2's ideal counts one read and one write.  Measured: up to 6.5x.
-        assert cost.bytes_accessed <= xla["bytes accessed"] <= 8 * cost.bytes_accessed
+        # converts; Caffe2's ideal counts one read and one write.  Measured: up to 6.5x for
+        # softmax, 10.1x for bfloat16 softmax_cross_entropy (log_softmax's passes, the
+        # float32 copy and the label gather), 1.0x-3.4x for the others.
+        assert cost.bytes_accessed <= xla["bytes accessed"] <= 12 * cost.bytes_accessed
     assert cost.transcendentals == xla.get("transcendentals", 0.0)
     converts = len(s.inputs) + len(s.outputs) if dtype == jnp.bfloat16 else 0
     slack = (FLOP_SLACK + converts) * n

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.test_util import check_grads
-from reference import CASES, Case
+from reference import CASES, STRUCTURED, Case
 
 DTYPES = ("float32", "bfloat16", "float16", "float64")
 TOL_ULPS = 4
@@ -39,14 +39,17 @@ def _context(dtype):
 
 
 def _inputs(case: Case, dtype, seed=0):
-    """Inputs in ``dtype`` and the same values in float64 for the reference, plus a
-    cotangent ``w`` and tangents/second cotangents ``ts``."""
+    """Inputs in ``dtype`` (labels int32) and the same values in float64 for the reference,
+    plus a cotangent ``w`` shaped like the output and tangents/second cotangents ``ts`` for
+    the differentiated inputs."""
     rng = np.random.default_rng(seed)
-    raw = case.sample(rng, SHAPE)
-    xs = tuple(jnp.asarray(r, dtype) for r in raw)
-    xs64 = tuple(np.asarray(x, np.float64) for x in xs)
-    w = jnp.asarray(rng.uniform(-2, 2, SHAPE), dtype)
-    ts = tuple(jnp.asarray(rng.uniform(-2, 2, SHAPE), dtype) for _ in raw)
+    raw = case.sample(rng, case.shape or SHAPE)
+    xs = tuple(jnp.asarray(r, jnp.int32 if i in case.ints else dtype)
+               for i, r in enumerate(raw))
+    xs64 = tuple(np.asarray(x) if i in case.ints else np.asarray(x, np.float64)
+                 for i, x in enumerate(xs))
+    w = jnp.asarray(rng.uniform(-2, 2, np.shape(case.ref(*xs64))), dtype)
+    ts = tuple(jnp.asarray(rng.uniform(-2, 2, xs[i].shape), dtype) for i in case.diff)
     return xs, xs64, w, ts
 
 
@@ -74,10 +77,8 @@ def _flat(a):
     return _f64(a).ravel()
 
 
-def _vjp_ref(case, xs64, w):
-    """w^T J[i], shaped like input i."""
-    return [(_flat(w) @ j).reshape(x.shape) for j, x in
-            zip(case.jacobians(*xs64), xs64, strict=True)]
+def _diff_shapes(case, xs64):
+    return [xs64[i].shape for i in case.diff]
 
 
 class Summed(np.ndarray):
@@ -90,22 +91,37 @@ def _summed(total, terms_abs):
     return out
 
 
+def _vjp_ref(case, xs64, w):
+    """w^T J[i], shaped like differentiated input i (a sum over outputs: |w|^T |J[i]| is
+    the size of its terms)."""
+    return [_summed((_flat(w) @ j).reshape(shape), (np.abs(_flat(w)) @ np.abs(j)).reshape(shape))
+            for j, shape in zip(case.jacobians(*xs64), _diff_shapes(case, xs64), strict=True)]
+
+
 def _jvp_ref(case, xs64, ts):
     """sum_i J[i] t_i, shaped like the output."""
     jacs = case.jacobians(*xs64)
     out = sum(j @ _flat(t) for j, t in zip(jacs, ts, strict=True))
     size = sum(np.abs(j) @ np.abs(_flat(t)) for j, t in zip(jacs, ts, strict=True))
-    shape = xs64[0].shape
+    shape = np.shape(case.ref(*xs64))
     return _summed(out.reshape(shape), size.reshape(shape))
 
 
-def _hess_w(case, xs64, w):
-    """d2 sum(w * out) / d input_i d input_j, as (size_i, size_j) matrices."""
-    return [[np.einsum("o,oab->ab", _flat(w), h) for h in row] for row in case.hessians(*xs64)]
+def _on_diff(case, xs):
+    """``case`` as a function of its differentiated inputs (the others held at ``xs``), and
+    those inputs."""
+
+    def f(*d):
+        args = list(xs)
+        for i, v in zip(case.diff, d, strict=True):
+            args[i] = v
+        return case(*args)
+
+    return f, tuple(xs[i] for i in case.diff)
 
 
-def _weighted_loss(case, w):
-    return lambda *xs: jnp.sum(case(*xs) * w)
+def _weighted(f, w):
+    return lambda *xs: jnp.sum(f(*xs) * w)
 
 
 def _argnums(xs):
@@ -116,6 +132,53 @@ def _pairs(computed, expected):
     return list(zip(computed, expected, strict=True))
 
 
+def _in_axes(case):
+    return tuple(None if i in case.unbatched else 0 for i in range(case.arity))
+
+
+def _rows(case, xs):
+    """The per-row inputs of a vmap/scan over the leading axis (unbatched inputs shared)."""
+    n = xs[0].shape[0]
+    return [tuple(x if i in case.unbatched else x[k] for i, x in enumerate(xs))
+            for k in range(n)]
+
+
+def _row_refs(case, xs64, w):
+    """(stacked outputs, per-row cotangents of the diff inputs) of row-by-row application:
+    batched inputs' cotangents stack, unbatched ones are listed per row."""
+    if case.rowwise:
+        return case.ref(*xs64), _vjp_ref(case, xs64, w), None
+    rows = _rows(case, xs64)
+    outs = np.stack([case.ref(*r) for r in rows])
+    per_row = [_vjp_ref(case, r, w[k]) for k, r in enumerate(rows)]
+    return outs, per_row, rows
+
+
+def _w_rows(case, xs64, w):
+    """The output cotangent of a row-by-row map: ``w`` itself for row-wise ops, else one
+    drawn for the stacked per-row outputs."""
+    if case.rowwise:
+        return w
+    shape = (xs64[0].shape[0], *np.shape(case.ref(*_rows(case, xs64)[0])))
+    return jnp.asarray(np.random.default_rng(7).uniform(-2, 2, shape), w.dtype)
+
+
+def _row_grads(case, xs64, w, summed):
+    """Expected cotangents of the diff inputs for a row-wise map: stacked for batched inputs;
+    for unbatched ones, summed over rows (grad of vmap, scan) or stacked (vmap of grad)."""
+    outs, per_row, rows = _row_refs(case, xs64, np.asarray(w, np.float64))
+    if rows is None:
+        return outs, per_row
+    grads = []
+    for k, i in enumerate(case.diff):
+        g = np.stack([np.asarray(r[k]) for r in per_row])
+        size = np.stack([r[k].scale for r in per_row])
+        if i in case.unbatched and summed:
+            g, size = g.sum(0), size.sum(0)
+        grads.append(_summed(g, size))
+    return outs, grads
+
+
 # Each transform returns (computed, expected) pairs, computed from jaxops, expected from the
 # float64 reference.
 def t_jit(case, xs, xs64, w, ts):
@@ -123,111 +186,145 @@ def t_jit(case, xs, xs64, w, ts):
 
 
 def t_vmap(case, xs, xs64, w, ts):
-    return [(jax.vmap(case)(*xs), case.ref(*xs64))]
+    outs, _ = _row_grads(case, xs64, _w_rows(case, xs64, w), summed=False)
+    return [(jax.vmap(case, in_axes=_in_axes(case))(*xs), outs)]
 
 
 def t_grad(case, xs, xs64, w, ts):
-    g = jax.grad(_weighted_loss(case, w), argnums=_argnums(xs))(*xs)
+    f, d = _on_diff(case, xs)
+    g = jax.grad(_weighted(f, w), argnums=_argnums(d))(*d)
     return _pairs(g, _vjp_ref(case, xs64, w))
 
 
 def t_vjp(case, xs, xs64, w, ts):
-    y, vjp_fn = jax.vjp(case, *xs)
+    f, d = _on_diff(case, xs)
+    y, vjp_fn = jax.vjp(f, *d)
     return [(y, case.ref(*xs64)), *_pairs(vjp_fn(w), _vjp_ref(case, xs64, w))]
 
 
 def t_grad_grad(case, xs, xs64, w, ts):
-    argnums = _argnums(xs)
-    first = jax.grad(_weighted_loss(case, w), argnums=argnums)
+    f, d = _on_diff(case, xs)
+    argnums = _argnums(d)
+    first = jax.grad(_weighted(f, w), argnums=argnums)
 
-    def second(*xs):
-        return sum(jnp.sum(g * t) for g, t in zip(first(*xs), ts, strict=True))
+    def second(*d):
+        return sum(jnp.sum(g * t) for g, t in zip(first(*d), ts, strict=True))
 
-    g2 = jax.grad(second, argnums=argnums)(*xs)
-    hw = _hess_w(case, xs64, w)
+    g2 = jax.grad(second, argnums=argnums)(*d)
+    hw = case.hess_w(xs64, np.asarray(w, np.float64))
+    shapes = _diff_shapes(case, xs64)
     expected = [
-        _summed(sum(_flat(ts[i]) @ hw[i][j] for i in argnums).reshape(xs64[j].shape),
+        _summed(sum(_flat(ts[i]) @ hw[i][j] for i in argnums).reshape(shapes[j]),
                 sum(np.abs(_flat(ts[i])) @ np.abs(hw[i][j]) for i in argnums)
-                .reshape(xs64[j].shape))
+                .reshape(shapes[j]))
         for j in argnums
     ]
     return _pairs(g2, expected)
 
 
 def t_jvp(case, xs, xs64, w, ts):
-    y, t_out = jax.jvp(case, xs, ts)
+    f, d = _on_diff(case, xs)
+    y, t_out = jax.jvp(f, d, ts)
     return [(y, case.ref(*xs64)), (t_out, _jvp_ref(case, xs64, ts))]
 
 
 def t_linearize(case, xs, xs64, w, ts):
-    y, f_lin = jax.linearize(case, *xs)
+    f, d = _on_diff(case, xs)
+    y, f_lin = jax.linearize(f, *d)
     return [(y, case.ref(*xs64)), (f_lin(*ts), _jvp_ref(case, xs64, ts))]
 
 
 def _t_jacobian(jac):
     def t(case, xs, xs64, w, ts):
-        jacs = jac(case, argnums=_argnums(xs))(*xs)
-        shape = xs64[0].shape
-        return _pairs(jacs, [j.reshape(shape + x.shape) for j, x in
-                             zip(case.jacobians(*xs64), xs64, strict=True)])
+        f, d = _on_diff(case, xs)
+        jacs = jac(f, argnums=_argnums(d))(*d)
+        out = np.shape(case.ref(*xs64))
+        return _pairs(jacs, [j.reshape(out + shape) for j, shape in
+                             zip(case.jacobians(*xs64), _diff_shapes(case, xs64), strict=True)])
 
     return t
 
 
 def t_hessian(case, xs, xs64, w, ts):
-    argnums = _argnums(xs)
-    h = jax.hessian(_weighted_loss(case, w), argnums=argnums)(*xs)
-    hw = _hess_w(case, xs64, w)
-    return [(h[i][j], hw[i][j].reshape(xs64[i].shape + xs64[j].shape))
+    f, d = _on_diff(case, xs)
+    argnums = _argnums(d)
+    h = jax.hessian(_weighted(f, w), argnums=argnums)(*d)
+    hw = case.hess_w(xs64, np.asarray(w, np.float64))
+    shapes = _diff_shapes(case, xs64)
+    return [(h[i][j], hw[i][j].reshape(shapes[i] + shapes[j]))
             for i in argnums for j in argnums]
 
 
-def t_vmap_grad(case, xs, xs64, w, ts):
-    def row_loss(*args):
+def _row_loss(case):
+    """sum(case(*row) * w_row) as a function of (all inputs of a row..., w_row)."""
+    def loss(*args):
         *row, w_row = args
         return jnp.sum(case(*row) * w_row)
 
-    g = jax.vmap(jax.grad(row_loss, argnums=_argnums(xs)))(*xs, w)
-    return _pairs(g, _vjp_ref(case, xs64, w))
+    return loss
+
+
+def t_vmap_grad(case, xs, xs64, w, ts):
+    w = _w_rows(case, xs64, w)
+    g = jax.vmap(jax.grad(_row_loss(case), argnums=case.diff),
+                 in_axes=(*_in_axes(case), 0))(*xs, w)
+    return _pairs(g, _row_grads(case, xs64, w, summed=False)[1])
 
 
 def t_grad_vmap(case, xs, xs64, w, ts):
-    g = jax.grad(lambda *xs: jnp.sum(jax.vmap(case)(*xs) * w), argnums=_argnums(xs))(*xs)
-    return _pairs(g, _vjp_ref(case, xs64, w))
+    w = _w_rows(case, xs64, w)
+
+    def loss(*xs):
+        return jnp.sum(jax.vmap(case, in_axes=_in_axes(case))(*xs) * w)
+
+    g = jax.grad(loss, argnums=case.diff)(*xs)
+    return _pairs(g, _row_grads(case, xs64, w, summed=True)[1])
 
 
 def t_scan(case, xs, xs64, w, ts):
+    w = _w_rows(case, xs64, w)
+    batched = [i for i in range(len(xs)) if i not in case.unbatched]
+
     def loss(*xs):
         def body(carry, row):
             *row_xs, w_row = row
-            y = case(*row_xs)
+            args = list(xs)
+            for i, r in zip(batched, row_xs, strict=True):
+                args[i] = r
+            y = case(*args)
             return carry + jnp.sum(y * w_row).astype(jnp.float32), y
 
-        total, ys = jax.lax.scan(body, jnp.float32(0), (*xs, w))
+        total, ys = jax.lax.scan(body, jnp.float32(0), (*(xs[i] for i in batched), w))
         return total, ys
 
-    g, ys = jax.grad(loss, argnums=_argnums(xs), has_aux=True)(*xs)
-    return [(ys, case.ref(*xs64)), *_pairs(g, _vjp_ref(case, xs64, w))]
+    g, ys = jax.grad(loss, argnums=case.diff, has_aux=True)(*xs)
+    outs, grads = _row_grads(case, xs64, w, summed=True)
+    return [(ys, outs), *_pairs(g, grads)]
 
 
 def t_checkpoint(case, xs, xs64, w, ts):
-    g = jax.grad(jax.checkpoint(_weighted_loss(case, w)), argnums=_argnums(xs))(*xs)
+    f, d = _on_diff(case, xs)
+    g = jax.grad(jax.checkpoint(_weighted(f, w)), argnums=_argnums(d))(*d)
     return _pairs(g, _vjp_ref(case, xs64, w))
 
 
 def t_sharded(case, xs, xs64, w, ts):
     mesh = jax.make_mesh((8,), ("d",))
-    sharding = jax.sharding.NamedSharding(mesh, jax.P("d"))
-    xs_s = tuple(jax.device_put(x, sharding) for x in xs)
-    w_s = jax.device_put(w, sharding)
+    rows = jax.sharding.NamedSharding(mesh, jax.P("d"))
+    replicated = jax.sharding.NamedSharding(mesh, jax.P())
+    xs_s = tuple(jax.device_put(x, replicated if i in case.unbatched else rows)
+                 for i, x in enumerate(xs))
+    w_s = jax.device_put(w, rows if case.rowwise else replicated)
 
     @jax.jit
     def run(*args):
         *xs, w = args
-        return case(*xs), jax.grad(_weighted_loss(case, w), argnums=_argnums(xs))(*xs)
+        f, d = _on_diff(case, xs)
+        return case(*xs), jax.grad(_weighted(f, w), argnums=_argnums(d))(*d)
 
     y, g = run(*xs_s, w_s)
-    assert y.sharding.is_equivalent_to(sharding, y.ndim), y.sharding
+    if case.rowwise:
+        assert y.sharding.is_equivalent_to(rows, y.ndim), y.sharding
     return [(y, case.ref(*xs64)), *_pairs(g, _vjp_ref(case, xs64, w))]
 
 
@@ -252,7 +349,7 @@ TRANSFORMS = {
 
 @pytest.mark.parametrize("transform", list(TRANSFORMS))
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("case", CASES + STRUCTURED, ids=str)
 def test_transform_matrix(case, dtype, transform):
     with _context(dtype):
         xs, xs64, w, ts = _inputs(case, dtype)
@@ -267,16 +364,17 @@ def test_transform_matrix(case, dtype, transform):
 def _away_from_kinks(case, seed=1):
     """Float64 inputs at least 0.05 from every kink (finite differences step 1e-3ish)."""
     rng = np.random.default_rng(seed)
-    raw = list(case.sample(rng, SHAPE))
+    raw = list(case.sample(rng, case.shape or SHAPE))
     for k in case.kinks:
         raw[0] = np.where(np.abs(raw[0] - k) < 0.05, raw[0] + 0.1, raw[0])
-    return tuple(jnp.asarray(r, jnp.float64) for r in raw)
+    return tuple(jnp.asarray(r, jnp.int32 if i in case.ints else jnp.float64)
+                 for i, r in enumerate(raw))
 
 
-@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("case", CASES + STRUCTURED, ids=str)
 def test_finite_differences(case, x64):
     xs = _away_from_kinks(case)
-    free = [i for i in range(len(xs)) if i not in case.fixed]
+    free = [i for i in case.diff if i not in case.fixed]
 
     def f(*free_xs):
         args = list(xs)

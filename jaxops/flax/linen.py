@@ -1,0 +1,296 @@
+"""Flax Linen modules for the jaxops operators.
+
+Each module calls the jaxops op, so its derivative is the op's registered gradient; use them
+with ``Module.init``/``Module.apply`` under ``jax.jit``, ``jax.grad`` and ``jax.vmap``.
+Stateless activations are modules here (Linen has them as plain functions, ``nn.relu`` ...)
+so that they can sit in ``nn.Sequential`` and carry their attributes.
+
+Differences from Flax's own layers, and why:
+
+- :class:`PReLU` can learn one slope per channel (``num_features=C`` on feature ``axis``, or
+  ``num_features=None`` to take C from the input), like PyTorch's
+  ``nn.PReLU(num_parameters=C)`` and ONNX PRelu's broadcast slope; Flax's ``nn.PReLU`` learns
+  one scalar.  The default ``num_features=1`` is that shared slope, with Flax's initial value
+  0.01.  The parameter is ``params/slope`` (ONNX's name) of shape ``(num_features,)``.
+- :class:`BatchNorm` defaults to ``momentum=0.9`` (ONNX BatchNormalization and Caffe2's
+  SpatialBN; Flax defaults to 0.99) and computes the batch variance in two passes
+  (Flax's default ``use_fast_variance=True`` uses E[x^2] - E[x]^2).  It has no ``dtype``,
+  ``axis_name`` or ``mask``: the output has the input's dtype (jaxops's policy), and under
+  SPMD ``jit`` XLA adds the cross-device reductions itself.  Variables have Flax's names:
+  ``params/{scale,bias}`` and ``batch_stats/{mean,var}``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+from jax.typing import ArrayLike
+
+import jaxops as jo
+from jaxops.flax import _common
+
+__all__ = [
+    "BatchNorm", "LeakyReLU", "PReLU", "ReLU", "ReluN", "Sigmoid", "Softmax", "Softsign", "Tanh",
+]
+
+
+class ReLU(nn.Module):
+    """:func:`jaxops.relu` as a module: ``max(0, x)``, derivative 0 at 0.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxops.flax import linen as jnn
+      >>> jnn.ReLU().apply({}, jnp.array([-1.0, 0.0, 2.0]))
+      Array([0., 0., 2.], dtype=float32)
+
+    See also: ``flax.linen.relu`` (the same values and derivative).
+    """
+
+    def __call__(self, x: ArrayLike) -> jax.Array:
+        return jo.relu(x)
+
+
+class ReluN(nn.Module):
+    """:func:`jaxops.relu_n` as a module: ``min(max(0, x), n)``.
+
+    Attributes:
+      n: the upper bound, a Python float > 0 (6.0: ``ReluN()`` is ReLU6).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxops.flax import linen as jnn
+      >>> jnn.ReluN(n=2.0).apply({}, jnp.array([-1.0, 1.0, 3.0]))
+      Array([0., 1., 2.], dtype=float32)
+
+    See also: ``flax.linen.relu6`` (``n=6``).
+    """
+
+    n: float = 6.0
+
+    def __call__(self, x: ArrayLike) -> jax.Array:
+        return jo.relu_n(x, n=self.n)
+
+
+class LeakyReLU(nn.Module):
+    """:func:`jaxops.leaky_relu` as a module: ``x`` if ``x >= 0`` else ``alpha * x``.
+
+    Attributes:
+      alpha: the slope for negative inputs, a Python float (0.01).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxops.flax import linen as jnn
+      >>> jnn.LeakyReLU(alpha=0.5).apply({}, jnp.array([-2.0, 3.0]))
+      Array([-1.,  3.], dtype=float32)
+
+    See also: ``flax.linen.leaky_relu`` (its ``negative_slope`` is ``alpha``).
+    """
+
+    alpha: float = 0.01
+
+    def __call__(self, x: ArrayLike) -> jax.Array:
+        return jo.leaky_relu(x, alpha=self.alpha)
+
+
+class PReLU(nn.Module):
+    r""":func:`jaxops.prelu` with a learnable slope per channel.
+
+    .. math:: y = \begin{cases} x & x \ge 0 \\ a_c x & x < 0 \end{cases}
+
+    where ``c`` indexes feature ``axis``.  The slope is ``params/slope`` of shape
+    ``(num_features,)`` in ``param_dtype``; it is cast to the input's dtype for the call (as
+    Flax's ``nn.PReLU`` does), so the output has the input's dtype.
+
+    Unlike Flax's ``nn.PReLU`` (one scalar ``negative_slope``), this is PyTorch's
+    ``nn.PReLU(num_parameters=C)``: one slope per channel.  ``num_features=1`` shares one
+    slope over every element, like Flax's.
+
+    Attributes:
+      num_features: the number of slopes: the size of feature ``axis``, 1 for one shared slope
+        (the default), or None to take the size of ``axis`` from the input at ``init``.
+      axis: the feature axis of the input (-1, Flax's channels-last convention; PyTorch and
+        ONNX use 1).
+      negative_slope_init: the slopes' initial value (0.01, as in Flax; PyTorch uses 0.25).
+      param_dtype: the slope's dtype (float32).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jaxops.flax import linen as jnn
+      >>> x = jnp.array([[-4.0, -4.0], [1.0, 2.0]])
+      >>> layer = jnn.PReLU(num_features=None, negative_slope_init=0.25)
+      >>> variables = layer.init(jax.random.key(0), x)
+      >>> variables["params"]["slope"].shape
+      (2,)
+      >>> layer.apply(variables, x)
+      Array([[-1., -1.],
+             [ 1.,  2.]], dtype=float32)
+
+    References:
+      He et al., "Delving Deep into Rectifiers" (2015); ONNX PRelu-16.
+    """
+
+    num_features: int | None = 1
+    axis: int = -1
+    negative_slope_init: float = 0.01
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: ArrayLike) -> jax.Array:
+        num = self.num_features
+        if num is None:
+            num = jnp.shape(x)[_common.feature_axis("PReLU", x, self.axis, min_ndim=1)]
+        slope = self.param(
+            "slope", lambda _key, n: jnp.full((n,), self.negative_slope_init, self.param_dtype),
+            num,
+        )
+        return _common.prelu(x, slope, self.axis)
+
+
+class Softsign(nn.Module):
+    """:func:`jaxops.softsign` as a module: ``x / (1 + |x|)``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxops.flax import linen as jnn
+      >>> jnn.Softsign().apply({}, jnp.array([-3.0, 0.0, 1.0]))
+      Array([-0.75,  0.  ,  0.5 ], dtype=float32)
+
+    See also: ``flax.linen.soft_sign``.
+    """
+
+    def __call__(self, x: ArrayLike) -> jax.Array:
+        return jo.softsign(x)
+
+
+class Sigmoid(nn.Module):
+    """:func:`jaxops.sigmoid` as a module: ``1 / (1 + exp(-x))``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxops.flax import linen as jnn
+      >>> jnn.Sigmoid().apply({}, jnp.array([0.0]))
+      Array([0.5], dtype=float32)
+
+    See also: ``flax.linen.sigmoid``.
+    """
+
+    def __call__(self, x: ArrayLike) -> jax.Array:
+        return jo.sigmoid(x)
+
+
+class Tanh(nn.Module):
+    """:func:`jaxops.tanh` as a module.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxops.flax import linen as jnn
+      >>> jnn.Tanh().apply({}, jnp.array([0.0]))
+      Array([0.], dtype=float32)
+
+    See also: ``flax.linen.tanh``.
+    """
+
+    def __call__(self, x: ArrayLike) -> jax.Array:
+        return jo.tanh(x)
+
+
+class Softmax(nn.Module):
+    """:func:`jaxops.softmax` as a module, along ``axis``.
+
+    Attributes:
+      axis: the axis to normalize over, a Python int (-1).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxops.flax import linen as jnn
+      >>> jnn.Softmax().apply({}, jnp.array([[0.0, 0.0], [0.0, -jnp.inf]]))
+      Array([[0.5, 0.5],
+             [1. , 0. ]], dtype=float32)
+
+    See also: ``flax.linen.softmax``.
+    """
+
+    axis: int = -1
+
+    def __call__(self, x: ArrayLike) -> jax.Array:
+        return jo.softmax(x, axis=self.axis)
+
+
+class BatchNorm(nn.Module):
+    r""":func:`jaxops.batch_norm` as a layer with learnable scale and bias and running
+    statistics, switched between training and inference as Flax's ``nn.BatchNorm`` is.
+
+    .. math:: y = \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}}\,\gamma + \beta
+
+    In training (``use_running_average=False``; apply with ``mutable=["batch_stats"]``) ``mu``
+    and ``sigma^2`` are the batch mean and population (biased) variance over every axis but
+    ``axis``, and the running statistics become ``momentum * running + (1 - momentum) * batch``
+    (not during ``init``, as in Flax).  In inference (``use_running_average=True``) the running
+    statistics normalize and stay as they are.  Variables: ``batch_stats/mean`` and
+    ``batch_stats/var`` in float32 (initially 0 and 1), ``params/scale`` (1) and
+    ``params/bias`` (0) in ``param_dtype``, one per feature, the size taken from the input.
+    The output has the input's dtype.
+
+    Differences from ``nn.BatchNorm``: ``momentum`` defaults to 0.9 (ONNX, Caffe2; Flax 0.99);
+    the batch variance is computed in two passes (Flax defaults to E[x^2] - E[x]^2); no
+    ``dtype``, initializers, ``axis_name`` or ``mask``.
+
+    Attributes:
+      use_running_average: True for inference, False for training; set it here or in the call
+        (one of the two, as ``nn.merge_param`` requires).
+      axis: the feature axis of the input (-1, Flax's channels-last; ONNX and PyTorch use 1).
+      momentum: the running statistics' decay (0.9).
+      epsilon: added to the variance (1e-5).
+      param_dtype: the dtype of ``scale`` and ``bias`` (float32).
+      use_bias: learn ``bias``; without it the bias is 0.
+      use_scale: learn ``scale``; without it the scale is 1.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jaxops.flax import linen as jnn
+      >>> layer = jnn.BatchNorm()
+      >>> x = jnp.array([[0.0, 10.0], [2.0, 30.0]])
+      >>> variables = layer.init(jax.random.key(0), x, use_running_average=False)
+      >>> y, updates = layer.apply(variables, x, use_running_average=False,
+      ...                          mutable=["batch_stats"])
+      >>> updates["batch_stats"]["mean"], updates["batch_stats"]["var"]
+      (Array([0.1, 2. ], dtype=float32), Array([ 1. , 10.9], dtype=float32))
+      >>> layer.apply({**variables, **updates}, x, use_running_average=True).shape
+      (2, 2)
+
+    References:
+      Ioffe & Szegedy, "Batch Normalization" (2015); ONNX BatchNormalization-15.
+    """
+
+    use_running_average: bool | None = None
+    axis: int = -1
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+    param_dtype: jnp.dtype = jnp.float32
+    use_bias: bool = True
+    use_scale: bool = True
+
+    @nn.compact
+    def __call__(self, x: ArrayLike, use_running_average: bool | None = None) -> jax.Array:
+        """Normalize ``x``; in training, also update ``batch_stats``."""
+        use_running_average = nn.merge_param(
+            "use_running_average", self.use_running_average, use_running_average
+        )
+        ax = _common.feature_axis("BatchNorm", x, self.axis, min_ndim=2)
+        shape = (jnp.shape(x)[ax],)
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, shape, jnp.float32)
+        ra_var = self.variable("batch_stats", "var", jnp.ones, shape, jnp.float32)
+        scale = (self.param("scale", nn.initializers.ones, shape, self.param_dtype)
+                 if self.use_scale else jnp.ones(shape, jnp.float32))
+        bias = (self.param("bias", nn.initializers.zeros, shape, self.param_dtype)
+                if self.use_bias else jnp.zeros(shape, jnp.float32))
+        training = not use_running_average
+        y, mean, var = _common.batch_norm(
+            x, scale, bias, ra_mean.value, ra_var.value, axis=self.axis,
+            epsilon=self.epsilon, momentum=self.momentum, training=training,
+        )
+        if training and not self.is_initializing():
+            ra_mean.value = jax.lax.stop_gradient(mean)
+            ra_var.value = jax.lax.stop_gradient(var)
+        return y

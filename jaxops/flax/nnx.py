@@ -1,0 +1,321 @@
+"""Flax NNX modules for the jaxops operators.
+
+Each module calls the jaxops op, so its derivative is the op's registered gradient and it
+works under ``nnx.jit``, ``nnx.grad``, ``nnx.vmap`` and the JAX transforms.  Stateless
+activations are modules here (Flax NNX has them as plain functions, ``nnx.relu`` ...) so that
+they can sit in ``nnx.Sequential`` and carry their attributes (``ReluN(n=6.0)``).
+
+Differences from Flax's own layers, and why:
+
+- :class:`PReLU` learns one slope per channel (``num_features``, on feature ``axis``), like
+  PyTorch's ``nn.PReLU(num_parameters=C)`` and ONNX PRelu's broadcast slope; Flax's
+  ``nnx.PReLU`` learns one scalar.  ``PReLU()`` (``num_features=1``) is the shared-slope form,
+  with Flax's initial value 0.01.  The parameter is named ``slope`` (ONNX) and has shape
+  ``(num_features,)``.
+- :class:`BatchNorm` defaults to ``momentum=0.9`` (ONNX BatchNormalization and Caffe2's
+  SpatialBN; Flax defaults to 0.99) and computes the batch variance in two passes
+  (Flax's default ``use_fast_variance=True`` uses E[x^2] - E[x]^2).  It has no ``dtype``,
+  ``promote_dtype``, ``axis_name`` or ``mask``: the output has the input's dtype (jaxops's
+  policy), and under SPMD ``jit`` XLA adds the cross-device reductions itself.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.typing import ArrayLike
+
+import jaxops as jo
+from jaxops.flax import _common
+
+__all__ = [
+    "BatchNorm", "LeakyReLU", "PReLU", "ReLU", "ReluN", "Sigmoid", "Softmax", "Softsign", "Tanh",
+]
+
+
+class ReLU(nnx.Module):
+    """:func:`jaxops.relu` as a module: ``max(0, x)``, derivative 0 at 0.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxops.flax import nnx as jnnx
+      >>> jnnx.ReLU()(jnp.array([-1.0, 0.0, 2.0]))
+      Array([0., 0., 2.], dtype=float32)
+
+    See also: ``flax.nnx.relu`` (the same values and derivative).
+    """
+
+    def __call__(self, x: ArrayLike) -> jax.Array:
+        return jo.relu(x)
+
+
+class ReluN(nnx.Module):
+    """:func:`jaxops.relu_n` as a module: ``min(max(0, x), n)``.
+
+    Args:
+      n: the upper bound, a Python float > 0 (6.0: ``ReluN()`` is ReLU6).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxops.flax import nnx as jnnx
+      >>> jnnx.ReluN(n=2.0)(jnp.array([-1.0, 1.0, 3.0]))
+      Array([0., 1., 2.], dtype=float32)
+
+    See also: ``flax.nnx.relu6`` (``n=6``).
+    """
+
+    def __init__(self, n: float = 6.0):
+        self.n = n
+
+    def __call__(self, x: ArrayLike) -> jax.Array:
+        return jo.relu_n(x, n=self.n)
+
+
+class LeakyReLU(nnx.Module):
+    """:func:`jaxops.leaky_relu` as a module: ``x`` if ``x >= 0`` else ``alpha * x``.
+
+    Args:
+      alpha: the slope for negative inputs, a Python float (0.01).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxops.flax import nnx as jnnx
+      >>> jnnx.LeakyReLU(alpha=0.5)(jnp.array([-2.0, 3.0]))
+      Array([-1.,  3.], dtype=float32)
+
+    See also: ``flax.nnx.leaky_relu`` (its ``negative_slope`` is ``alpha``).
+    """
+
+    def __init__(self, alpha: float = 0.01):
+        self.alpha = alpha
+
+    def __call__(self, x: ArrayLike) -> jax.Array:
+        return jo.leaky_relu(x, alpha=self.alpha)
+
+
+class PReLU(nnx.Module):
+    r""":func:`jaxops.prelu` with a learnable slope per channel.
+
+    .. math:: y = \begin{cases} x & x \ge 0 \\ a_c x & x < 0 \end{cases}
+
+    where ``c`` indexes feature ``axis``.  The slope is an ``nnx.Param`` named ``slope`` of
+    shape ``(num_features,)`` in ``param_dtype``; it is cast to the input's dtype for the call
+    (as Flax's ``nnx.PReLU`` does), so the output has the input's dtype.
+
+    Unlike Flax's ``nnx.PReLU`` (one scalar ``negative_slope``), this is PyTorch's
+    ``nn.PReLU(num_parameters=C)``: one slope per channel.  ``num_features=1`` shares one
+    slope over every element, like Flax's.
+
+    Args:
+      num_features: the number of slopes: the size of feature ``axis``, or 1 for one shared
+        slope.
+      axis: the feature axis of the input (-1, Flax's channels-last convention; PyTorch and
+        ONNX use 1).
+      negative_slope_init: the slopes' initial value (0.01, as in Flax; PyTorch uses 0.25).
+      param_dtype: the slope's dtype (float32).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxops.flax import nnx as jnnx
+      >>> layer = jnnx.PReLU(2, negative_slope_init=0.25)
+      >>> layer.slope.shape
+      (2,)
+      >>> layer(jnp.array([[-4.0, -4.0], [1.0, 2.0]]))
+      Array([[-1., -1.],
+             [ 1.,  2.]], dtype=float32)
+
+    References:
+      He et al., "Delving Deep into Rectifiers" (2015); ONNX PRelu-16.
+    """
+
+    def __init__(
+        self,
+        num_features: int = 1,
+        *,
+        axis: int = -1,
+        negative_slope_init: float = 0.01,
+        param_dtype: jnp.dtype = jnp.float32,
+    ):
+        self.slope = nnx.Param(jnp.full((num_features,), negative_slope_init, param_dtype))
+        self.num_features = num_features
+        self.axis = axis
+
+    def __call__(self, x: ArrayLike) -> jax.Array:
+        return _common.prelu(x, self.slope[...], self.axis)
+
+
+class Softsign(nnx.Module):
+    """:func:`jaxops.softsign` as a module: ``x / (1 + |x|)``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxops.flax import nnx as jnnx
+      >>> jnnx.Softsign()(jnp.array([-3.0, 0.0, 1.0]))
+      Array([-0.75,  0.  ,  0.5 ], dtype=float32)
+
+    See also: ``flax.nnx.soft_sign``.
+    """
+
+    def __call__(self, x: ArrayLike) -> jax.Array:
+        return jo.softsign(x)
+
+
+class Sigmoid(nnx.Module):
+    """:func:`jaxops.sigmoid` as a module: ``1 / (1 + exp(-x))``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxops.flax import nnx as jnnx
+      >>> jnnx.Sigmoid()(jnp.array([0.0]))
+      Array([0.5], dtype=float32)
+
+    See also: ``flax.nnx.sigmoid``.
+    """
+
+    def __call__(self, x: ArrayLike) -> jax.Array:
+        return jo.sigmoid(x)
+
+
+class Tanh(nnx.Module):
+    """:func:`jaxops.tanh` as a module.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxops.flax import nnx as jnnx
+      >>> jnnx.Tanh()(jnp.array([0.0]))
+      Array([0.], dtype=float32)
+
+    See also: ``flax.nnx.tanh``.
+    """
+
+    def __call__(self, x: ArrayLike) -> jax.Array:
+        return jo.tanh(x)
+
+
+class Softmax(nnx.Module):
+    """:func:`jaxops.softmax` as a module, along ``axis``.
+
+    Args:
+      axis: the axis to normalize over, a Python int (-1).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxops.flax import nnx as jnnx
+      >>> jnnx.Softmax()(jnp.array([[0.0, 0.0], [0.0, -jnp.inf]]))
+      Array([[0.5, 0.5],
+             [1. , 0. ]], dtype=float32)
+
+    See also: ``flax.nnx.softmax``.
+    """
+
+    def __init__(self, axis: int = -1):
+        self.axis = axis
+
+    def __call__(self, x: ArrayLike) -> jax.Array:
+        return jo.softmax(x, axis=self.axis)
+
+
+class BatchNorm(nnx.Module):
+    r""":func:`jaxops.batch_norm` as a layer with learnable scale and bias and running
+    statistics, switched between training and inference as Flax's ``nnx.BatchNorm`` is.
+
+    .. math:: y = \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}}\,\gamma + \beta
+
+    In training (``use_running_average=False``, set by ``model.train()``) ``mu`` and
+    ``sigma^2`` are the batch mean and population (biased) variance over every axis but
+    ``axis``, and the running statistics become ``momentum * running + (1 - momentum) * batch``.
+    In inference (``use_running_average=True``, set by ``model.eval()``) the running statistics
+    normalize and stay as they are.  The running ``mean`` and ``var`` are ``nnx.BatchStat``
+    variables in float32 (initially 0 and 1); ``scale`` (1) and ``bias`` (0) are ``nnx.Param``
+    in ``param_dtype``.  The output has the input's dtype.
+
+    Differences from ``nnx.BatchNorm``: ``momentum`` defaults to 0.9 (ONNX, Caffe2; Flax 0.99);
+    the batch variance is computed in two passes (Flax defaults to E[x^2] - E[x]^2); no
+    ``dtype``, ``promote_dtype``, initializers, ``axis_name`` or ``mask``.  ``rngs`` is
+    accepted so that the two construct alike, and unused: the initial values are constants.
+
+    Args:
+      num_features: the size of feature ``axis``.
+      use_running_average: True for inference, False for training, None to require it at
+        call time; ``__call__``'s argument takes precedence.
+      axis: the feature axis of the input (-1, Flax's channels-last; ONNX and PyTorch use 1).
+      momentum: the running statistics' decay (0.9).
+      epsilon: added to the variance (1e-5).
+      param_dtype: the dtype of ``scale`` and ``bias`` (float32).
+      use_bias: learn ``bias``; without it the bias is 0.
+      use_scale: learn ``scale``; without it the scale is 1.
+      rngs: unused; accepted for ``nnx.BatchNorm``'s signature.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxops.flax import nnx as jnnx
+      >>> layer = jnnx.BatchNorm(2)
+      >>> x = jnp.array([[0.0, 10.0], [2.0, 30.0]])
+      >>> layer(x).round(4)             # training: batch statistics
+      Array([[-1., -1.],
+             [ 1.,  1.]], dtype=float32)
+      >>> layer.mean[...], layer.var[...]
+      (Array([0.1, 2. ], dtype=float32), Array([ 1. , 10.9], dtype=float32))
+      >>> layer.eval()
+      >>> layer(x).shape                # inference: running statistics, left unchanged
+      (2, 2)
+
+    References:
+      Ioffe & Szegedy, "Batch Normalization" (2015); ONNX BatchNormalization-15.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        use_running_average: bool | None = False,
+        axis: int = -1,
+        momentum: float = 0.9,
+        epsilon: float = 1e-5,
+        param_dtype: jnp.dtype = jnp.float32,
+        use_bias: bool = True,
+        use_scale: bool = True,
+        rngs: nnx.Rngs | None = None,
+    ):
+        shape = (num_features,)
+        self.mean = nnx.BatchStat(jnp.zeros(shape, jnp.float32))
+        self.var = nnx.BatchStat(jnp.ones(shape, jnp.float32))
+        self.scale = nnx.Param(jnp.ones(shape, param_dtype)) if use_scale else nnx.data(None)
+        self.bias = nnx.Param(jnp.zeros(shape, param_dtype)) if use_bias else nnx.data(None)
+        self.num_features = num_features
+        self.use_running_average = use_running_average
+        self.axis = axis
+        self.momentum = momentum
+        self.epsilon = epsilon
+        self.param_dtype = param_dtype
+        self.use_bias = use_bias
+        self.use_scale = use_scale
+
+    def __call__(self, x: ArrayLike, use_running_average: bool | None = None) -> jax.Array:
+        """Normalize ``x``; in training, also update the running statistics."""
+        if use_running_average is None:
+            use_running_average = self.use_running_average
+        if use_running_average is None:
+            raise ValueError(
+                "jaxops.flax BatchNorm: use_running_average is None; pass it to the constructor "
+                "or the call, or set it with model.train() / model.eval()."
+            )
+        shape = (self.num_features,)
+        scale = self.scale[...] if self.scale is not None else jnp.ones(shape, jnp.float32)
+        bias = self.bias[...] if self.bias is not None else jnp.zeros(shape, jnp.float32)
+        training = not use_running_average
+        y, mean, var = _common.batch_norm(
+            x, scale, bias, self.mean[...], self.var[...], axis=self.axis,
+            epsilon=self.epsilon, momentum=self.momentum, training=training,
+        )
+        if training:
+            # statistics are state, not a function of the parameters being differentiated
+            self.mean[...] = jax.lax.stop_gradient(mean)
+            self.var[...] = jax.lax.stop_gradient(var)
+        return y
+
+    def set_view(self, use_running_average: bool | None = None):
+        """Used by ``nnx.view``, as for ``nnx.BatchNorm``."""
+        if use_running_average is not None:
+            self.use_running_average = use_running_average

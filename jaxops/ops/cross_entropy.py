@@ -1,0 +1,519 @@
+"""Cross-entropy losses over a class axis, each with its registered gradient op.
+
+* :func:`softmax_cross_entropy`: ONNX SoftmaxCrossEntropyLoss-13 (integer labels, class axis
+  1, optional class weights, ``ignore_index``, optional ``log_prob`` output).
+* :func:`nll_loss`: ONNX NegativeLogLikelihoodLoss-22 (the same, from log-probabilities).
+* :func:`cross_entropy`: Caffe2's CrossEntropy, with distribution targets (jaxops domain).
+
+Shared semantics of the labelled losses (ONNX's, with two choices where ONNX is silent):
+
+* ``reduction="mean"`` is the weighted mean ``sum_n w[l_n] loss_n / sum_n w[l_n]`` over the
+  entries whose label is not ``ignore_index`` (plain mean without weights).  When every entry
+  is ignored the sum of weights is 0: jaxops returns 0 with zero gradients (ONNX's reference
+  and PyTorch give 0/0 = NaN), so an all-padding batch cannot poison a training run.
+* A label outside ``[0, C)`` that is not ``ignore_index`` is a value error: outside ``jit`` it
+  raises ``ValueError``; inside ``jit`` its loss is NaN (ONNX leaves it undefined; indexing
+  would crash), and NaN propagates through the reductions, where a checked loop can see it.
+
+Everything is computed in float32 for half-precision scores and cast back once.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from jaxops import schema
+from jaxops._numerics import upcast
+from jaxops._op import defop
+from jaxops.ops.losses import _REDUCTION
+from jaxops.ops.softmax import log_softmax, log_softmax_gradient
+from jaxops.schema import FLOAT_TYPES, JAXOPS_DOMAIN, Attribute, Cost, OpSchema, Parameter
+
+_INDEX_TYPES = ("int32", "int64")
+_LABELLED_TYPES = {"T": FLOAT_TYPES, "Tind": _INDEX_TYPES}
+_IGNORE_INDEX = Attribute("ignore_index", "int", None,
+                          doc="label value that contributes neither loss nor weight")
+
+
+def _labels(name: str = "labels") -> Parameter:
+    return Parameter(name, "Tind", doc="class indices, shape (N, d1, ...)", differentiable=False)
+
+
+def _weights(name: str = "weights") -> Parameter:
+    return Parameter(name, doc="per-class weights, shape (C,)", optional=True,
+                     differentiable=False)
+
+
+# -------------------------------------------------------------------- shared by SCE and NLL
+
+def _check_labelled(s: OpSchema, scores, labels, weights) -> int:
+    """Shapes of (scores (N, C, d...), labels (N, d...), weights (C,)); returns C."""
+    f, (x, t) = s.function, (s.inputs[0].name, s.inputs[1].name)
+    if len(scores.shape) < 2:
+        raise ValueError(f"jaxops.{f}: input {x!r} must have shape (N, C, d1, ...) with the "
+                         f"classes on axis 1, got shape {scores.shape}.")
+    want = (scores.shape[0], *scores.shape[2:])
+    if labels.shape != want:
+        raise ValueError(f"jaxops.{f}: input {t!r} must have shape {want} ({x!r} without its "
+                         f"class axis 1), got {labels.shape}.")
+    c = scores.shape[1]
+    if weights is not None and weights.shape != (c,):
+        raise ValueError(f"jaxops.{f}: input {s.inputs[2].name!r} must have shape ({c},), one "
+                         f"weight per class, got {weights.shape}.")
+    return c
+
+
+def _labels_in_range(scores, labels, weights=None, *rest, ignore_index=None, **attrs):
+    c = scores.shape[1]
+    bad = ((labels < 0) | (labels >= c)) & (labels != ignore_index)
+    if bad.any():
+        return (f"labels must be class indices in [0, {c}) or ignore_index={ignore_index}, "
+                f"got {np.unique(labels[bad])[:5].tolist()}.")
+    return None
+
+
+def _entry_weights(labels, weights, c, ignore_index, dtype):
+    """(w, safe, invalid): the weight of each entry (0 where ignored) in the compute
+    ``dtype``, labels clamped into range for indexing, and the entries whose label is out of
+    range (not ignored)."""
+    ignored = (labels == ignore_index) if ignore_index is not None else jnp.zeros(labels.shape,
+                                                                                  bool)
+    invalid = ((labels < 0) | (labels >= c)) & ~ignored
+    safe = jnp.where(ignored | invalid, 0, labels)
+    if weights is None:
+        w = jnp.ones(labels.shape, dtype)
+    else:  # the weights are replicated; each entry's weight is sharded like its label
+        w = upcast(weights).at[safe].get(out_sharding=jax.typeof(safe).sharding)
+    return jnp.where(ignored, jnp.zeros_like(w), w), safe, invalid
+
+
+def _picked(logp, safe):
+    """logp[n, label_n, d...]: the log-probability of each entry's label."""
+    return jnp.take_along_axis(logp, safe[:, None], axis=1)[:, 0]
+
+
+def _reduce_weighted(loss, w, reduction):
+    if reduction == "none":
+        return loss
+    total = jnp.sum(loss)
+    if reduction == "sum":
+        return total
+    denom = jnp.sum(w)
+    # all entries ignored: 0, not 0/0 (and a zero gradient, not NaN)
+    return jnp.where(denom == 0, 0.0, total / jnp.where(denom == 0, 1.0, denom))
+
+
+def _nll_from_log_prob(logp, labels, weights, *, ignore_index, reduction):
+    """The weighted negative log-likelihood of float32 log-probabilities."""
+    w, safe, invalid = _entry_weights(labels, weights, logp.shape[1], ignore_index, logp.dtype)
+    loss = jnp.where(invalid, jnp.nan, -_picked(logp, safe) * w)
+    return _reduce_weighted(loss, w, reduction)
+
+
+def _loss_coefficient(labels, weights, dloss, c, *, ignore_index, reduction):
+    """d total / d loss_n for each entry: w_n * dloss spread over the reduction."""
+    g = upcast(dloss)
+    w, safe, invalid = _entry_weights(labels, weights, c, ignore_index, g.dtype)
+    if reduction == "mean":
+        denom = jnp.sum(w)
+        g = jnp.where(denom == 0, 0.0, g / jnp.where(denom == 0, 1.0, denom))
+    return jnp.where(invalid, jnp.nan, w * g), safe
+
+
+def _one_hot(safe, c, dtype):
+    return jax.nn.one_hot(safe, c, axis=1, dtype=dtype)
+
+
+def _labelled_infer(s: OpSchema, in_avals, *, reduction, return_log_prob=False, **attrs):
+    scores, labels, weights = in_avals[:3]
+    _check_labelled(s, scores, labels, weights)
+    loss = jax.ShapeDtypeStruct(labels.shape if reduction == "none" else (), scores.dtype)
+    if return_log_prob:
+        return loss, jax.ShapeDtypeStruct(scores.shape, scores.dtype)
+    return (loss,)
+
+
+def _labelled_gradient_infer(s: OpSchema, in_avals, *, reduction, **attrs):
+    scores, labels, weights, dloss = in_avals
+    (loss,) = _labelled_infer(s, (scores, labels, weights), reduction=reduction)
+    if dloss.shape != loss.shape:
+        raise ValueError(f"jaxops.{s.function}: dloss must have the loss's shape {loss.shape} "
+                         f"for reduction={reduction!r}, got {dloss.shape}.")
+    return (jax.ShapeDtypeStruct(scores.shape, scores.dtype),)
+
+
+def _labelled_cost(flops: float, exps: float, logs_per_entry: float, reads_first=True):
+    """One read of every input (not of the first when only its shape is used), one write of
+    every output; ``flops``/``exps`` per score."""
+
+    def cost(in_avals, out_avals, **attrs):
+        n = math.prod(in_avals[0].shape)
+        entries = math.prod(in_avals[1].shape)
+        read = sum(math.prod(a.shape) * np.dtype(a.dtype).itemsize
+                   for a in in_avals[0 if reads_first else 1:] if a is not None)
+        written = sum(math.prod(a.shape) * np.dtype(a.dtype).itemsize for a in out_avals)
+        return Cost(flops * n, exps * n + logs_per_entry * entries, read, written)
+
+    return cost
+
+
+# ------------------------------------------------------------------ SoftmaxCrossEntropyLoss
+
+SOFTMAX_CROSS_ENTROPY = schema.register(OpSchema(
+    name="SoftmaxCrossEntropyLoss", function="softmax_cross_entropy", since_version=13,
+    inherit_onnx_schema=True,
+    doc="loss = -weights[labels] * log_softmax(scores, axis=1)[labels], reduced.",
+    inputs=(Parameter("scores", doc="unnormalized scores, shape (N, C, d1, ...)"),
+            _labels(), _weights()),
+    outputs=(Parameter("output", doc="the loss: shape (N, d1, ...) for 'none', else ()"),
+             Parameter("log_prob", doc="log_softmax(scores, axis=1)", optional=True)),
+    attributes=(_IGNORE_INDEX, _REDUCTION,
+                Attribute("return_log_prob", "bool", False, onnx=False,
+                          doc="also return log_prob (ONNX's optional second output)")),
+    type_constraints=_LABELLED_TYPES, elementwise=False, identical_type_and_shape=False,
+    value_check=_labels_in_range, gradient="SoftmaxCrossEntropyLossGradient",
+    infer_fn=_labelled_infer, cost_fn=_labelled_cost(flops=5, exps=1, logs_per_entry=1),
+))
+
+
+@defop(SOFTMAX_CROSS_ENTROPY)
+def softmax_cross_entropy(
+    scores: ArrayLike, labels: ArrayLike, weights: ArrayLike | None = None, *,
+    ignore_index: int | None = None, reduction: str = "mean", return_log_prob: bool = False,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
+    r"""Softmax cross-entropy of integer labels (ONNX SoftmaxCrossEntropyLoss-13).
+
+    .. math:: \ell_n = -w_{l_n} \log \mathrm{softmax}(s_n)_{l_n}, \qquad
+              \text{mean} = \frac{\sum_n \ell_n}{\sum_n w_{l_n}}, \qquad
+              \frac{\partial \ell_n}{\partial s_{n}} = w_{l_n} (\mathrm{softmax}(s_n)
+              - \mathrm{onehot}(l_n))
+
+    Classes are on axis 1: ``scores`` is ``(N, C)`` or ``(N, C, d1, ...)`` and ``labels``
+    ``(N)`` or ``(N, d1, ...)``.  Entries labelled ``ignore_index`` add neither loss nor
+    weight; a fully ignored batch has mean 0 (ONNX/PyTorch: NaN).  Stable for large scores
+    (``log_softmax``); half precision is computed in float32.  The registered gradient op
+    reads ``log_prob`` and writes ``softmax - onehot`` (Caffe2's SoftmaxWithLossGradient).
+
+    Same values as ``optax.softmax_cross_entropy_with_integer_labels`` per entry (which puts
+    classes on the last axis) and PyTorch's ``CrossEntropyLoss`` (NaN when fully ignored).
+
+    Args:
+      scores: float array ``(N, C, d1, ...)``.
+      labels: int32/int64 array ``(N, d1, ...)`` of classes in ``[0, C)`` or ``ignore_index``.
+      weights: optional float array ``(C,)`` (the dtype of ``scores``).
+      ignore_index: label value to skip (static), or None.
+      reduction: "none" | "sum" | "mean".
+      return_log_prob: also return ``log_softmax(scores, axis=1)``.
+
+    Returns:
+      The loss; with ``return_log_prob``, ``(loss, log_prob)``.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxops
+      >>> scores = jnp.array([[0.0, 0.0], [20.0, 0.0]])
+      >>> jaxops.softmax_cross_entropy(scores, jnp.array([0, 1]), reduction="none")
+      Array([ 0.6931472, 20.       ], dtype=float32)
+
+    References:
+      ONNX SoftmaxCrossEntropyLoss-13; Caffe2 ``SoftmaxWithLoss``.
+    """
+    logp = log_softmax(upcast(scores), axis=1)
+    loss = _nll_from_log_prob(logp, labels, weights, ignore_index=ignore_index,
+                              reduction=reduction).astype(scores.dtype)
+    return (loss, logp.astype(scores.dtype)) if return_log_prob else loss
+
+
+@softmax_cross_entropy.defgrad
+def _softmax_cross_entropy_vjp(scores, labels, weights, y, dy, *, return_log_prob, **attrs):
+    # recomputed when not returned; under jit XLA shares it with the forward
+    logp = y[1] if return_log_prob else log_softmax(scores, axis=1)
+    dloss = dy[0] if return_log_prob else dy
+    dscores = softmax_cross_entropy_gradient(logp, labels, weights, dloss, **attrs)
+    if return_log_prob:
+        dscores = dscores + log_softmax_gradient(logp, dy[1], axis=1)
+    return dscores
+
+
+SOFTMAX_CROSS_ENTROPY_GRADIENT = schema.register(OpSchema(
+    name="SoftmaxCrossEntropyLossGradient", function="softmax_cross_entropy_gradient",
+    domain=JAXOPS_DOMAIN,
+    doc="dscores = (exp(log_prob) - onehot(labels)) * weights[labels] * dloss, "
+        "spread back over the reduction.",
+    inputs=(Parameter("log_prob", doc="log_softmax(scores, axis=1)"), _labels(), _weights(),
+            Parameter("dloss", doc="gradient w.r.t. the loss")),
+    outputs=(Parameter("dscores", doc="gradient w.r.t. the scores"),),
+    attributes=(_IGNORE_INDEX, _REDUCTION), type_constraints=_LABELLED_TYPES,
+    elementwise=False, identical_type_and_shape=False, infer_fn=_labelled_gradient_infer,
+    cost_fn=_labelled_cost(flops=4, exps=1, logs_per_entry=0),
+))
+
+
+@defop(SOFTMAX_CROSS_ENTROPY_GRADIENT)
+def softmax_cross_entropy_gradient(
+    log_prob: ArrayLike, labels: ArrayLike, weights: ArrayLike | None, dloss: ArrayLike, *,
+    ignore_index: int | None = None, reduction: str = "mean",
+) -> jax.Array:
+    r"""Gradient op of :func:`softmax_cross_entropy`:
+    ``(exp(log_prob) - onehot(labels)) * w[labels] * dloss`` (divided by the summed weight
+    for "mean").
+
+    Example:
+      >>> import jax.numpy as jnp, jaxops
+      >>> lp = jnp.log(jnp.array([[0.25, 0.75]]))
+      >>> jaxops.softmax_cross_entropy_gradient(lp, jnp.array([1]), None, jnp.float32(1.0))
+      Array([[ 0.25, -0.25]], dtype=float32)
+    """
+    lp, c = upcast(log_prob), log_prob.shape[1]
+    coef, safe = _loss_coefficient(labels, weights, dloss, c, ignore_index=ignore_index,
+                                   reduction=reduction)
+    coef = jnp.broadcast_to(coef, labels.shape)
+    return ((jnp.exp(lp) - _one_hot(safe, c, lp.dtype)) * coef[:, None]).astype(log_prob.dtype)
+
+
+# ---------------------------------------------------------------- NegativeLogLikelihoodLoss
+
+NLL_LOSS = schema.register(OpSchema(
+    name="NegativeLogLikelihoodLoss", function="nll_loss", since_version=22,
+    inherit_onnx_schema=True,
+    doc="loss = -weight[target] * input[target] along axis 1, reduced.",
+    inputs=(Parameter("input", doc="log-probabilities, shape (N, C, d1, ...)"),
+            _labels("target"), _weights("weight")),
+    outputs=(Parameter("loss", doc="shape (N, d1, ...) for 'none', else ()"),),
+    attributes=(_IGNORE_INDEX, _REDUCTION),
+    type_constraints=_LABELLED_TYPES, elementwise=False, identical_type_and_shape=False,
+    value_check=_labels_in_range, gradient="NegativeLogLikelihoodLossGradient",
+    infer_fn=_labelled_infer, cost_fn=_labelled_cost(flops=0, exps=0, logs_per_entry=0),
+))
+
+
+@defop(NLL_LOSS)
+def nll_loss(
+    input: ArrayLike, target: ArrayLike, weight: ArrayLike | None = None, *,
+    ignore_index: int | None = None, reduction: str = "mean",
+) -> jax.Array:
+    r"""Negative log-likelihood of integer labels (ONNX NegativeLogLikelihoodLoss-22).
+
+    .. math:: \ell_n = -w_{t_n} x_{n, t_n}, \qquad
+              \text{mean} = \frac{\sum_n \ell_n}{\sum_n w_{t_n}}
+
+    ``input`` holds log-probabilities with classes on axis 1 (e.g. ``log_softmax(s, axis=1)``);
+    ``nll_loss(log_softmax(s, axis=1), t)`` equals ``softmax_cross_entropy(s, t)``.  The
+    ``ignore_index``, weighting and out-of-range rules are those of
+    :func:`softmax_cross_entropy` (module docstring).  Matches PyTorch's ``NLLLoss``.
+
+    Args:
+      input: float array ``(N, C, d1, ...)`` of log-probabilities.
+      target: int32/int64 array ``(N, d1, ...)``.
+      weight: optional float array ``(C,)``.
+      ignore_index: label value to skip (static), or None.
+      reduction: "none" | "sum" | "mean".
+
+    Example:
+      >>> import jax.numpy as jnp, jaxops
+      >>> logp = jnp.log(jnp.array([[0.5, 0.5], [0.25, 0.75]]))
+      >>> jaxops.nll_loss(logp, jnp.array([0, 1]), jnp.array([1.0, 3.0]))
+      Array(0.38904837, dtype=float32)
+
+    References:
+      ONNX NegativeLogLikelihoodLoss-22.
+    """
+    return _nll_from_log_prob(upcast(input), target, weight, ignore_index=ignore_index,
+                              reduction=reduction).astype(input.dtype)
+
+
+@nll_loss.defgrad
+def _nll_loss_vjp(input, target, weight, loss, dloss, **attrs):
+    return nll_loss_gradient(input, target, weight, dloss, **attrs)
+
+
+NLL_LOSS_GRADIENT = schema.register(OpSchema(
+    name="NegativeLogLikelihoodLossGradient", function="nll_loss_gradient",
+    domain=JAXOPS_DOMAIN,
+    doc="dinput = -onehot(target) * weight[target] * dloss, spread back over the reduction.",
+    inputs=(Parameter("input", doc="the forward input (for its shape and dtype)",
+                      differentiable=False),
+            _labels("target"), _weights("weight"), Parameter("dloss", doc="gradient w.r.t. loss")),
+    outputs=(Parameter("dinput", doc="gradient w.r.t. the input"),),
+    attributes=(_IGNORE_INDEX, _REDUCTION), type_constraints=_LABELLED_TYPES,
+    elementwise=False, identical_type_and_shape=False, infer_fn=_labelled_gradient_infer,
+    cost_fn=_labelled_cost(flops=1, exps=0, logs_per_entry=0, reads_first=False),
+))
+
+
+@defop(NLL_LOSS_GRADIENT)
+def nll_loss_gradient(
+    input: ArrayLike, target: ArrayLike, weight: ArrayLike | None, dloss: ArrayLike, *,
+    ignore_index: int | None = None, reduction: str = "mean",
+) -> jax.Array:
+    r"""Gradient op of :func:`nll_loss`: ``-onehot(target) * w[target] * dloss`` (divided by
+    the summed weight for "mean"); ``input`` only gives the shape and dtype.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxops
+      >>> jaxops.nll_loss_gradient(jnp.zeros((1, 2)), jnp.array([1]), None, jnp.float32(1.0))
+      Array([[-0., -1.]], dtype=float32)
+    """
+    c = input.shape[1]
+    coef, safe = _loss_coefficient(target, weight, dloss, c, ignore_index=ignore_index,
+                                   reduction=reduction)
+    coef = jnp.broadcast_to(coef, target.shape)
+    return (-_one_hot(safe, c, coef.dtype) * coef[:, None]).astype(input.dtype)
+
+
+# ------------------------------------------------------------- CrossEntropy (distributions)
+
+_AXIS = Attribute("axis", "int", -1, doc="the class axis, in [-rank, rank)")
+_FROM_LOGITS = Attribute("from_logits", "bool", False,
+                         doc="inputs are logits (log_softmax is applied), not probabilities")
+
+
+def _ce_infer(s: OpSchema, in_avals, *, axis, reduction, **attrs):
+    x, t = in_avals[:2]
+    rank = len(x.shape)
+    if not -rank <= axis < rank:
+        raise ValueError(f"jaxops.{s.function}: attribute 'axis'={axis} is out of range for an "
+                         f"input of rank {rank}; use an axis in [{-rank}, {rank - 1}].")
+    if t.shape != x.shape:
+        raise ValueError(f"jaxops.{s.function}: input {s.inputs[1].name!r} must have the shape "
+                         f"of {s.inputs[0].name!r} {x.shape}, got {t.shape}.")
+    per_example = x.shape[:axis % rank] + x.shape[axis % rank + 1:]
+    return (jax.ShapeDtypeStruct(per_example if reduction == "none" else (), x.dtype),)
+
+
+def _ce_gradient_infer(s: OpSchema, in_avals, *, axis, reduction, **attrs):
+    x, t, dloss = in_avals
+    (loss,) = _ce_infer(s, (x, t), axis=axis, reduction=reduction)
+    if dloss.shape != loss.shape:
+        raise ValueError(f"jaxops.{s.function}: dloss must have the loss's shape {loss.shape} "
+                         f"for reduction={reduction!r}, got {dloss.shape}.")
+    return (jax.ShapeDtypeStruct(x.shape, x.dtype),)
+
+
+def _ce_cost(flops: float, grad: bool = False):
+    def cost(in_avals, out_avals, *, from_logits, axis, **attrs):
+        x = in_avals[0]
+        n, rows = math.prod(x.shape), math.prod(out_avals[0].shape) if grad else 0
+        rows = n // x.shape[axis] if x.shape and x.shape[axis] else 0
+        item = np.dtype(x.dtype).itemsize
+        exps = n if from_logits else (0 if grad else n)  # exp of logits, or log of probs
+        logs = rows if from_logits and not grad else 0
+        read = sum(math.prod(a.shape) * item for a in in_avals)
+        written = sum(math.prod(a.shape) * item for a in out_avals)
+        return Cost(flops * n, exps + logs, read, written)
+
+    return cost
+
+
+CROSS_ENTROPY = schema.register(OpSchema(
+    name="CrossEntropy", function="cross_entropy", domain=JAXOPS_DOMAIN,
+    doc="loss = -sum(targets * log(p), axis) with 0 log 0 = 0; p = softmax(inputs) if "
+        "from_logits else inputs.",
+    inputs=(Parameter("inputs", doc="probabilities (or logits with from_logits)"),
+            Parameter("targets", doc="target distribution, same shape", differentiable=False)),
+    outputs=(Parameter("loss", doc="per example for 'none', else a scalar"),),
+    attributes=(_FROM_LOGITS, _AXIS, _REDUCTION), elementwise=False,
+    identical_type_and_shape=False, gradient="CrossEntropyGradient", infer_fn=_ce_infer,
+    cost_fn=_ce_cost(flops=3),
+))
+
+
+def _per_example_ce(x, t, *, from_logits, axis):
+    """-sum(t log p) along axis in float32, with t = 0 contributing 0 (double where)."""
+    logp = log_softmax(x, axis=axis) if from_logits else None
+    empty = t == 0
+    if from_logits:
+        term = jnp.where(empty, 0.0, t * jnp.where(empty, 0.0, logp))
+    else:
+        term = jnp.where(empty, 0.0, t * jnp.log(jnp.where(empty, 1.0, x)))
+    return -jnp.sum(term, axis=axis)
+
+
+@defop(CROSS_ENTROPY)
+def cross_entropy(
+    inputs: ArrayLike, targets: ArrayLike, *, from_logits: bool = False, axis: int = -1,
+    reduction: str = "mean",
+) -> jax.Array:
+    r"""Cross-entropy of a target distribution, per example along ``axis``, reduced.
+
+    .. math:: \ell = -\sum_c t_c \log p_c, \quad 0 \log 0 = 0, \qquad
+              p = \mathrm{softmax}(x) \text{ if from\_logits else } x
+
+    A zero target contributes 0 even where ``p`` is 0 (or a logit is ``-inf``), with a finite
+    gradient; ``p = 0`` under a positive target gives ``inf``, as the math says.  Targets are
+    non-differentiable (Caffe2's CrossEntropyGradient returns dX only).  With
+    ``from_logits=True`` this is ``optax.softmax_cross_entropy`` (classes on ``axis``);
+    ``reduction="mean"`` averages over examples.
+
+    Args:
+      inputs: float array of probabilities, or logits with ``from_logits=True``.
+      targets: float array of the same shape (rows summing to 1 for a distribution).
+      from_logits: apply ``log_softmax`` along ``axis`` first (static).
+      axis: the class axis (static).
+      reduction: "none" (one loss per example) | "sum" | "mean".
+
+    Example:
+      >>> import jax.numpy as jnp, jaxops
+      >>> jaxops.cross_entropy(jnp.array([[0.5, 0.5, 0.0]]), jnp.array([[1.0, 0.0, 0.0]]))
+      Array(0.6931472, dtype=float32)
+
+    References:
+      Caffe2 ``CrossEntropy``; optax ``softmax_cross_entropy``.
+    """
+    loss = _per_example_ce(upcast(inputs), upcast(targets), from_logits=from_logits, axis=axis)
+    if reduction == "sum":
+        loss = jnp.sum(loss)
+    elif reduction == "mean":
+        loss = jnp.mean(loss)
+    return loss.astype(inputs.dtype)
+
+
+@cross_entropy.defgrad
+def _cross_entropy_vjp(inputs, targets, loss, dloss, **attrs):
+    return cross_entropy_gradient(inputs, targets, dloss, **attrs)
+
+
+CROSS_ENTROPY_GRADIENT = schema.register(OpSchema(
+    name="CrossEntropyGradient", function="cross_entropy_gradient", domain=JAXOPS_DOMAIN,
+    doc="dinputs = -targets / inputs * dloss (0 where targets = 0), or with from_logits "
+        "(softmax(inputs) * sum(targets) - targets) * dloss; dloss spread over the reduction.",
+    inputs=(Parameter("inputs", doc="the forward inputs"),
+            Parameter("targets", doc="target distribution", differentiable=False),
+            Parameter("dloss", doc="gradient w.r.t. the loss")),
+    outputs=(Parameter("dinputs", doc="gradient w.r.t. the inputs"),),
+    attributes=(_FROM_LOGITS, _AXIS, _REDUCTION), elementwise=False,
+    identical_type_and_shape=False, infer_fn=_ce_gradient_infer,
+    cost_fn=_ce_cost(flops=3, grad=True),
+))
+
+
+@defop(CROSS_ENTROPY_GRADIENT)
+def cross_entropy_gradient(
+    inputs: ArrayLike, targets: ArrayLike, dloss: ArrayLike, *, from_logits: bool = False,
+    axis: int = -1, reduction: str = "mean",
+) -> jax.Array:
+    r"""Gradient op of :func:`cross_entropy`.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxops
+      >>> jaxops.cross_entropy_gradient(jnp.array([[0.5, 0.5]]), jnp.array([[1.0, 0.0]]),
+      ...                               jnp.float32(1.0))
+      Array([[-2.,  0.]], dtype=float32)
+    """
+    x, t = upcast(inputs), jax.lax.stop_gradient(upcast(targets))
+    g = upcast(dloss)
+    if reduction == "mean":
+        g = g / max(math.prod(x.shape) // x.shape[axis], 1)
+    g = jnp.expand_dims(jnp.broadcast_to(g, x.shape[:axis % x.ndim] + x.shape[axis % x.ndim + 1:]),
+                        axis)
+    if from_logits:
+        p = jnp.exp(log_softmax(x, axis=axis))
+        dx = p * jnp.sum(t, axis=axis, keepdims=True) - t
+    else:
+        empty = t == 0
+        dx = jnp.where(empty, 0.0, -t / jnp.where(empty, 1.0, x))
+    return (dx * g).astype(inputs.dtype)

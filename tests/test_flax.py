@@ -1,0 +1,485 @@
+"""jaxops.flax: the NNX and Linen modules against the jaxops ops they wrap and against Flax's
+own layers (activations, PReLU with one slope, BatchNorm with ONNX's momentum), under the
+Flax and JAX transforms, and in a few optax training steps."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import subprocess
+import sys
+from collections.abc import Callable
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import linen as nn, nnx
+
+import jaxops as jo
+from jaxops.flax import linen as jnn, nnx as jnnx
+
+
+@dataclasses.dataclass(frozen=True)
+class Act:
+    name: str  # the class in jaxops.flax.nnx and jaxops.flax.linen
+    kwargs: dict
+    op: Callable  # the jaxops function the module must call
+    flax: Callable | None  # Flax's built-in with the same semantics, if any
+    # jaxops's LeakyReLU derivative at -0.0 is alpha (the sign bit decides, README), jax.nn's
+    # is 1 (-0.0 >= 0): the one place the derivatives differ
+    differs_at_minus_zero: bool = False
+
+    def __str__(self):
+        return self.name + "".join(f"-{k}={v}" for k, v in self.kwargs.items())
+
+    def nnx(self):
+        return getattr(jnnx, self.name)(**self.kwargs)
+
+    def linen(self):
+        return getattr(jnn, self.name)(**self.kwargs)
+
+
+ACTIVATIONS = [
+    Act("ReLU", {}, jo.relu, nnx.relu),
+    Act("ReluN", {}, jo.relu_n, nnx.relu6),
+    Act("ReluN", {"n": 2.0}, partial(jo.relu_n, n=2.0), None),
+    Act("LeakyReLU", {}, jo.leaky_relu, nnx.leaky_relu, differs_at_minus_zero=True),
+    Act("LeakyReLU", {"alpha": 0.2}, partial(jo.leaky_relu, alpha=0.2),
+        partial(nnx.leaky_relu, negative_slope=0.2), differs_at_minus_zero=True),
+    Act("Softsign", {}, jo.softsign, nnx.soft_sign),
+    Act("Sigmoid", {}, jo.sigmoid, nnx.sigmoid),
+    Act("Tanh", {}, jo.tanh, nnx.tanh),
+    Act("Softmax", {}, jo.softmax, nnx.softmax),
+    Act("Softmax", {"axis": 0}, partial(jo.softmax, axis=0), partial(nnx.softmax, axis=0)),
+]
+
+
+def _x(shape=(4, 6), seed=0):
+    x = np.random.default_rng(seed).uniform(-8, 8, shape).astype(np.float32)
+    x.flat[:4] = [0.0, 2.0, 6.0, -0.0]  # the kinks of ReLU, ReluN(2), ReLU6
+    return jnp.asarray(x)
+
+
+def _weights(shape, seed=1):
+    # a weighted sum, so that softmax's gradient is not identically 0
+    return jnp.asarray(np.random.default_rng(seed).normal(size=shape).astype(np.float32))
+
+
+# ------------------------------------------------------------------------------ imports
+
+def test_import_jaxops_does_not_import_flax():
+    code = "import sys, jaxops; print(sorted(m for m in sys.modules if m.split('.')[0] == 'flax'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_import_jaxops_flax_without_flax_says_what_to_install(monkeypatch):
+    for name in [m for m in sys.modules if m == "jaxops.flax" or m.startswith("jaxops.flax.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "flax", None)  # makes `import flax` raise ImportError
+    with pytest.raises(ImportError, match=r"pip install 'jaxops\[flax\]'"):
+        importlib.import_module("jaxops.flax")
+
+
+def test_both_apis_have_the_same_layers():
+    names = {"BatchNorm", "LeakyReLU", "PReLU", "ReLU", "ReluN", "Sigmoid", "Softmax",
+             "Softsign", "Tanh"}
+    assert set(jnnx.__all__) == set(jnn.__all__) == names
+    for name in names:
+        assert issubclass(getattr(jnnx, name), nnx.Module)
+        assert issubclass(getattr(jnn, name), nn.Module)
+
+
+# -------------------------------------------------------------------------- activations
+
+@pytest.mark.parametrize("act", ACTIVATIONS, ids=str)
+def test_activation_is_the_op_and_matches_flax(act):
+    x, w = _x(), _weights((4, 6))
+    want = act.op(x)
+    np.testing.assert_array_equal(act.nnx()(x), want)
+    np.testing.assert_array_equal(act.linen().apply({}, x), want)
+    want_dx = jax.grad(lambda x: jnp.sum(act.op(x) * w))(x)
+    got_dx = jax.grad(lambda x: jnp.sum(act.nnx()(x) * w))(x)
+    np.testing.assert_array_equal(got_dx, want_dx)
+    if act.flax is not None:
+        # same values and the same derivative at the kinks (0 and the ReLU6 bound)
+        np.testing.assert_allclose(want, act.flax(x), rtol=1e-6, atol=1e-7)
+        flax_dx = jax.grad(lambda x: jnp.sum(act.flax(x) * w))(x)
+        if act.differs_at_minus_zero:
+            at = np.signbit(x) & (x == 0)
+            alpha = act.kwargs.get("alpha", 0.01)
+            np.testing.assert_allclose(got_dx[at], alpha * w[at], rtol=1e-6)
+            np.testing.assert_allclose(flax_dx[at], w[at], rtol=1e-6)
+            got_dx, flax_dx = got_dx[~at], flax_dx[~at]
+        np.testing.assert_allclose(got_dx, flax_dx, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("act", ACTIVATIONS, ids=str)
+def test_activation_under_nnx_transforms(act):
+    x, w = _x(), _weights((4, 6))
+    module = act.nnx()
+    want = act.op(x)
+    np.testing.assert_allclose(nnx.jit(lambda m, x: m(x))(module, x), want, rtol=1e-6)
+    dx = nnx.grad(lambda m, x: jnp.sum(m(x) * w), argnums=1)(module, x)
+    np.testing.assert_allclose(dx, jax.grad(lambda x: jnp.sum(act.op(x) * w))(x), rtol=1e-6)
+    # vmap over rows: the module sees one row at a time; Softmax(axis=0) then normalizes the
+    # row, which is what a row-wise op must do
+    rows = nnx.vmap(lambda m, r: m(r), in_axes=(None, 0))(module, x)
+    np.testing.assert_allclose(rows, jnp.stack([act.op(r) for r in x]), rtol=1e-6)
+
+
+@pytest.mark.parametrize("act", ACTIVATIONS, ids=str)
+def test_activation_linen_init_apply_jit_grad(act):
+    x, w = _x(), _weights((4, 6))
+    module = act.linen()
+    variables = module.init(jax.random.key(0), x)
+    assert jax.tree.leaves(variables) == []  # stateless
+    np.testing.assert_allclose(jax.jit(module.apply)(variables, x), act.op(x), rtol=1e-6)
+    dx = jax.grad(lambda x: jnp.sum(module.apply(variables, x) * w))(x)
+    np.testing.assert_allclose(dx, jax.grad(lambda x: jnp.sum(act.op(x) * w))(x), rtol=1e-6)
+
+
+def test_activation_attributes_reach_the_op():
+    x = jnp.array([-4.0, 1.0, 3.0])
+    np.testing.assert_array_equal(jnnx.ReluN(n=2.0)(x), [0.0, 1.0, 2.0])
+    np.testing.assert_array_equal(jnn.LeakyReLU(alpha=0.5).apply({}, x), [-2.0, 1.0, 3.0])
+    with pytest.raises(ValueError, match="relu_n"):
+        jnnx.ReluN(n=0.0)(x)
+    with pytest.raises(ValueError, match="relu_n"):
+        jnn.ReluN(n=-1.0).apply({}, x)
+
+
+def test_activations_compose_in_sequential():
+    x = _x()
+    model = nnx.Sequential(jnnx.LeakyReLU(alpha=0.1), jnnx.Tanh(), jnnx.Softmax())
+    np.testing.assert_allclose(model(x), jo.softmax(jo.tanh(jo.leaky_relu(x, alpha=0.1))),
+                               rtol=1e-6)
+    lin = nn.Sequential([jnn.ReluN(n=3.0), jnn.Sigmoid()])
+    np.testing.assert_allclose(lin.apply({}, x), jo.sigmoid(jo.relu_n(x, n=3.0)), rtol=1e-6)
+
+
+# -------------------------------------------------------------------------------- PReLU
+
+def _prelu_ref(x, slope, axis):
+    shape = [1] * x.ndim
+    shape[axis] = -1
+    s = np.asarray(slope, np.float64).reshape(shape)
+    x = np.asarray(x, np.float64)
+    return np.where(x >= 0, x, s * x), np.where(x < 0, x, 0.0)  # y and dy/dslope per element
+
+
+@pytest.mark.parametrize(("shape", "axis"), [((5, 3), -1), ((2, 3, 4), 1), ((2, 4, 4, 3), -1)])
+def test_prelu_per_channel_values_and_slope_gradient(shape, axis):
+    x, w = _x(shape), _weights(shape)
+    c = shape[axis]
+    slopes = jnp.linspace(0.1, 0.5, c)
+    model = jnnx.PReLU(c, axis=axis)
+    assert model.slope.shape == (c,) and model.slope.dtype == jnp.float32
+    np.testing.assert_array_equal(model.slope[...], np.full(c, 0.01, np.float32))
+    model.slope[...] = slopes
+    y_ref, dy_ds = _prelu_ref(x, slopes, axis)
+    reduce = tuple(i for i in range(len(shape)) if i != axis % len(shape))
+    ds_ref = (np.asarray(w, np.float64) * dy_ds).sum(axis=reduce)
+
+    np.testing.assert_allclose(model(x), y_ref, rtol=1e-6)
+    grads = nnx.grad(lambda m: jnp.sum(m(x) * w))(model)
+    assert grads["slope"].shape == (c,)
+    np.testing.assert_allclose(grads["slope"][...], ds_ref, rtol=1e-5, atol=1e-5)
+
+    lin = jnn.PReLU(num_features=None, axis=axis)
+    params = lin.init(jax.random.key(0), x)["params"]
+    assert params["slope"].shape == (c,)
+    params = {"slope": slopes}
+    np.testing.assert_allclose(lin.apply({"params": params}, x), y_ref, rtol=1e-6)
+    g = jax.jit(jax.grad(lambda p: jnp.sum(lin.apply({"params": p}, x) * w)))(params)
+    np.testing.assert_allclose(g["slope"], ds_ref, rtol=1e-5, atol=1e-5)
+
+
+def test_prelu_with_one_slope_matches_flax_prelu():
+    x, w = _x((4, 6)), _weights((4, 6))
+    ours, theirs = jnnx.PReLU(), nnx.PReLU()
+    assert ours.slope.shape == (1,) and theirs.negative_slope.shape == ()
+    ours.slope[...] = jnp.array([-0.3])  # a negative slope: Y no longer tells X's sign
+    theirs.negative_slope[...] = jnp.array(-0.3)
+    np.testing.assert_allclose(ours(x), theirs(x), rtol=1e-6)
+    g_ours = nnx.grad(lambda m: jnp.sum(m(x) * w))(ours)["slope"][...]
+    g_theirs = nnx.grad(lambda m: jnp.sum(m(x) * w))(theirs)["negative_slope"][...]
+    np.testing.assert_allclose(g_ours, g_theirs.reshape(1), rtol=1e-5)
+
+    lin = jnn.PReLU()
+    variables = lin.init(jax.random.key(0), x)
+    flax_vars = nn.PReLU().init(jax.random.key(0), x)
+    assert variables["params"]["slope"].shape == (1,)
+    np.testing.assert_allclose(lin.apply(variables, x), nn.PReLU().apply(flax_vars, x),
+                               rtol=1e-6)
+
+
+def test_prelu_under_nnx_jit_and_vmap_and_bfloat16():
+    x = _x((4, 3))
+    model = jnnx.PReLU(3)
+    model.slope[...] = jnp.array([0.1, 0.2, 0.3])
+    want = model(x)
+    np.testing.assert_allclose(nnx.jit(lambda m, x: m(x))(model, x), want, rtol=1e-6)
+    rows = nnx.vmap(lambda m, r: m(r), in_axes=(None, 0))(model, x)
+    np.testing.assert_allclose(rows, want, rtol=1e-6)
+    y16 = model(x.astype(jnp.bfloat16))  # the float32 slope meets the input's dtype
+    assert y16.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(y16, np.float32), want, rtol=1e-2, atol=1e-2)
+
+
+def test_prelu_bad_shapes_say_what_to_do():
+    with pytest.raises(ValueError, match=r"num_features=3.*4 features on axis 1"):
+        jnnx.PReLU(3)(jnp.ones((2, 4)))
+    with pytest.raises(ValueError, match=r"axis=2 is out of range"):
+        jnnx.PReLU(3, axis=2)(jnp.ones((2, 3)))
+
+
+# ---------------------------------------------------------------------------- BatchNorm
+# Flax's BatchNorm with ONNX's momentum and epsilon.  Flax's default variance is
+# E[x^2] - E[x]^2 (use_fast_variance=True); with use_fast_variance=False it is the two-pass
+# population variance, the same quantity as jaxops's, so the comparison can be tight.
+FLAX_BN = {"momentum": 0.9, "epsilon": 1e-5, "use_fast_variance": False}
+BN_TOL = {"rtol": 2e-5, "atol": 2e-5}
+
+
+def _batches(shape, n=3, seed=0):
+    rng = np.random.default_rng(seed)
+    # per-channel offsets and scales, so that wrong axes or stale statistics show
+    c = shape[-1]
+    return [jnp.asarray((rng.normal(size=shape) * rng.uniform(0.5, 3, c)
+                         + rng.uniform(-4, 4, c)).astype(np.float32)) for _ in range(n)]
+
+
+def _stats(module):
+    return np.asarray(module.mean[...]), np.asarray(module.var[...])
+
+
+@pytest.mark.parametrize(("shape", "axis"), [((16, 4), -1), ((8, 5, 3), -1), ((4, 3, 5, 5), 1)])
+def test_nnx_batch_norm_matches_flax_train_and_eval(shape, axis):
+    batches = _batches(shape)
+    if axis == 1:  # channels first: move the per-channel structure onto axis 1
+        batches = [jnp.moveaxis(b, -1, 1) for b in batches]
+    c = batches[0].shape[axis]
+    ours = jnnx.BatchNorm(c, axis=axis)
+    theirs = nnx.BatchNorm(c, axis=axis, rngs=nnx.Rngs(0), **FLAX_BN)
+    for p in (ours, theirs):  # non-trivial affine parameters
+        p.scale[...] = jnp.linspace(0.5, 2.0, c)
+        p.bias[...] = jnp.linspace(-1.0, 1.0, c)
+    for x in batches:  # training: batch statistics, running statistics updated
+        np.testing.assert_allclose(ours(x), theirs(x), **BN_TOL)
+        for a, b in zip(_stats(ours), _stats(theirs), strict=True):
+            np.testing.assert_allclose(a, b, **BN_TOL)
+    assert not np.allclose(_stats(ours)[0], 0.0)  # the running mean moved
+    ours.eval(), theirs.eval()
+    before = _stats(ours)
+    x = batches[0] + 1.0
+    np.testing.assert_allclose(ours(x), theirs(x), **BN_TOL)
+    for a, b in zip(before, _stats(ours), strict=True):
+        np.testing.assert_array_equal(a, b)  # inference leaves the statistics alone
+
+
+def test_nnx_batch_norm_defaults_and_flax_fast_variance():
+    ours = jnnx.BatchNorm(3)
+    assert (ours.momentum, ours.epsilon, ours.axis, ours.use_running_average) == (
+        0.9, 1e-5, -1, False)
+    theirs = nnx.BatchNorm(3, momentum=0.9, rngs=nnx.Rngs(0))  # Flax's default variance
+    for x in _batches((32, 3)):
+        np.testing.assert_allclose(ours(x), theirs(x), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(_stats(ours)[1], _stats(theirs)[1], rtol=1e-4)
+    assert set(nnx.state(ours, nnx.BatchStat).keys()) == {"mean", "var"}
+    assert set(nnx.state(ours, nnx.Param).keys()) == {"scale", "bias"}
+
+
+@pytest.mark.parametrize(("use_scale", "use_bias"), [(False, True), (True, False)])
+def test_nnx_batch_norm_without_scale_or_bias(use_scale, use_bias):
+    x = _batches((10, 4))[0]
+    kw = {"use_scale": use_scale, "use_bias": use_bias}
+    ours = jnnx.BatchNorm(4, **kw)
+    theirs = nnx.BatchNorm(4, rngs=nnx.Rngs(0), **kw, **FLAX_BN)
+    assert set(nnx.state(ours, nnx.Param).keys()) == set(nnx.state(theirs, nnx.Param).keys())
+    np.testing.assert_allclose(ours(x), theirs(x), **BN_TOL)
+
+
+def test_nnx_batch_norm_mode_switches():
+    x = _batches((6, 2))[0]
+    model = nnx.Sequential(nnx.Linear(2, 2, rngs=nnx.Rngs(0)), jnnx.BatchNorm(2))
+    bn = model.layers[1]
+    model.eval()
+    assert bn.use_running_average is True
+    y_eval = model(x)
+    model.train()
+    assert bn.use_running_average is False
+    y_train = model(x)
+    assert not np.allclose(y_eval, y_train)
+    np.testing.assert_allclose(np.mean(np.asarray(y_train), 0), 0.0, atol=1e-5)
+    view = nnx.view(model, use_running_average=True)
+    assert view.layers[1].use_running_average is True and bn.use_running_average is False
+    before = _stats(bn)
+    h = model.layers[0](x)
+    y_call = bn(h, use_running_average=True)  # the call argument wins over the attribute
+    np.testing.assert_array_equal(_stats(bn)[0], before[0])
+    np.testing.assert_allclose(y_call, view.layers[1](h), rtol=1e-6)
+    with pytest.raises(ValueError, match=r"use_running_average is None.*model\.train\(\)"):
+        jnnx.BatchNorm(2, use_running_average=None)(x)
+    with pytest.raises(ValueError, match="num_features=3"):
+        jnnx.BatchNorm(3)(x)
+
+
+def test_nnx_batch_norm_gradients_match_flax():
+    x = _batches((12, 3))[0]
+    w = _weights((12, 3))
+    ours, theirs = jnnx.BatchNorm(3), nnx.BatchNorm(3, rngs=nnx.Rngs(0), **FLAX_BN)
+
+    def loss(m, x):
+        return jnp.sum(m(x) * w)
+
+    for model in (ours, theirs):
+        model.scale[...] = jnp.array([0.5, 1.0, 2.0])
+    g_ours, dx_ours = nnx.grad(loss, argnums=(0, 1))(ours, x)
+    g_theirs, dx_theirs = nnx.grad(loss, argnums=(0, 1))(theirs, x)
+    assert set(g_ours.keys()) == {"scale", "bias"}  # statistics are not differentiated
+    for k in ("scale", "bias"):
+        np.testing.assert_allclose(g_ours[k][...], g_theirs[k][...], **BN_TOL)
+    np.testing.assert_allclose(dx_ours, dx_theirs, rtol=1e-4, atol=1e-5)
+    assert np.abs(np.asarray(dx_ours)).max() > 0.1  # not a vacuous comparison
+
+
+class _Net(nnx.Module):
+    def __init__(self, bn, *, rngs):
+        self.linear = nnx.Linear(3, 4, rngs=rngs)
+        self.bn = bn
+        self.act = jnnx.ReLU()
+        self.out = nnx.Linear(4, 1, rngs=rngs)
+
+    def __call__(self, x):
+        return self.out(self.act(self.bn(self.linear(x))))
+
+
+def _train_nnx(model, x, t, steps=8):
+    optimizer = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, optimizer, x, t):
+        loss, grads = nnx.value_and_grad(lambda m: jo.mse(m(x), t))(model)
+        optimizer.update(model, grads)
+        return loss
+
+    return [float(step(model, optimizer, x, t)) for _ in range(steps)]
+
+
+def test_nnx_train_steps_with_optax_match_flax_batch_norm():
+    x = _batches((32, 3), n=1)[0]
+    t = jnp.sum(x, axis=1, keepdims=True)
+    ours = _Net(jnnx.BatchNorm(4), rngs=nnx.Rngs(0))
+    theirs = _Net(nnx.BatchNorm(4, rngs=nnx.Rngs(1), **FLAX_BN), rngs=nnx.Rngs(0))
+    losses = _train_nnx(ours, x, t)
+    np.testing.assert_allclose(losses, _train_nnx(theirs, x, t), rtol=1e-4)
+    assert losses[-1] < 0.2 * losses[0]
+    for a, b in zip(_stats(ours.bn), _stats(theirs.bn), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(_stats(ours.bn)[1], 1.0)  # the running variance moved
+    np.testing.assert_allclose(ours.bn.scale[...], theirs.bn.scale[...], rtol=1e-4, atol=1e-5)
+    ours.eval(), theirs.eval()
+    np.testing.assert_allclose(ours(x), theirs(x), rtol=1e-4, atol=1e-4)
+
+
+def test_batch_norm_bfloat16_input_keeps_float32_statistics():
+    x = _batches((32, 3))[0]
+    bn32, bn16 = jnnx.BatchNorm(3), jnnx.BatchNorm(3)
+    y32, y16 = bn32(x), bn16(x.astype(jnp.bfloat16))
+    assert y16.dtype == jnp.bfloat16 and bn16.mean.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(y16, np.float32), y32, rtol=2e-2, atol=2e-2)
+    np.testing.assert_allclose(_stats(bn16)[0], _stats(bn32)[0], rtol=1e-2, atol=1e-2)
+
+
+# ------------------------------------------------------------------------ Linen BatchNorm
+
+@pytest.mark.parametrize(("shape", "axis"), [((16, 4), -1), ((4, 3, 5, 5), 1)])
+def test_linen_batch_norm_matches_flax_train_and_eval(shape, axis):
+    batches = _batches(shape)
+    if axis == 1:
+        batches = [jnp.moveaxis(b, -1, 1) for b in batches]
+    ours, theirs = jnn.BatchNorm(axis=axis), nn.BatchNorm(axis=axis, **FLAX_BN)
+    v_ours = ours.init(jax.random.key(0), batches[0], use_running_average=False)
+    v_theirs = theirs.init(jax.random.key(0), batches[0], use_running_average=False)
+    # Flax's variable names and shapes, and init does not move the statistics
+    assert jax.tree.map(jnp.shape, v_ours) == jax.tree.map(jnp.shape, v_theirs)
+    np.testing.assert_array_equal(v_ours["batch_stats"]["mean"], 0.0)
+    c = batches[0].shape[axis]
+    params = {"scale": jnp.linspace(0.5, 2.0, c), "bias": jnp.linspace(-1.0, 1.0, c)}
+    v_ours = v_theirs = {"params": params, "batch_stats": v_ours["batch_stats"]}
+
+    apply_ours = jax.jit(partial(ours.apply, use_running_average=False, mutable=["batch_stats"]))
+    apply_theirs = jax.jit(partial(theirs.apply, use_running_average=False,
+                                   mutable=["batch_stats"]))
+    for x in batches:
+        y_ours, up_ours = apply_ours(v_ours, x)
+        y_theirs, up_theirs = apply_theirs(v_theirs, x)
+        np.testing.assert_allclose(y_ours, y_theirs, **BN_TOL)
+        for k in ("mean", "var"):
+            np.testing.assert_allclose(up_ours["batch_stats"][k], up_theirs["batch_stats"][k],
+                                       **BN_TOL)
+        v_ours = {"params": params, **up_ours}
+        v_theirs = {"params": params, **up_theirs}
+    assert not np.allclose(v_ours["batch_stats"]["mean"], 0.0)
+    x = batches[0] + 1.0
+    np.testing.assert_allclose(ours.apply(v_ours, x, use_running_average=True),
+                               theirs.apply(v_theirs, x, use_running_average=True), **BN_TOL)
+    # the same variables work in both: the names and layout are Flax's
+    np.testing.assert_allclose(ours.apply(v_theirs, x, use_running_average=True),
+                               theirs.apply(v_ours, x, use_running_average=True), **BN_TOL)
+
+
+def test_linen_batch_norm_field_or_call_argument():
+    x = _batches((8, 2))[0]
+    fixed = jnn.BatchNorm(use_running_average=True)
+    variables = fixed.init(jax.random.key(0), x)
+    assert "batch_stats" in variables and fixed.momentum == 0.9 and fixed.epsilon == 1e-5
+    np.testing.assert_allclose(fixed.apply(variables, x), x / np.sqrt(1 + 1e-5), rtol=1e-6)
+    with pytest.raises(ValueError, match="use_running_average"):
+        fixed.apply(variables, x, use_running_average=False)  # both set: Flax's merge rule
+    with pytest.raises(ValueError, match="use_running_average"):
+        jnn.BatchNorm().init(jax.random.key(0), x)  # neither set
+
+
+def test_linen_train_steps_with_optax_update_stats():
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x, train: bool):
+            x = nn.Dense(4)(x)
+            x = jnn.BatchNorm(use_running_average=not train)(x)
+            x = jnn.PReLU(num_features=None, negative_slope_init=0.25)(x)
+            return nn.Dense(1)(x)
+
+    x = _batches((32, 3), n=1)[0]
+    net = Net()
+    variables = net.init(jax.random.key(0), x, train=False)
+    params, stats = variables["params"], variables["batch_stats"]
+    tx = optax.sgd(0.1)
+    opt_state = tx.init(params)
+
+    @jax.jit
+    def step(params, stats, opt_state, x):
+        t = jnp.sum(x, axis=1, keepdims=True)
+
+        def loss_fn(p):
+            y, updates = net.apply({"params": p, "batch_stats": stats}, x, train=True,
+                                   mutable=["batch_stats"])
+            return jo.mse(y, t), updates["batch_stats"]
+
+        (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state)
+        return optax.apply_updates(params, updates), stats, opt_state, loss
+
+    losses = []
+    for _ in range(8):
+        params, stats, opt_state, loss = step(params, stats, opt_state, x)
+        losses.append(float(loss))
+    assert losses[-1] < 0.2 * losses[0]
+    bn_stats = stats["BatchNorm_0"]
+    assert not np.allclose(bn_stats["mean"], 0.0) and not np.allclose(bn_stats["var"], 1.0)
+    assert params["PReLU_0"]["slope"].shape == (4,)
+    assert not np.allclose(params["PReLU_0"]["slope"], 0.25)  # the slope learned
