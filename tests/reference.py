@@ -77,8 +77,16 @@ class Case:
     def hess_w(self, xs, w) -> list[list[np.ndarray]]:
         """d2 sum(w * out) / d input_i d input_j as (size_i, size_j) matrices (diff inputs)."""
         if self.vjp_ref is not None:
-            return [[_complex_step(lambda *a, k=k: self.vjp_ref(*a, w)[k], xs, j).T
-                     for j in self.diff] for k in range(len(self.diff))]
+            sizes = [np.size(xs[i]) for i in self.diff]
+            ends = np.cumsum(sizes)[:-1]
+
+            def flat_vjp(*a):  # every diff input's w^T J at once: one pass per perturbation
+                return np.concatenate([np.ravel(g) for g in self.vjp_ref(*a, w)])
+
+            # columns of input j: rows of the (size_j, sum of sizes) complex-step matrix
+            per_j = [np.split(_complex_step(flat_vjp, xs, j), ends, axis=1) for j in self.diff]
+            return [[per_j[b][a].T for b in range(len(self.diff))]
+                    for a in range(len(self.diff))]
         w = np.ravel(w)
         return [[np.einsum("o,oab->ab", w, h) for h in row] for row in self.hessians(*xs)]
 
