@@ -14,17 +14,79 @@ jaxops ops written in transposable ``jnp``; JAX differentiates them for second d
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.extend.core
 import numpy as np
 
 from jaxops.schema import OpSchema
 
-__all__ = ["defop"]
+__all__ = ["defop", "recording"]
+
+# ------------------------------------------------------------------------- export recording
+# An exporter (jaxops.onnx) needs each op call as one node with its schema and attributes; in
+# an ordinary trace an op is a ``jit`` whose static attributes are baked in.  Inside
+# ``recording()`` the public ops bind ``jaxops_op`` instead: a primitive carrying the op's
+# schema and attributes, whose abstract evaluation is the schema's ``infer`` and whose
+# implementation is the op itself, so a recorded function still runs.
+
+_STATE = threading.local()
+
+
+@contextlib.contextmanager
+def recording():
+    """Within this context, jaxops ops trace to one ``jaxops_op`` equation each."""
+    previous = getattr(_STATE, "recording", False)
+    _STATE.recording = True
+    try:
+        yield
+    finally:
+        _STATE.recording = previous
+
+
+class _ByIdentity:
+    """A hashable handle on an unhashable value (a schema): equation params must hash."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+    def __hash__(self):
+        return id(self.value)
+
+    def __eq__(self, other):
+        return isinstance(other, _ByIdentity) and other.value is self.value
+
+    def __repr__(self):
+        return getattr(self.value, "name", repr(self.value))
+
+
+jaxops_op_p = jax.extend.core.Primitive("jaxops_op")
+jaxops_op_p.multiple_results = True
+
+
+def _recorded_abstract_eval(*avals, schema, attrs, present, run):
+    it = iter(avals)
+    full = [next(it) if p else None for p in present]
+    return [jax.core.ShapedArray(a.shape, a.dtype)
+            for a in schema.value.infer(*full, **dict(attrs))]
+
+
+def _recorded_impl(*arrays, schema, attrs, present, run):
+    it = iter(arrays)
+    out = run.value(*(next(it) if p else None for p in present), **dict(attrs))
+    return list(out) if isinstance(out, tuple) else [out]
+
+
+jaxops_op_p.def_abstract_eval(_recorded_abstract_eval)
+jaxops_op_p.def_impl(_recorded_impl)
 
 
 def _aval(schema: OpSchema, param, value: Any) -> jax.ShapeDtypeStruct | None:
@@ -122,6 +184,12 @@ def defop(schema: OpSchema) -> Callable[[Callable[..., Any]], Callable[..., Any]
                 values = [None if a is None else np.asarray(a) for a in arrays]
                 if (problem := schema.value_check(*values, **attrs)) is not None:
                     raise ValueError(f"jaxops.{schema.function}: {problem}")
+            if getattr(_STATE, "recording", False):
+                outs = jaxops_op_p.bind(
+                    *(jax.numpy.asarray(a) for a in arrays if a is not None),
+                    schema=_ByIdentity(schema), attrs=tuple(attrs.items()),
+                    present=tuple(a is not None for a in arrays), run=_ByIdentity(jitted))
+                return outs[0] if len(outs) == 1 else tuple(outs)
             return jitted(*arrays, **attrs)
 
         def defgrad(vjp: Callable[..., Any]) -> Callable[..., Any]:

@@ -483,3 +483,25 @@ def test_linen_train_steps_with_optax_update_stats():
     assert not np.allclose(bn_stats["mean"], 0.0) and not np.allclose(bn_stats["var"], 1.0)
     assert params["PReLU_0"]["slope"].shape == (4,)
     assert not np.allclose(params["PReLU_0"]["slope"], 0.25)  # the slope learned
+
+
+def test_nnx_batch_norm_under_nnx_vmap_like_flax():
+    """Inference under nnx.vmap over an outer axis (module broadcast): each slice is
+    normalized with the running statistics, as flax's own BatchNorm does, and parameter
+    gradients through the vmap agree with flax's."""
+    x = jnp.asarray(np.random.default_rng(0).normal(1.0, 2.0, (3, 8, 4)), jnp.float32)
+    ours = jnnx.BatchNorm(4)
+    theirs = nnx.BatchNorm(4, rngs=nnx.Rngs(0), **FLAX_BN)
+    for m in (ours, theirs):
+        m(x[0])  # one training step: non-trivial running statistics
+        m.eval()
+    got = nnx.vmap(lambda m, g: m(g), in_axes=(None, 0))(ours, x)
+    want = nnx.vmap(lambda m, g: m(g), in_axes=(None, 0))(theirs, x)
+    np.testing.assert_allclose(got, want, **BN_TOL)
+    np.testing.assert_allclose(got, jnp.stack([ours(g) for g in x]), rtol=1e-6, atol=1e-6)
+    grads = nnx.grad(lambda m: jnp.sum(
+        nnx.vmap(lambda m, g: m(g), in_axes=(None, 0))(m, x) ** 2))(ours)
+    flax_grads = nnx.grad(lambda m: jnp.sum(
+        nnx.vmap(lambda m, g: m(g), in_axes=(None, 0))(m, x) ** 2))(theirs)
+    np.testing.assert_allclose(grads.scale[...], flax_grads.scale[...], rtol=1e-5)
+    np.testing.assert_allclose(grads.bias[...], flax_grads.bias[...], rtol=1e-5)

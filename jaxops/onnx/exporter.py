@@ -1,0 +1,348 @@
+"""Export a JAX function that calls jaxops ops to an ONNX model.
+
+The function is traced with :func:`jaxops._op.recording`, in which every jaxops op is one
+``jaxops_op`` equation carrying its schema and attributes; that equation becomes one ONNX node
+(op_type, ONNX attribute names, the ai.onnx version the schema follows).  Ops that ONNX lacks
+become nodes in the ``ai.jaxops`` domain backed by model-local functions
+(:mod:`jaxops.onnx.functions`).  The JAX primitives of an ordinary model (``dot_general``,
+elementwise arithmetic, reshapes, broadcasts, reductions, comparisons, ``select_n``, casts,
+nested ``jit``/``custom_jvp`` calls) map to standard ONNX ops; constants and closed-over
+parameters become initializers.  Anything else raises ``NotImplementedError`` naming the
+primitive and the line that made it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+import onnx
+from jax.extend import core as jex_core
+from onnx import helper, numpy_helper
+
+from jaxops._op import jaxops_op_p, recording
+from jaxops.onnx import functions
+from jaxops.schema import JAXOPS_DOMAIN
+
+#: The ai.onnx opset exported models import by default: the newest version of every op
+#: jaxops follows (Softsign-22, NegativeLogLikelihoodLoss-22) is in it.
+DEFAULT_OPSET = 22
+_IR_VERSION = 10  # function overloads
+
+
+def _tensor_type(dtype) -> int:
+    return helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+
+
+class _Graph:
+    def __init__(self, opset: int):
+        self.opset = opset
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self.functions: dict[tuple[str, str], onnx.FunctionProto] = {}
+        self.names: dict[Any, str] = {}
+        self.folded: dict[Any, np.ndarray] = {}  # variables computed from constants only
+        self._count = itertools.count()
+
+    def fresh(self, hint: str = "t") -> str:
+        return f"{hint}_{next(self._count)}"
+
+    def constant(self, value, hint="const") -> str:
+        name = self.fresh(hint)
+        self.initializers.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def ints(self, values, hint="shape") -> str:
+        return self.constant(np.asarray(values, np.int64), hint)
+
+    def node(self, op_type, inputs, n_out=1, domain="", **attrs) -> list[str]:
+        outs = [self.fresh(op_type.lower()) for _ in range(n_out)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), outs, domain=domain, **attrs))
+        return outs
+
+    def name_of(self, atom) -> str:
+        if isinstance(atom, jex_core.Literal):
+            return self.constant(np.asarray(atom.val, atom.aval.dtype), "literal")
+        return self.names[atom]
+
+    def static_value(self, atom):
+        """The numpy value of a literal or constant-folded variable, else None."""
+        if isinstance(atom, jex_core.Literal):
+            return np.asarray(atom.val, atom.aval.dtype)
+        return self.folded.get(atom)
+
+
+_CALL_SITES: list[str] = []  # where the enclosing calls were made (inner jaxprs have none)
+
+
+def _where(eqn) -> str:
+    from jax._src import source_info_util
+
+    here = source_info_util.summarize(eqn.source_info)
+    return here if here.strip() else next((w for w in reversed(_CALL_SITES) if w.strip()),
+                                          "unknown")
+
+
+# --------------------------------------------------------------------- primitive emitters
+
+_UNARY = {"neg": "Neg", "exp": "Exp", "log": "Log", "tanh": "Tanh", "logistic": "Sigmoid",
+          "sqrt": "Sqrt", "abs": "Abs", "sign": "Sign", "floor": "Floor", "ceil": "Ceil",
+          "erf": "Erf", "not": "Not", "stop_gradient": "Identity", "copy": "Identity",
+          "copy_p": "Identity", "is_finite": None, "sin": "Sin", "cos": "Cos"}
+_BINARY = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "max": "Max", "min": "Min",
+           "pow": "Pow", "gt": "Greater", "lt": "Less", "ge": "GreaterOrEqual",
+           "le": "LessOrEqual", "eq": "Equal", "and": "And", "or": "Or", "rem": "Mod"}
+
+
+def _emit_primitive(g: _Graph, eqn, ins: list[str]) -> list[str]:
+    p, params = eqn.primitive.name, eqn.params
+    out_aval = eqn.outvars[0].aval
+    if p in _UNARY and _UNARY[p] is not None:
+        return g.node(_UNARY[p], ins)
+    if p in _BINARY:
+        attrs = {"fmod": 1} if p == "rem" and np.issubdtype(out_aval.dtype, np.floating) else {}
+        return g.node(_BINARY[p], ins, **attrs)
+    if p == "ne":
+        return g.node("Not", g.node("Equal", ins))
+    if p == "is_finite":
+        return g.node("Not", g.node("Or", g.node("IsInf", ins) + g.node("IsNaN", ins)))
+    if p == "rsqrt":
+        return g.node("Reciprocal", g.node("Sqrt", ins))
+    if p == "log1p":
+        one = g.constant(np.ones((), out_aval.dtype))
+        return g.node("Log", g.node("Add", [ins[0], one]))
+    if p == "expm1":
+        one = g.constant(np.ones((), out_aval.dtype))
+        return g.node("Sub", g.node("Exp", ins) + [one])
+    if p == "square":
+        return g.node("Mul", [ins[0], ins[0]])
+    if p == "integer_pow":
+        return g.node("Pow", [ins[0], g.constant(np.asarray(params["y"], out_aval.dtype))])
+    if p == "convert_element_type":
+        return g.node("Cast", ins, to=_tensor_type(params["new_dtype"]))
+    if p == "reshape":
+        return g.node("Reshape", [ins[0], g.ints(out_aval.shape)])
+    if p == "squeeze":
+        return g.node("Squeeze", [ins[0], g.ints(params["dimensions"], "axes")])
+    if p == "expand_dims":
+        return g.node("Unsqueeze", [ins[0], g.ints(params["dimensions"], "axes")])
+    if p == "transpose":
+        return g.node("Transpose", ins, perm=list(params["permutation"]))
+    if p == "broadcast_in_dim":
+        shape, dims = out_aval.shape, params["broadcast_dimensions"]
+        operand_shape = eqn.invars[0].aval.shape
+        ranked = [1] * len(shape)
+        for d, size in zip(dims, operand_shape, strict=True):
+            ranked[d] = size
+        x = ins[0]
+        if tuple(ranked) != tuple(operand_shape):
+            (x,) = g.node("Reshape", [x, g.ints(ranked)])
+        return g.node("Expand", [x, g.ints(shape)])
+    if p in ("reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "argmax", "argmin"):
+        axes = list(params["axes"])
+        if p in ("argmax", "argmin"):
+            (i,) = g.node("ArgMax" if p == "argmax" else "ArgMin", ins, axis=axes[0],
+                          keepdims=0)
+            return g.node("Cast", [i], to=_tensor_type(params["index_dtype"]))
+        op = {"reduce_sum": "ReduceSum", "reduce_max": "ReduceMax", "reduce_min": "ReduceMin",
+              "reduce_prod": "ReduceProd"}[p]
+        return g.node(op, [ins[0], g.ints(axes, "axes")], keepdims=0)
+    if p == "select_n":
+        if len(ins) != 3 or eqn.invars[0].aval.dtype != np.bool_:
+            raise NotImplementedError(
+                f"jaxops.onnx.export: select_n with {len(ins) - 1} cases or a non-bool "
+                f"predicate (at {_where(eqn)}); only jnp.where-style selects export.")
+        return g.node("Where", [ins[0], ins[2], ins[1]])
+    if p == "concatenate":
+        return g.node("Concat", ins, axis=params["dimension"])
+    if p == "clamp":  # lax.clamp(min, x, max)
+        return g.node("Min", g.node("Max", [ins[1], ins[0]]) + [ins[2]])
+    if p == "iota":
+        return [g.constant(np.asarray(jax.lax.iota(out_aval.dtype, out_aval.shape[0]))
+                           if len(out_aval.shape) == 1 else
+                           np.asarray(jax.lax.broadcasted_iota(out_aval.dtype, out_aval.shape,
+                                                               params["dimension"])))]
+    if p == "dot_general":
+        return _dot_general(g, eqn, ins)
+    raise NotImplementedError(
+        f"jaxops.onnx.export: the JAX primitive {p!r} (at {_where(eqn)}) has no ONNX "
+        "translation. Supported: jaxops ops, and "
+        f"{', '.join(sorted({*_UNARY, *_BINARY, 'dot_general', 'reshape', 'broadcast_in_dim'}))}"
+        ", reductions, casts, select_n, concatenate, transpose, squeeze, iota.")
+
+
+def _dot_general(g: _Graph, eqn, ins):
+    (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+    lhs, rhs = eqn.invars[0].aval, eqn.invars[1].aval
+    if not lb and not rb and tuple(lc) == (lhs.ndim - 1,) and tuple(rc) == (0,) and rhs.ndim == 2:
+        out = g.node("MatMul", ins)
+    else:  # the general case as an Einsum equation
+        letters = iter("abcdefghijklmnopqrstuvwxyz")
+        ls = [next(letters) for _ in range(lhs.ndim)]
+        rs = [None] * rhs.ndim
+        for i, j in zip(lb, rb, strict=True):
+            rs[j] = ls[i]
+        for i, j in zip(lc, rc, strict=True):
+            rs[j] = ls[i]
+        rs = [r if r is not None else next(letters) for r in rs]
+        free_l = [ls[i] for i in range(lhs.ndim) if i not in lb and i not in lc]
+        free_r = [rs[j] for j in range(rhs.ndim) if j not in rb and j not in rc]
+        out_sub = [ls[i] for i in lb] + free_l + free_r
+        eq = f"{''.join(ls)},{''.join(rs)}->{''.join(out_sub)}"
+        out = g.node("Einsum", ins, equation=eq)
+    want = eqn.outvars[0].aval.dtype
+    if want != lhs.dtype:  # preferred_element_type
+        out = g.node("Cast", out, to=_tensor_type(want))
+    return out
+
+
+# -------------------------------------------------------------------------- jaxops nodes
+
+def _onnx_attrs(schema, attrs: dict) -> dict:
+    out = {}
+    for a in schema.attributes:
+        value = attrs[a.name]
+        if not a.onnx or value is None:
+            continue
+        out[a.onnx_name or a.name] = int(value) if a.type == "bool" else value
+    return out
+
+
+def _emit_jaxops(g: _Graph, eqn, ins: list[str]) -> list[str]:
+    schema, attrs = eqn.params["schema"].value, dict(eqn.params["attrs"])
+    it = iter(ins)
+    inputs = [next(it) if present else "" for present in eqn.params["present"]]
+    while inputs and inputs[-1] == "":
+        inputs.pop()
+    n_out = len(eqn.outvars)
+    if schema.domain == "":
+        version = onnx.defs.get_schema(schema.name, g.opset, "").since_version
+        if version != schema.since_version:
+            raise NotImplementedError(
+                f"jaxops.onnx.export: {schema.name} in opset {g.opset} is version {version}, "
+                f"but jaxops.{schema.function} follows {schema.name}-{schema.since_version}; "
+                f"export with opset >= {schema.since_version}.")
+        if schema.name == "BatchNormalization" and not attrs["training"]:
+            # ONNX: one output in inference mode; jaxops returns the statistics unchanged
+            (y,) = g.node(schema.name, inputs, 1, **_onnx_attrs(schema, attrs))
+            return [y, inputs[3], inputs[4]]
+        return g.node(schema.name, inputs, n_out, **_onnx_attrs(schema, attrs))
+    fn = functions.function_proto(schema, attrs, g.opset)
+    g.functions[(schema.name, fn.overload)] = fn
+    outs = [g.fresh(schema.name.lower()) for _ in range(n_out)]
+    g.nodes.append(helper.make_node(schema.name, inputs, outs, domain=JAXOPS_DOMAIN,
+                                    overload=fn.overload, **_onnx_attrs(schema, attrs)))
+    return outs
+
+
+_FOLDABLE = {"broadcast_in_dim", "convert_element_type", "reshape", "iota", "transpose",
+             "squeeze", "expand_dims", "concatenate"}
+_FOLD_LIMIT = 1 << 20
+
+_CALLS = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr",
+          "custom_jvp_call": "call_jaxpr", "custom_vjp_call": "call_jaxpr", "remat": "jaxpr",
+          "checkpoint": "jaxpr"}
+
+
+def _emit_jaxpr(g: _Graph, jaxpr, consts, in_names: list[str], in_values=()) -> list[str]:
+    for var, c in zip(jaxpr.constvars, consts, strict=True):
+        g.names[var] = g.constant(np.asarray(c), "param")
+    for var, name in zip(jaxpr.invars, in_names, strict=True):
+        g.names[var] = name
+    for var, value in zip(jaxpr.invars, in_values, strict=False):
+        if value is not None:
+            g.folded[var] = value
+    for eqn in jaxpr.eqns:
+        values = [g.static_value(v) for v in eqn.invars]
+        if (eqn.primitive.name in _FOLDABLE and all(v is not None for v in values)
+                and all(v.aval.size <= _FOLD_LIMIT for v in eqn.outvars)):
+            # constants only (a broadcast zero, an iota): one initializer, not a subgraph
+            res = eqn.primitive.bind(*values, **eqn.params)
+            res = res if eqn.primitive.multiple_results else [res]
+            outs = []
+            for var, r in zip(eqn.outvars, res, strict=True):
+                g.folded[var] = np.asarray(r)
+                outs.append(g.constant(g.folded[var], "folded"))
+        elif eqn.primitive is jaxops_op_p:
+            outs = _emit_jaxops(g, eqn, [g.name_of(v) for v in eqn.invars])
+        elif eqn.primitive.name in _CALLS:
+            inner = eqn.params[_CALLS[eqn.primitive.name]]
+            inner_jaxpr = getattr(inner, "jaxpr", inner)
+            inner_consts = getattr(inner, "consts", ())
+            _CALL_SITES.append(_where(eqn))
+            try:
+                outs = _emit_jaxpr(g, inner_jaxpr, inner_consts,
+                                   [g.name_of(v) for v in eqn.invars], values)
+            finally:
+                _CALL_SITES.pop()
+            for inner_var, var in zip(inner_jaxpr.outvars, eqn.outvars, strict=True):
+                if (v := g.static_value(inner_var)) is not None:
+                    g.folded[var] = v
+        else:
+            outs = _emit_primitive(g, eqn, [g.name_of(v) for v in eqn.invars])
+        for var, name in zip(eqn.outvars, outs, strict=True):
+            g.names[var] = name
+    return [g.name_of(v) for v in jaxpr.outvars]
+
+
+def export(fn: Callable[..., Any], *example_args, opset: int | None = None,
+           input_names: list[str] | None = None, output_names: list[str] | None = None,
+           dynamic_axes: dict[int, dict[int, str]] | None = None,
+           model_name: str = "jaxops") -> onnx.ModelProto:
+    """Trace ``fn`` on ``example_args`` (arrays or pytrees of arrays) and return the ONNX
+    model computing it.
+
+    Args:
+      fn: a function of arrays (jitted or not; a Flax model's apply, a closure over
+        parameters: closed-over arrays become initializers).
+      example_args: arrays (or ShapeDtypeStructs) fixing the input shapes and dtypes.
+      opset: the ai.onnx opset to import (``DEFAULT_OPSET``, 22).
+      input_names, output_names: graph input and output names (``input_0``..., ``output_0``).
+      dynamic_axes: ``{input index: {axis: symbol}}``: those input dimensions are exported
+        symbolic (e.g. a batch axis); the graph must not bake their size into a reshape.
+      model_name: the graph's name.
+
+    Returns:
+      An ``onnx.ModelProto`` that passes ``onnx.checker.check_model(full_check=True)``.
+    """
+    opset = DEFAULT_OPSET if opset is None else opset
+    flat_args, _ = jax.tree.flatten(example_args)
+    with recording():
+        closed = jax.make_jaxpr(fn)(*example_args)
+    g = _Graph(opset)
+    in_names = input_names or [f"input_{i}" for i in range(len(flat_args))]
+    outs = _emit_jaxpr(g, closed.jaxpr, closed.consts, in_names)
+    out_names = output_names or [f"output_{i}" for i in range(len(outs))]
+    produced = {o for n in g.nodes for o in n.output}
+    renamed: dict[str, str] = {}
+    for src, dst in zip(outs, out_names, strict=True):
+        if src in produced and src not in renamed and src not in out_names:
+            for n in g.nodes:  # name the producing node's output after the graph output
+                n.input[:] = [dst if i == src else i for i in n.input]
+                n.output[:] = [dst if o == src else o for o in n.output]
+            renamed[src] = dst
+        else:  # an input, a constant, or a value returned twice
+            g.nodes.append(helper.make_node("Identity", [renamed.get(src, src)], [dst]))
+    dynamic_axes = dynamic_axes or {}
+
+    def value_info(name, aval, dims=None):
+        shape = [dims.get(i, d) if dims else d for i, d in enumerate(aval.shape)]
+        return helper.make_tensor_value_info(name, _tensor_type(aval.dtype), shape)
+
+    graph = helper.make_graph(
+        g.nodes, model_name,
+        [value_info(n, v.aval, dynamic_axes.get(i))
+         for i, (n, v) in enumerate(zip(in_names, closed.jaxpr.invars, strict=True))],
+        [value_info(n, v.aval) for n, v in zip(out_names, closed.jaxpr.outvars, strict=True)],
+        initializer=g.initializers,
+    )
+    opsets = [helper.make_opsetid("", opset)]
+    if g.functions:
+        opsets.append(helper.make_opsetid(JAXOPS_DOMAIN, 1))
+    model = helper.make_model(graph, opset_imports=opsets, functions=list(g.functions.values()),
+                              ir_version=_IR_VERSION, producer_name="jaxops")
+    onnx.checker.check_model(model, full_check=True)
+    return model

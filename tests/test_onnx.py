@@ -1,0 +1,282 @@
+"""jaxops.onnx: export to ONNX (checked, run in onnxruntime), import back to JAX (jit, grad,
+vmap), opset-dependent import semantics, and errors."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from flax import nnx
+from onnx import TensorProto, helper
+from onnx.reference import ReferenceEvaluator
+
+import jaxops as jo
+from jaxops import onnx as jonnx
+from jaxops.flax import nnx as jnnx
+
+RNG = np.random.default_rng(0)
+X = jnp.asarray(RNG.normal(size=(4, 3)), jnp.float32)
+X3 = jnp.asarray(RNG.normal(size=(2, 3, 4)), jnp.float32)
+POS = jnp.asarray(RNG.uniform(0.1, 2.0, size=(4, 3)), jnp.float32)
+LABELS = jnp.array([0, 1, 2, 1])
+PM1 = jnp.asarray(np.sign(RNG.normal(size=(4, 3))), jnp.float32)
+STATS = (jnp.linspace(0.5, 2, 3), jnp.linspace(-1, 1, 3), jnp.linspace(-0.2, 0.2, 3),
+         jnp.linspace(0.5, 1.5, 3))
+
+# (name, function, example args): every forward op, each attribute form that changes the graph
+ROUND_TRIPS = [
+    ("relu", jo.relu, (X,)),
+    ("relu_n", lambda x: jo.relu_n(x, n=0.5), (X,)),
+    ("leaky_relu", lambda x: jo.leaky_relu(x, alpha=-0.3), (X,)),
+    ("prelu", lambda x: jo.prelu(x, jnp.array([0.1, 0.2, 0.3])), (X,)),
+    ("clip", lambda x: jo.clip(x, -0.5, 0.5), (X,)),
+    ("clip_max_only", lambda x: jo.clip(x, None, 0.5), (X,)),
+    ("softsign", jo.softsign, (X,)),
+    ("sigmoid", jo.sigmoid, (X,)),
+    ("tanh", jo.tanh, (X,)),
+    ("exp", jo.exp, (X,)),
+    ("log", jo.log, (POS,)),
+    ("softmax", lambda x: jo.softmax(x, axis=1), (X3,)),
+    ("log_softmax", jo.log_softmax, (X3,)),
+    ("mse", jo.mse, (X, POS)),
+    ("mae_none", lambda p, t: jo.mae(p, t, reduction="none"), (X, POS)),
+    ("msle_sum", lambda p, t: jo.msle(p, t, reduction="sum"), (POS, POS * 2)),
+    ("hinge", jo.hinge, (X, PM1)),
+    ("kl", lambda lp, q: jo.kl_divergence(lp, q, reduction="none"),
+     (jo.log_softmax(X), jo.softmax(X * 2))),
+    ("kl_log_target", lambda lp, q: jo.kl_divergence(lp, q, log_target=True),
+     (jo.log_softmax(X), jo.log_softmax(X * 2))),
+    ("binary_cross_entropy", jo.binary_cross_entropy, (X * 10, jo.sigmoid(X))),
+    ("cross_entropy", jo.cross_entropy, (jo.softmax(X), jo.softmax(X * 3))),
+    ("cross_entropy_logits", lambda z, t: jo.cross_entropy(z, t, from_logits=True,
+                                                           reduction="none"),
+     (X, jo.softmax(X * 3))),
+    ("softmax_cross_entropy", lambda s: jo.softmax_cross_entropy(
+        s, LABELS, jnp.array([1.0, 2.0, 0.5]), ignore_index=2, return_log_prob=True), (X,)),
+    ("nll_loss", lambda lp: jo.nll_loss(lp, LABELS, reduction="sum"), (jo.log_softmax(X),)),
+    ("batch_norm_eval", lambda x: jo.batch_norm(x, *STATS), (X3,)),
+    ("batch_norm_train", lambda x: jo.batch_norm(x, *STATS, momentum=0.75, training=True),
+     (X3,)),
+    ("mlp", lambda x: jo.softmax(jo.tanh(x @ jnp.ones((3, 5)) + 1.0) * 2.0), (X,)),
+]
+
+
+def _tuple(y):
+    return y if isinstance(y, tuple) else (y,)
+
+
+def run_ort(model, *args):
+    session = ort.InferenceSession(model.SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    feeds = {i.name: np.asarray(a) for i, a in zip(session.get_inputs(), args, strict=True)}
+    return session.run(None, feeds)
+
+
+@pytest.mark.parametrize(("name", "fn", "args"), ROUND_TRIPS, ids=[r[0] for r in ROUND_TRIPS])
+def test_export_runs_in_onnxruntime_and_imports_back(name, fn, args):
+    model = jonnx.export(fn, *args)  # checked with full_check inside
+    want = _tuple(fn(*args))
+    got = run_ort(model, *args)
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        # onnxruntime computes in float32 with its own kernels: a few float32 ulps
+        np.testing.assert_allclose(g, w, rtol=2e-6, atol=2e-6)
+    imported = jonnx.import_model(model)
+    for g, w in zip(_tuple(jax.jit(imported)(*args)), want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7)
+
+
+def test_jaxops_ops_are_single_nodes_and_domain_ops_are_functions():
+    model = jonnx.export(lambda x, t: jo.mse(jo.relu_n(x, n=2.0), t, reduction="none")
+                         + jo.mse(x, t, reduction="none"), X, POS)
+    ops = [(n.domain, n.op_type, n.overload) for n in model.graph.node]
+    assert ("ai.jaxops", "ReluN", "n=2.0") in ops
+    assert ("ai.jaxops", "MeanSquaredError", "reduction=none") in ops
+    assert {(f.name, f.overload) for f in model.functions} == {
+        ("ReluN", "n=2.0"), ("MeanSquaredError", "reduction=none")}
+    relu_n = next(n for n in model.graph.node if n.op_type == "ReluN")
+    assert helper.get_attribute_value(relu_n.attribute[0]) == pytest.approx(2.0)
+    assert [o.domain for o in model.opset_import] == ["", "ai.jaxops"]
+
+
+def test_flax_mlp_with_batch_norm_round_trip_and_fine_tune():
+    class MLP(nnx.Module):
+        def __init__(self, rngs):
+            self.l1 = nnx.Linear(3, 8, rngs=rngs)
+            self.bn = jnnx.BatchNorm(8, rngs=rngs)
+            self.l2 = nnx.Linear(8, 2, rngs=rngs)
+
+        def __call__(self, x):
+            return self.l2(jo.relu(self.bn(self.l1(x))))
+
+    model = MLP(nnx.Rngs(0))
+    model(X)  # one training step: non-trivial running statistics
+    model.eval()
+    onnx_model = jonnx.export(lambda x: model(x), X)
+    assert "BatchNormalization" in [n.op_type for n in onnx_model.graph.node]
+    np.testing.assert_allclose(run_ort(onnx_model, X)[0], model(X), rtol=1e-5, atol=1e-6)
+    imported = jonnx.import_model(onnx_model)
+    np.testing.assert_allclose(imported(X), model(X), rtol=1e-6, atol=1e-7)
+    # parameters are the float initializers; gradients flow to them
+    params = imported.params
+    assert len(params) >= 6
+
+    def loss(p):
+        return jo.softmax_cross_entropy(imported(X, params=p), jnp.array([0, 1, 1, 0]))
+
+    grads = jax.grad(loss)(params)
+    assert any(float(jnp.abs(g).sum()) > 0 for g in grads.values())
+    stepped = jax.tree.map(lambda p, g: p - 0.1 * g, params, grads)
+    assert loss(stepped) < loss(params)
+
+
+def test_imported_model_under_vmap_and_grad():
+    model = jonnx.export(lambda x: jo.log_softmax(jo.leaky_relu(x)), X)
+    f = jonnx.import_model(model)
+    rows = jax.vmap(lambda r: f(r[None])[0])(X)
+    np.testing.assert_allclose(rows, jo.log_softmax(jo.leaky_relu(X)), rtol=1e-6)
+    g = jax.grad(lambda x: f(x)[0, 0])(X)
+    want = jax.grad(lambda x: jo.log_softmax(jo.leaky_relu(x))[0, 0])(X)
+    np.testing.assert_allclose(g, want, rtol=1e-6)
+
+
+def test_dynamic_batch_axis_survives_export():
+    model = jonnx.export(lambda x: jo.softmax(jnp.tanh(x @ jnp.ones((3, 2)))), X,
+                         dynamic_axes={0: {0: "batch"}})
+    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    assert dim.dim_param == "batch"
+    x7 = jnp.asarray(RNG.normal(size=(7, 3)), jnp.float32)
+    np.testing.assert_allclose(run_ort(model, x7)[0],
+                               jo.softmax(jnp.tanh(x7 @ jnp.ones((3, 2)))), rtol=1e-6)
+
+
+# ------------------------------------------------------------ import: opset semantics
+
+def _model(nodes, inputs, outputs, opset, initializers=()):
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=list(initializers))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _vi(name, shape, dtype=TensorProto.FLOAT):
+    return helper.make_tensor_value_info(name, dtype, shape)
+
+
+@pytest.mark.parametrize("op", ["Softmax", "LogSoftmax"])
+@pytest.mark.parametrize(("opset", "axis"), [(11, None), (11, 1), (11, 2), (13, None),
+                                             (13, 1)])
+def test_softmax_axis_follows_the_imported_opset(op, opset, axis):
+    attrs = {} if axis is None else {"axis": axis}
+    model = _model([helper.make_node(op, ["x"], ["y"], **attrs)], [_vi("x", [2, 3, 4])],
+                   [_vi("y", [2, 3, 4])], opset)
+    x = np.asarray(X3)
+    # onnxruntime, not the reference evaluator: the evaluator applies opset-13 semantics
+    # (one axis, default -1) to Softmax-11 too, where the spec flattens from axis (default 1)
+    want = run_ort(model, x)[0]
+    np.testing.assert_allclose(jonnx.import_model(model)(x), want, rtol=1e-6, atol=1e-7)
+    if opset == 11:
+        flat = x.reshape(2, 12) if axis in (None, 1) else x.reshape(6, 4)
+        e = np.exp(flat - flat.max(-1, keepdims=True))
+        ref = e / e.sum(-1, keepdims=True)
+        ref = ref if op == "Softmax" else np.log(ref)
+        np.testing.assert_allclose(want, ref.reshape(x.shape), rtol=1e-5, atol=1e-6)
+
+
+def test_clip_attributes_before_opset_11_and_inputs_after():
+    x = np.asarray(X)
+    old = _model([helper.make_node("Clip", ["x"], ["y"], min=-0.5, max=0.25)],
+                 [_vi("x", [4, 3])], [_vi("y", [4, 3])], 6)
+    np.testing.assert_allclose(jonnx.import_model(old)(x), np.clip(x, -0.5, 0.25))
+    new = _model([helper.make_node("Clip", ["x", "", "hi"], ["y"])], [_vi("x", [4, 3])],
+                 [_vi("y", [4, 3])], 13,
+                 [onnx.numpy_helper.from_array(np.float32(0.25), "hi")])
+    np.testing.assert_allclose(jonnx.import_model(new)(x), np.minimum(x, 0.25))
+
+
+def test_batch_norm_training_mode_matches_reference_evaluator():
+    names = ["x", "s", "b", "m", "v"]
+    inits = [onnx.numpy_helper.from_array(np.asarray(a), n) for a, n in zip(STATS, names[1:],
+                                                                             strict=True)]
+    node = helper.make_node("BatchNormalization", names, ["y", "rm", "rv"], training_mode=1,
+                            momentum=0.75)
+    model = _model([node], [_vi("x", [2, 3, 4])],
+                   [_vi("y", [2, 3, 4]), _vi("rm", [3]), _vi("rv", [3])], 15, inits)
+    x = np.asarray(X3)
+    want = ReferenceEvaluator(model).run(None, {"x": x})
+    for g, w in zip(jonnx.import_model(model)(x), want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------- ONNX-domain ops vs the evaluator
+
+EDGE = np.array([[-3.0, -0.0, 0.0, 2.0], [1e4, -1e4, 0.5, -jnp.inf]], np.float32)
+EVALUATED = [
+    ("Relu", jo.relu, {}), ("LeakyRelu", lambda x: jo.leaky_relu(x, alpha=0.1), {"alpha": 0.1}),
+    ("Softsign", jo.softsign, {}), ("Sigmoid", jo.sigmoid, {}), ("Tanh", jo.tanh, {}),
+    ("Exp", jo.exp, {}), ("Softmax", jo.softmax, {}), ("LogSoftmax", jo.log_softmax, {}),
+]
+
+
+@pytest.mark.parametrize(("op", "fn", "attrs"), EVALUATED, ids=[e[0] for e in EVALUATED])
+def test_onnx_domain_ops_match_the_reference_evaluator(op, fn, attrs):
+    s = jo.schema.get(op)
+    model = _model([helper.make_node(op, ["x"], ["y"], **attrs)], [_vi("x", [2, 4])],
+                   [_vi("y", [2, 4])], s.since_version)
+    for x in (np.asarray(RNG.normal(size=(2, 4)) * 3, np.float32), EDGE):
+        with np.errstate(all="ignore"):
+            want = ReferenceEvaluator(model).run(None, {"x": x})[0]
+        got = np.asarray(fn(x))
+        if op == "Softsign" and x is EDGE:  # jaxops: softsign(-inf) = -1; the evaluator: NaN
+            assert got[1, 3] == -1.0 and np.isnan(want[1, 3])
+            got, want = got[:, :3], want[:, :3]
+        if op == "LogSoftmax" and x is EDGE:  # the evaluator's log(softmax) underflows to -inf
+            x64 = x.astype(np.float64)
+            m = x64.max(-1, keepdims=True)
+            exact = x64 - m - np.log(np.exp(x64 - m).sum(-1, keepdims=True))
+            under = np.isneginf(want) & np.isfinite(exact)
+            np.testing.assert_allclose(got[under], exact[under], rtol=1e-7)
+            got, want = np.where(under, 0, got), np.where(under, 0, want)
+        np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-30)
+
+
+# ------------------------------------------------------------------------------- errors
+
+def test_unsupported_primitive_is_named_with_its_source_line():
+    with pytest.raises(NotImplementedError, match=r"the JAX primitive 'sort' \(at .*test_onnx"):
+        jonnx.export(lambda x: jnp.sort(x), X)
+
+
+def test_old_opset_for_a_newer_op_is_refused():
+    with pytest.raises(NotImplementedError, match="Softsign in opset 13 is version 1, but "
+                                                  "jaxops.softsign follows Softsign-22"):
+        jonnx.export(jo.softsign, X, opset=13)
+
+
+def test_import_rejects_unknown_ops_malformed_bytes_and_external_data():
+    unknown = _model([helper.make_node("Gelu", ["x"], ["y"])], [_vi("x", [3])],
+                     [_vi("y", [3])], 20)
+    with pytest.raises(ValueError, match=r"unsupported op 'Gelu' in domain 'ai.onnx'. "
+                                         r"Supported: .*Relu"):
+        jonnx.import_model(unknown)
+    with pytest.raises(ValueError, match="not an ONNX model"):
+        jonnx.import_model(b"\x08\x07garbage\xff\xff")
+    with pytest.raises(TypeError, match="takes an onnx.ModelProto or its bytes"):
+        jonnx.import_model("/etc/passwd")
+    t = onnx.numpy_helper.from_array(np.ones(3, np.float32), "w")
+    t.data_location = TensorProto.EXTERNAL
+    t.ClearField("raw_data")
+    t.external_data.add(key="location", value="../../secret.bin")
+    ext = _model([helper.make_node("Add", ["x", "w"], ["y"])], [_vi("x", [3])],
+                 [_vi("y", [3])], 13, [t])
+    with pytest.raises(ValueError, match="external data|invalid model"):
+        jonnx.import_model(ext)
+
+
+def test_import_jaxops_does_not_import_onnx():
+    import subprocess
+    import sys
+
+    code = "import sys, jaxops; assert 'onnx' not in sys.modules, 'onnx imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
