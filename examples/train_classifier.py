@@ -145,7 +145,7 @@ def main(argv=None) -> dict:
         plot(args.out, losses, model, x_test, y_test)
         print(f"wrote {args.out}")
     return {"losses": losses, "train_accuracy": train_acc, "test_accuracy": test_acc,
-            "seconds": seconds, "clipped_steps": clipped}
+            "seconds": seconds, "clipped_steps": clipped, "model": model}
 
 
 if __name__ == "__main__":

@@ -66,3 +66,15 @@ def test_train_classifier_learns_and_writes_png(tmp_path, capsys):
     assert out["clipped_steps"] > 0  # clip_by_global_norm is exercised
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "accuracy: train" in capsys.readouterr().out
+
+
+def test_onnx_roundtrip_exports_runs_imports_and_fine_tunes(tmp_path, capsys):
+    path = tmp_path / "classifier.onnx"
+    with jax.numpy_dtype_promotion("standard"):  # optax's schedule (see above)
+        out = _load("onnx_roundtrip").main(["--epochs", "3", "--points", "200",
+                                            "--out", str(path)])
+    assert {"BatchNormalization", "Relu", "LeakyRelu", "MatMul"} <= set(out["ops"])
+    assert out["agree"] == 1.0 and out["logit_error"] < 1e-4
+    assert out["loss_after"] < out["loss_before"]
+    assert path.stat().st_size > 10_000
+    assert "onnxruntime: accuracy" in capsys.readouterr().out

@@ -280,3 +280,14 @@ def test_import_jaxops_does_not_import_onnx():
 
     code = "import sys, jaxops; assert 'onnx' not in sys.modules, 'onnx imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_jaxops_domain_schemas_are_registered_with_onnx_defs():
+    for s in jo.schema.all_schemas():
+        if s.domain != jo.schema.JAXOPS_DOMAIN:
+            continue
+        ref = onnx.defs.get_schema(s.name, 1, s.domain)
+        assert [p.name for p in ref.inputs] == [p.name for p in s.inputs]
+        assert [p.name for p in ref.outputs] == [p.name for p in s.outputs]
+        assert set(ref.attributes) == {a.onnx_name or a.name for a in s.attributes if a.onnx}
+    assert onnx.defs.get_schema("ReluN", 1, "ai.jaxops").attributes["n"].default_value.f == 6.0

@@ -21,3 +21,6 @@ except ImportError as e:
 
 from jaxops.onnx.exporter import DEFAULT_OPSET as DEFAULT_OPSET, export as export
 from jaxops.onnx.importer import import_model as import_model
+from jaxops.onnx.schemas import register_jaxops_domain as _register
+
+_register()  # onnx.checker and onnx.defs know the ai.jaxops ops from here on

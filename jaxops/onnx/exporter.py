@@ -45,6 +45,9 @@ class _Graph:
         self.functions: dict[tuple[str, str], onnx.FunctionProto] = {}
         self.names: dict[Any, str] = {}
         self.folded: dict[Any, np.ndarray] = {}  # variables computed from constants only
+        # names whose ONNX value has 1s where the JAX value was broadcast: (actual, full)
+        self.unexpanded: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+        self._expanded: dict[str, str] = {}
         self._count = itertools.count()
 
     def fresh(self, hint: str = "t") -> str:
@@ -67,6 +70,19 @@ class _Graph:
         if isinstance(atom, jex_core.Literal):
             return self.constant(np.asarray(atom.val, atom.aval.dtype), "literal")
         return self.names[atom]
+
+    def materialize(self, name: str) -> str:
+        """``name`` with its broadcast made explicit (an Expand), for consumers that do not
+        broadcast."""
+        if name not in self.unexpanded:
+            return name
+        if name not in self._expanded:
+            (self._expanded[name],) = self.node("Expand", [name, self.ints(
+                self.unexpanded[name][1])])
+        return self._expanded[name]
+
+    def actual_shape(self, name: str, aval) -> tuple[int, ...]:
+        return self.unexpanded[name][0] if name in self.unexpanded else tuple(aval.shape)
 
     def static_value(self, atom):
         """The numpy value of a literal or constant-folded variable, else None."""
@@ -140,7 +156,11 @@ def _emit_primitive(g: _Graph, eqn, ins: list[str]) -> list[str]:
         x = ins[0]
         if tuple(ranked) != tuple(operand_shape):
             (x,) = g.node("Reshape", [x, g.ints(ranked)])
-        return g.node("Expand", [x, g.ints(shape)])
+        if tuple(ranked) != tuple(shape):
+            # left for the consumer's own (numpy) broadcasting when it has one; an Expand
+            # would bake the size of a batch axis into the graph
+            g.unexpanded[x] = (tuple(ranked), tuple(shape))
+        return [x]
     if p in ("reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "argmax", "argmin"):
         axes = list(params["axes"])
         if p in ("argmax", "argmin"):
@@ -238,6 +258,10 @@ def _emit_jaxops(g: _Graph, eqn, ins: list[str]) -> list[str]:
     return outs
 
 
+# primitives whose ONNX op broadcasts like numpy: their inputs may stay unexpanded
+_BROADCASTING = {"add", "sub", "mul", "div", "max", "min", "pow", "gt", "lt", "ge", "le", "eq",
+                 "ne", "and", "or", "select_n"}
+
 _FOLDABLE = {"broadcast_in_dim", "convert_element_type", "reshape", "iota", "transpose",
              "squeeze", "expand_dims", "concatenate"}
 _FOLD_LIMIT = 1 << 20
@@ -267,7 +291,7 @@ def _emit_jaxpr(g: _Graph, jaxpr, consts, in_names: list[str], in_values=()) -> 
                 g.folded[var] = np.asarray(r)
                 outs.append(g.constant(g.folded[var], "folded"))
         elif eqn.primitive is jaxops_op_p:
-            outs = _emit_jaxops(g, eqn, [g.name_of(v) for v in eqn.invars])
+            outs = _emit_jaxops(g, eqn, [g.materialize(g.name_of(v)) for v in eqn.invars])
         elif eqn.primitive.name in _CALLS:
             inner = eqn.params[_CALLS[eqn.primitive.name]]
             inner_jaxpr = getattr(inner, "jaxpr", inner)
@@ -275,14 +299,24 @@ def _emit_jaxpr(g: _Graph, jaxpr, consts, in_names: list[str], in_values=()) -> 
             _CALL_SITES.append(_where(eqn))
             try:
                 outs = _emit_jaxpr(g, inner_jaxpr, inner_consts,
-                                   [g.name_of(v) for v in eqn.invars], values)
+                                   [g.materialize(g.name_of(v)) for v in eqn.invars], values)
             finally:
                 _CALL_SITES.pop()
             for inner_var, var in zip(inner_jaxpr.outvars, eqn.outvars, strict=True):
                 if (v := g.static_value(inner_var)) is not None:
                     g.folded[var] = v
+        elif eqn.primitive.name in _BROADCASTING:
+            ins = [g.name_of(v) for v in eqn.invars]
+            if eqn.primitive.name == "select_n":
+                ins[0] = g.materialize(ins[0])
+            outs = _emit_primitive(g, eqn, ins)
+            actual = np.broadcast_shapes(*(g.actual_shape(n, v.aval)
+                                           for n, v in zip(ins, eqn.invars, strict=True)))
+            full = tuple(eqn.outvars[0].aval.shape)
+            if tuple(actual) != full:
+                g.unexpanded[outs[0]] = (tuple(actual), full)
         else:
-            outs = _emit_primitive(g, eqn, [g.name_of(v) for v in eqn.invars])
+            outs = _emit_primitive(g, eqn, [g.materialize(g.name_of(v)) for v in eqn.invars])
         for var, name in zip(eqn.outvars, outs, strict=True):
             g.names[var] = name
     return [g.name_of(v) for v in jaxpr.outvars]
@@ -314,7 +348,7 @@ def export(fn: Callable[..., Any], *example_args, opset: int | None = None,
         closed = jax.make_jaxpr(fn)(*example_args)
     g = _Graph(opset)
     in_names = input_names or [f"input_{i}" for i in range(len(flat_args))]
-    outs = _emit_jaxpr(g, closed.jaxpr, closed.consts, in_names)
+    outs = [g.materialize(o) for o in _emit_jaxpr(g, closed.jaxpr, closed.consts, in_names)]
     out_names = output_names or [f"output_{i}" for i in range(len(outs))]
     produced = {o for n in g.nodes for o in n.output}
     renamed: dict[str, str] = {}
