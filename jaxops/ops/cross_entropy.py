@@ -395,9 +395,12 @@ def _ce_gradient_infer(s: OpSchema, in_avals, *, axis, reduction, **attrs):
 
 
 def _ce_cost(flops: float, grad: bool = False):
+    """Per element: ``flops``, and an exp (logits) or a log (probabilities, forward only);
+    per row a log (the log-sum-exp of the forward from logits)."""
+
     def cost(in_avals, out_avals, *, from_logits, axis, **attrs):
         x = in_avals[0]
-        n, rows = math.prod(x.shape), math.prod(out_avals[0].shape) if grad else 0
+        n = math.prod(x.shape)
         rows = n // x.shape[axis] if x.shape and x.shape[axis] else 0
         item = np.dtype(x.dtype).itemsize
         exps = n if from_logits else (0 if grad else n)  # exp of logits, or log of probs
