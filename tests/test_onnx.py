@@ -291,3 +291,13 @@ def test_jaxops_domain_schemas_are_registered_with_onnx_defs():
         assert [p.name for p in ref.outputs] == [p.name for p in s.outputs]
         assert set(ref.attributes) == {a.onnx_name or a.name for a in s.attributes if a.onnx}
     assert onnx.defs.get_schema("ReluN", 1, "ai.jaxops").attributes["n"].default_value.f == 6.0
+
+
+def test_import_constant_nodes_in_each_form():
+    nodes = [helper.make_node("Constant", [], ["a"], value_float=2.0),
+             helper.make_node("Constant", [], ["s"], value_ints=[4, 3]),
+             helper.make_node("Mul", ["x", "a"], ["m"]),
+             helper.make_node("Reshape", ["m", "s"], ["y"])]
+    model = _model(nodes, [_vi("x", [3, 4])], [_vi("y", [4, 3])], 13)
+    x = np.asarray(RNG.normal(size=(3, 4)), np.float32)
+    np.testing.assert_allclose(jonnx.import_model(model)(x), (2 * x).reshape(4, 3))

@@ -83,6 +83,11 @@ def _fold(f, xs):
     return out
 
 
+@_op("Constant")
+def _constant(n):  # evaluated statically by ImportedModel.__call__, never through here
+    raise AssertionError("Constant nodes are evaluated statically")
+
+
 @_op("Exp")
 def _exp(n):
     return jo.exp(n.inputs[0])
@@ -373,7 +378,9 @@ class ImportedModel:
         env.update(zip(self.input_names, (jnp.asarray(x) for x in inputs), strict=True))
         for node in self.model.graph.node:
             if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
-                value = numpy_helper.to_array(helper.get_attribute_value(node.attribute[0]))
+                raw = helper.get_attribute_value(node.attribute[0])  # value, value_float, ...
+                value = (numpy_helper.to_array(raw) if isinstance(raw, onnx.TensorProto)
+                         else np.asarray(raw, np.float32 if isinstance(raw, float) else None))
                 static[node.output[0]] = value
                 env[node.output[0]] = value if not np.issubdtype(value.dtype, np.floating) \
                     else jnp.asarray(value)
