@@ -134,27 +134,26 @@ def _rescale(leaf: jax.Array, below: jax.Array, scale: jax.Array) -> jax.Array:
 
 @jax.jit
 def _global_norm(tree: PyTree) -> jax.Array:
+    """The norm of all leaves together, in the accumulation dtype."""
     leaves = jax.tree.leaves(tree)
     return _safe_sqrt(_sum_of_squares(leaves, _accumulation_dtype(leaves)))
 
 
-@jax.jit
-def _clip_by_global_norm(tree: PyTree, max_norm: ArrayLike) -> PyTree:
-    leaves = jax.tree.leaves(tree)
-    acc = _accumulation_dtype(leaves)
-    norm = _safe_sqrt(_sum_of_squares(leaves, acc))
-    below, scale = _scale(norm, jnp.asarray(max_norm).astype(acc))
+def _clip_to(tree: PyTree, max_norm: ArrayLike) -> PyTree:
+    """``tree`` rescaled by one factor so that its norm is at most ``max_norm``."""
+    norm = _global_norm(tree)
+    below, scale = _scale(norm, jnp.asarray(max_norm).astype(norm.dtype))
     return jax.tree.map(lambda leaf: _rescale(leaf, below, scale), tree)
 
 
 @jax.jit
-def _clip_by_norm(tree: PyTree, max_norm: ArrayLike) -> PyTree:
-    def one(leaf):
-        acc = _accumulation_dtype([leaf])
-        norm = _safe_sqrt(_sum_of_squares([leaf], acc))
-        return _rescale(leaf, *_scale(norm, jnp.asarray(max_norm).astype(acc)))
+def _clip_by_global_norm(tree: PyTree, max_norm: ArrayLike) -> PyTree:
+    return _clip_to(tree, max_norm)
 
-    return jax.tree.map(one, tree)
+
+@jax.jit
+def _clip_by_norm(tree: PyTree, max_norm: ArrayLike) -> PyTree:
+    return jax.tree.map(lambda leaf: _clip_to(leaf, max_norm), tree)
 
 
 # ---------------------------------------------------------------------------- public API

@@ -282,9 +282,9 @@ class BatchNorm(nn.Module):
         ra_mean = self.variable("batch_stats", "mean", jnp.zeros, shape, jnp.float32)
         ra_var = self.variable("batch_stats", "var", jnp.ones, shape, jnp.float32)
         scale = (self.param("scale", nn.initializers.ones, shape, self.param_dtype)
-                 if self.use_scale else jnp.ones(shape, jnp.float32))
+                 if self.use_scale else jnp.ones(shape, self.param_dtype))
         bias = (self.param("bias", nn.initializers.zeros, shape, self.param_dtype)
-                if self.use_bias else jnp.zeros(shape, jnp.float32))
+                if self.use_bias else jnp.zeros(shape, self.param_dtype))
         training = not use_running_average
         y, mean, var = _common.batch_norm(
             x, scale, bias, ra_mean.value, ra_var.value, axis=self.axis,

@@ -302,8 +302,8 @@ class BatchNorm(nnx.Module):
                 "or the call, or set it with model.train() / model.eval()."
             )
         shape = (self.num_features,)
-        scale = self.scale[...] if self.scale is not None else jnp.ones(shape, jnp.float32)
-        bias = self.bias[...] if self.bias is not None else jnp.zeros(shape, jnp.float32)
+        scale = self.scale[...] if self.scale is not None else jnp.ones(shape, self.param_dtype)
+        bias = self.bias[...] if self.bias is not None else jnp.zeros(shape, self.param_dtype)
         training = not use_running_average
         y, mean, var = _common.batch_norm(
             x, scale, bias, self.mean[...], self.var[...], axis=self.axis,
