@@ -23,6 +23,7 @@ from typing import Any
 
 import jax
 import jax.extend.core
+from jax.interpreters import mlir
 import numpy as np
 
 from jaxops.schema import OpSchema
@@ -44,6 +45,16 @@ def recording():
     """Within this context, jaxops ops trace to one ``jaxops_op`` equation each."""
     previous = getattr(_STATE, "recording", False)
     _STATE.recording = True
+    try:
+        yield
+    finally:
+        _STATE.recording = previous
+
+
+@contextlib.contextmanager
+def _not_recording():
+    previous = getattr(_STATE, "recording", False)
+    _STATE.recording = False
     try:
         yield
     finally:
@@ -81,12 +92,61 @@ def _recorded_abstract_eval(*avals, schema, attrs, present, run):
 
 def _recorded_impl(*arrays, schema, attrs, present, run):
     it = iter(arrays)
-    out = run.value(*(next(it) if p else None for p in present), **dict(attrs))
+    with _not_recording():  # the op's own trace is the ordinary one
+        out = run.value(*(next(it) if p else None for p in present), **dict(attrs))
     return list(out) if isinstance(out, tuple) else [out]
 
 
 jaxops_op_p.def_abstract_eval(_recorded_abstract_eval)
 jaxops_op_p.def_impl(_recorded_impl)
+mlir.register_lowering(jaxops_op_p, mlir.lower_fun(_recorded_impl, multiple_results=True))
+
+
+def _recorded_call(schema, run, attrs, present, vjp, differentiable):
+    """The recorded form of one op call: a ``jaxops_op`` equation inside a ``jax.custom_vjp``
+    whose backward calls the op's registered gradient (recorded too: ``jax.grad`` of a
+    recorded function records its gradient ops as equations), or, for an op without one, is
+    JAX's own derivative of the implementation (plain primitives).  Forward mode is not
+    recorded: the exporter writes inference and reverse-mode training graphs."""
+
+    def bind(*xs):
+        outs = jaxops_op_p.bind(*xs, schema=_ByIdentity(schema), attrs=attrs, present=present,
+                                run=_ByIdentity(run))
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def full(xs):
+        it = iter(xs)
+        return [next(it) if p else None for p in present]
+
+    call = jax.custom_vjp(bind)
+
+    def fwd(*xs):
+        y = bind(*xs)
+        return y, (xs, y)
+
+    def bwd(res, dy):
+        xs, y = res
+        slots = [i for i, p in enumerate(present) if p]  # argument index of each of xs
+        wrt = [k for k, i in enumerate(slots) if i in differentiable]
+        if vjp is not None:
+            cts = vjp(*full(xs), y, dy, **dict(attrs))
+            cts = cts if isinstance(cts, tuple) else (cts,)
+        else:
+            def of_wrt(*d):
+                args = list(xs)
+                for k, v in zip(wrt, d, strict=True):
+                    args[k] = v
+                return run(*full(args), **dict(attrs))
+
+            with _not_recording():
+                _, pull = jax.vjp(of_wrt, *(xs[k] for k in wrt))
+                cts = pull(dy)
+        by_slot = dict(zip(wrt, cts, strict=True))
+        # one cotangent per present input: None for labels and other non-differentiables
+        return tuple(by_slot.get(k) for k in range(len(xs)))
+
+    call.defvjp(fwd, bwd)
+    return call
 
 
 def _aval(schema: OpSchema, param, value: Any) -> jax.ShapeDtypeStruct | None:
@@ -185,11 +245,10 @@ def defop(schema: OpSchema) -> Callable[[Callable[..., Any]], Callable[..., Any]
                 if (problem := schema.value_check(*values, **attrs)) is not None:
                     raise ValueError(f"jaxops.{schema.function}: {problem}")
             if getattr(_STATE, "recording", False):
-                outs = jaxops_op_p.bind(
-                    *(jax.numpy.asarray(a) for a in arrays if a is not None),
-                    schema=_ByIdentity(schema), attrs=tuple(attrs.items()),
-                    present=tuple(a is not None for a in arrays), run=_ByIdentity(jitted))
-                return outs[0] if len(outs) == 1 else tuple(outs)
+                present = tuple(a is not None for a in arrays)
+                call = _recorded_call(schema, jitted, tuple(attrs.items()), present,
+                                      registered.get("vjp"), differentiable)
+                return call(*(jax.numpy.asarray(a) for a in arrays if a is not None))
             return jitted(*arrays, **attrs)
 
         def defgrad(vjp: Callable[..., Any]) -> Callable[..., Any]:

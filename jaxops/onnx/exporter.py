@@ -108,7 +108,7 @@ _UNARY = {"neg": "Neg", "exp": "Exp", "log": "Log", "tanh": "Tanh", "logistic": 
           "sqrt": "Sqrt", "abs": "Abs", "sign": "Sign", "floor": "Floor", "ceil": "Ceil",
           "erf": "Erf", "not": "Not", "stop_gradient": "Identity", "copy": "Identity",
           "copy_p": "Identity", "is_finite": None, "sin": "Sin", "cos": "Cos"}
-_BINARY = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "max": "Max", "min": "Min",
+_BINARY = {"add": "Add", "add_any": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "max": "Max", "min": "Min",
            "pow": "Pow", "gt": "Greater", "lt": "Less", "ge": "GreaterOrEqual",
            "le": "LessOrEqual", "eq": "Equal", "and": "And", "or": "Or", "rem": "Mod"}
 
@@ -250,7 +250,10 @@ def _emit_jaxops(g: _Graph, eqn, ins: list[str]) -> list[str]:
             (y,) = g.node(schema.name, inputs, 1, **_onnx_attrs(schema, attrs))
             return [y, inputs[3], inputs[4]]
         return g.node(schema.name, inputs, n_out, **_onnx_attrs(schema, attrs))
-    fn = functions.function_proto(schema, attrs, g.opset)
+    it = iter(eqn.invars)
+    in_avals = [next(it).aval if present else None for present in eqn.params["present"]]
+    fn = functions.function_proto(schema, attrs, g.opset, in_avals,
+                                  [v.aval for v in eqn.outvars])
     g.functions[(schema.name, fn.overload)] = fn
     outs = [g.fresh(schema.name.lower()) for _ in range(n_out)]
     g.nodes.append(helper.make_node(schema.name, inputs, outs, domain=JAXOPS_DOMAIN,
@@ -259,7 +262,7 @@ def _emit_jaxops(g: _Graph, eqn, ins: list[str]) -> list[str]:
 
 
 # primitives whose ONNX op broadcasts like numpy: their inputs may stay unexpanded
-_BROADCASTING = {"add", "sub", "mul", "div", "max", "min", "pow", "gt", "lt", "ge", "le", "eq",
+_BROADCASTING = {"add", "add_any", "sub", "mul", "div", "max", "min", "pow", "gt", "lt", "ge", "le", "eq",
                  "ne", "and", "or", "select_n"}
 
 _FOLDABLE = {"broadcast_in_dim", "convert_element_type", "reshape", "iota", "transpose",
@@ -322,6 +325,34 @@ def _emit_jaxpr(g: _Graph, jaxpr, consts, in_names: list[str], in_values=()) -> 
     return [g.name_of(v) for v in jaxpr.outvars]
 
 
+def _live(nodes, graph_outputs) -> list:
+    """The nodes the graph outputs depend on (a gradient's trace also computes the loss it
+    does not return), in their order."""
+    needed, live = set(graph_outputs), []
+    for n in reversed(nodes):
+        if needed & set(n.output):
+            live.append(n)
+            needed.update(n.input)
+    return live[::-1]
+
+
+def _unused_running_statistics(nodes, graph_outputs) -> None:
+    """A training-mode BatchNormalization whose running statistics nothing reads gets
+    ``momentum=1``: by the spec its ``Y`` does not depend on momentum, but onnxruntime (1.32)
+    computes ``Y`` from the momentum-blended statistics when only ``Y`` is used
+    (microsoft/onnxruntime#29790); with momentum 1 the blend is the batch's own."""
+    used = {i for n in nodes for i in n.input} | set(graph_outputs)
+    for n in nodes:
+        if (n.op_type == "BatchNormalization" and n.domain == "" and len(n.output) == 3
+                and not used & set(n.output[1:])):
+            for a in n.attribute:
+                if a.name == "momentum":
+                    a.f = 1.0
+                    break
+            else:
+                n.attribute.append(helper.make_attribute("momentum", 1.0))
+
+
 def export(fn: Callable[..., Any], *example_args, opset: int | None = None,
            input_names: list[str] | None = None, output_names: list[str] | None = None,
            dynamic_axes: dict[int, dict[int, str]] | None = None,
@@ -360,6 +391,9 @@ def export(fn: Callable[..., Any], *example_args, opset: int | None = None,
             renamed[src] = dst
         else:  # an input, a constant, or a value returned twice
             g.nodes.append(helper.make_node("Identity", [renamed.get(src, src)], [dst]))
+    g.nodes = _live(g.nodes, out_names)
+    g.initializers = [t for t in g.initializers if t.name in {i for n in g.nodes for i in n.input}]
+    _unused_running_statistics(g.nodes, out_names)
     dynamic_axes = dynamic_axes or {}
 
     def value_info(name, aval, dims=None):

@@ -311,7 +311,7 @@ def _jaxops_domain_op(n):
 
 
 for _s in jo.schema.all_schemas():
-    if _s.domain == JAXOPS_DOMAIN and not _s.name.endswith("Gradient"):
+    if _s.domain == JAXOPS_DOMAIN:
         _HANDLERS[(JAXOPS_DOMAIN, _s.name)] = _jaxops_domain_op
 
 
