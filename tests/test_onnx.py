@@ -198,6 +198,45 @@ def test_dynamic_batch_axis_survives_export():
                                jo.softmax(jnp.tanh(x7 @ jnp.ones((3, 2)))), rtol=1e-6)
 
 
+def _batch_dependent(x):
+    """Flattens, averages over, and broadcasts to the batch axis: its size is used as a
+    shape and as a value."""
+    w = jnp.asarray(np.random.default_rng(1).normal(size=(6, 5)), jnp.float32)
+    h = x.reshape(x.shape[0], -1) @ w
+    h = h - jnp.mean(h, axis=0, keepdims=True)
+    y, _, _ = jo.batch_norm(h[:, :, None], jnp.ones(5), jnp.zeros(5), jnp.zeros(5),
+                            jnp.ones(5), training=True)
+    h = jax.lax.slice_in_dim(jo.relu(jnp.squeeze(y, 2)), 1, 5, axis=1)  # x[:, 1:] is a gather
+    return jo.log_softmax(h + jnp.zeros((x.shape[0], 4)))
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["forward", "gradient"])
+def test_symbolic_batch_in_reshapes_means_and_gradients(grad):
+    fn = _batch_dependent
+    if grad:
+        fn = jax.grad(lambda x: jo.nll_loss(_batch_dependent(x), jnp.zeros(x.shape[0], jnp.int32)))
+    x4 = jnp.asarray(RNG.normal(size=(4, 2, 3)), jnp.float32)
+    model = jonnx.export(fn, x4, dynamic_axes={0: {0: "batch"}})
+    assert model.graph.output[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    imported = jonnx.import_model(model)
+    for n in (1, 7):
+        x = jnp.asarray(RNG.normal(size=(n, 2, 3)), jnp.float32)
+        np.testing.assert_allclose(run_ort(model, x)[0], fn(x), rtol=2e-6, atol=2e-6)
+        np.testing.assert_allclose(imported(x), fn(x), rtol=1e-6, atol=1e-6)
+
+
+def test_dynamic_axes_errors():
+    with pytest.raises(ValueError, match="names input 1, but the function has 1"):
+        jonnx.export(jo.relu, X, dynamic_axes={1: {0: "b"}})
+    with pytest.raises(ValueError, match=r"names axis 2, but input 0 has shape \(4, 3\)"):
+        jonnx.export(jo.relu, X, dynamic_axes={0: {2: "b"}})
+    with pytest.raises(ValueError, match="must be a name like 'batch', got '2b'"):
+        jonnx.export(jo.relu, X, dynamic_axes={0: {0: "2b"}})
+    with pytest.raises(NotImplementedError, match="iota over the dynamic axis"):
+        jonnx.export(lambda x: x + jnp.arange(x.shape[0], dtype=x.dtype)[:, None], X,
+                     dynamic_axes={0: {0: "b"}})
+
+
 # ------------------------------------------------------------ import: opset semantics
 
 def _model(nodes, inputs, outputs, opset, initializers=()):

@@ -13,6 +13,7 @@ primitive and the line that made it.
 
 from __future__ import annotations
 
+import ast
 import itertools
 from collections.abc import Callable
 from typing import Any
@@ -44,6 +45,7 @@ class _Graph:
         self.initializers: list[onnx.TensorProto] = []
         self.functions: dict[tuple[str, str], onnx.FunctionProto] = {}
         self.names: dict[Any, str] = {}
+        self.dims: dict[str, tuple[str, int]] = {}  # dynamic axis -> (graph input, axis)
         self.folded: dict[Any, np.ndarray] = {}  # variables computed from constants only
         # names whose ONNX value has 1s where the JAX value was broadcast: (actual, full)
         self.unexpanded: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
@@ -59,7 +61,19 @@ class _Graph:
         return name
 
     def ints(self, values, hint="shape") -> str:
-        return self.constant(np.asarray(values, np.int64), hint)
+        """An int64 vector; a symbolic entry (a dynamic axis) is computed from the input that
+        carries it."""
+        values = list(values)
+        if all(_is_int(v) for v in values):
+            return self.constant(np.asarray(values, np.int64), hint)
+        parts = [self.ints([v]) if _is_int(v) else self.node("Unsqueeze", [
+            self.dim_value(v), self.ints([0], "axes")])[0] for v in values]
+        return self.node("Concat", parts, axis=0)[0]
+
+    def dim_value(self, dim) -> str:
+        """An int64 scalar computing a symbolic dimension (``batch``, ``2*batch``, ...) from
+        the shapes of the graph inputs."""
+        return _dim_expr(self, ast.parse(str(dim), mode="eval").body, dim)
 
     def node(self, op_type, inputs, n_out=1, domain="", **attrs) -> list[str]:
         outs = [self.fresh(op_type.lower()) for _ in range(n_out)]
@@ -77,9 +91,26 @@ class _Graph:
         if name not in self.unexpanded:
             return name
         if name not in self._expanded:
-            (self._expanded[name],) = self.node("Expand", [name, self.ints(
-                self.unexpanded[name][1])])
+            actual, full = self.unexpanded[name]
+            # 1 where the value already has the full size: Expand broadcasts the two shapes,
+            # so a (symbolic) batch axis the value carries is not baked in
+            target = [1 if a == f else f for a, f in zip(actual, full, strict=True)]
+            (self._expanded[name],) = self.node("Expand", [name, self.ints(target)])
         return self._expanded[name]
+
+    def reshape(self, x: str, in_shape, out_shape) -> list[str]:
+        """A Reshape that copies the leading dimensions it keeps (ONNX's 0) and infers the
+        first one it changes (-1), so that a symbolic batch axis, kept or merged into the
+        next, is not baked into the graph."""
+        in_shape, out_shape = tuple(in_shape), tuple(out_shape)
+        target = list(out_shape)
+        k = 0
+        while k < min(len(in_shape), len(out_shape)) and in_shape[k] == out_shape[k]:
+            target[k] = 0
+            k += 1
+        if k < len(out_shape) and not any(_is_int(d) and d == 0 for d in out_shape):
+            target[k] = -1
+        return self.node("Reshape", [x, self.ints(target)])
 
     def actual_shape(self, name: str, aval) -> tuple[int, ...]:
         return self.unexpanded[name][0] if name in self.unexpanded else tuple(aval.shape)
@@ -89,6 +120,37 @@ class _Graph:
         if isinstance(atom, jex_core.Literal):
             return np.asarray(atom.val, atom.aval.dtype)
         return self.folded.get(atom)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer))
+
+
+def _dim_expr(g: _Graph, node, dim) -> str:
+    if isinstance(node, ast.Constant) and isinstance(node.value, int):
+        return g.constant(np.int64(node.value), "dim")
+    if isinstance(node, ast.Name) and node.id in g.dims:
+        source, axis = g.dims[node.id]
+        shape = g.node("Shape", [source])[0]
+        return g.node("Squeeze", g.node("Gather", [shape, g.ints([axis], "axes")], axis=0))[0]
+    ops = {ast.Add: "Add", ast.Sub: "Sub", ast.Mult: "Mul", ast.FloorDiv: "Div"}
+    if isinstance(node, ast.BinOp) and type(node.op) in ops:
+        return g.node(ops[type(node.op)], [_dim_expr(g, node.left, dim),
+                                           _dim_expr(g, node.right, dim)])[0]
+    raise NotImplementedError(f"jaxops.onnx.export: the symbolic dimension {dim} has no ONNX "
+                              "translation (sums, products and floor quotients of the "
+                              "dynamic axes are supported).")
+
+
+def _broadcast_shapes(*shapes) -> tuple:
+    """numpy's broadcast of shapes that may hold symbolic dimensions."""
+    rank = max(len(s) for s in shapes)
+    out = []
+    for i in range(rank):
+        dims = [s[len(s) - rank + i] for s in shapes if len(s) - rank + i >= 0]
+        big = [d for d in dims if not (_is_int(d) and d == 1)]
+        out.append(big[0] if big else 1)
+    return tuple(out)
 
 
 _CALL_SITES: list[str] = []  # where the enclosing calls were made (inner jaxprs have none)
@@ -140,7 +202,7 @@ def _emit_primitive(g: _Graph, eqn, ins: list[str]) -> list[str]:
     if p == "convert_element_type":
         return g.node("Cast", ins, to=_tensor_type(params["new_dtype"]))
     if p == "reshape":
-        return g.node("Reshape", [ins[0], g.ints(out_aval.shape)])
+        return g.reshape(ins[0], eqn.invars[0].aval.shape, out_aval.shape)
     if p == "squeeze":
         return g.node("Squeeze", [ins[0], g.ints(params["dimensions"], "axes")])
     if p == "expand_dims":
@@ -155,7 +217,7 @@ def _emit_primitive(g: _Graph, eqn, ins: list[str]) -> list[str]:
             ranked[d] = size
         x = ins[0]
         if tuple(ranked) != tuple(operand_shape):
-            (x,) = g.node("Reshape", [x, g.ints(ranked)])
+            (x,) = g.reshape(x, operand_shape, ranked)
         if tuple(ranked) != tuple(shape):
             # left for the consumer's own (numpy) broadcasting when it has one; an Expand
             # would bake the size of a batch axis into the graph
@@ -176,10 +238,27 @@ def _emit_primitive(g: _Graph, eqn, ins: list[str]) -> list[str]:
                 f"jaxops.onnx.export: select_n with {len(ins) - 1} cases or a non-bool "
                 f"predicate (at {_where(eqn)}); only jnp.where-style selects export.")
         return g.node("Where", [ins[0], ins[2], ins[1]])
+    if p == "slice":
+        starts, limits = params["start_indices"], params["limit_indices"]
+        steps = params["strides"] or (1,) * len(starts)
+        return g.node("Slice", [ins[0], g.ints(starts, "starts"), g.ints(limits, "ends"),
+                                g.ints(range(len(starts)), "axes"), g.ints(steps, "steps")])
+    if p == "pad":
+        config = params["padding_config"]
+        if any(interior for _, _, interior in config):
+            raise NotImplementedError(f"jaxops.onnx.export: pad with interior padding (at "
+                                      f"{_where(eqn)}) has no ONNX translation.")
+        pads = [lo for lo, _, _ in config] + [hi for _, hi, _ in config]
+        return g.node("Pad", [ins[0], g.ints(pads, "pads"), ins[1]], mode="constant")
     if p == "concatenate":
         return g.node("Concat", ins, axis=params["dimension"])
     if p == "clamp":  # lax.clamp(min, x, max)
         return g.node("Min", g.node("Max", [ins[1], ins[0]]) + [ins[2]])
+    if p == "dim_as_value":
+        return g.node("Cast", [g.dim_value(params["dim"])], to=_tensor_type(out_aval.dtype))
+    if p == "iota" and not all(_is_int(d) for d in out_aval.shape):
+        raise NotImplementedError(f"jaxops.onnx.export: an iota over the dynamic axis of "
+                                  f"shape {out_aval.shape} (at {_where(eqn)}).")
     if p == "iota":
         return [g.constant(np.asarray(jax.lax.iota(out_aval.dtype, out_aval.shape[0]))
                            if len(out_aval.shape) == 1 else
@@ -191,7 +270,7 @@ def _emit_primitive(g: _Graph, eqn, ins: list[str]) -> list[str]:
         f"jaxops.onnx.export: the JAX primitive {p!r} (at {_where(eqn)}) has no ONNX "
         "translation. Supported: jaxops ops, and "
         f"{', '.join(sorted({*_UNARY, *_BINARY, 'dot_general', 'reshape', 'broadcast_in_dim'}))}"
-        ", reductions, casts, select_n, concatenate, transpose, squeeze, iota.")
+        ", reductions, casts, select_n, slice, pad, concatenate, transpose, squeeze, iota.")
 
 
 def _dot_general(g: _Graph, eqn, ins):
@@ -285,6 +364,7 @@ def _emit_jaxpr(g: _Graph, jaxpr, consts, in_names: list[str], in_values=()) -> 
     for eqn in jaxpr.eqns:
         values = [g.static_value(v) for v in eqn.invars]
         if (eqn.primitive.name in _FOLDABLE and all(v is not None for v in values)
+                and all(all(_is_int(d) for d in v.aval.shape) for v in eqn.outvars)
                 and all(v.aval.size <= _FOLD_LIMIT for v in eqn.outvars)):
             # constants only (a broadcast zero, an iota): one initializer, not a subgraph
             res = eqn.primitive.bind(*values, **eqn.params)
@@ -313,7 +393,7 @@ def _emit_jaxpr(g: _Graph, jaxpr, consts, in_names: list[str], in_values=()) -> 
             if eqn.primitive.name == "select_n":
                 ins[0] = g.materialize(ins[0])
             outs = _emit_primitive(g, eqn, ins)
-            actual = np.broadcast_shapes(*(g.actual_shape(n, v.aval)
+            actual = _broadcast_shapes(*(g.actual_shape(n, v.aval)
                                            for n, v in zip(ins, eqn.invars, strict=True)))
             full = tuple(eqn.outvars[0].aval.shape)
             if tuple(actual) != full:
@@ -353,6 +433,34 @@ def _unused_running_statistics(nodes, graph_outputs) -> None:
                 n.attribute.append(helper.make_attribute("momentum", 1.0))
 
 
+def _symbolic_specs(flat_args, dynamic_axes, in_names):
+    """The example inputs as ShapeDtypeStructs, the dynamic axes as JAX symbolic dimensions
+    (one scope: a symbol named twice is one size), and where each symbol can be read."""
+    for i, axes in dynamic_axes.items():
+        if not 0 <= i < len(flat_args):
+            raise ValueError(f"jaxops.onnx.export: dynamic_axes names input {i}, but the "
+                             f"function has {len(flat_args)} array inputs.")
+        for axis, symbol in axes.items():
+            if not 0 <= axis < np.ndim(flat_args[i]):
+                raise ValueError(f"jaxops.onnx.export: dynamic_axes[{i}] names axis {axis}, "
+                                 f"but input {i} has shape {np.shape(flat_args[i])}.")
+            if not (isinstance(symbol, str) and symbol.isidentifier()):
+                raise ValueError(f"jaxops.onnx.export: dynamic_axes[{i}][{axis}] must be a "
+                                 f"name like 'batch', got {symbol!r}.")
+    scope = jax.export.SymbolicScope()
+    specs, sources = [], {}
+    for i, x in enumerate(flat_args):
+        axes = dynamic_axes.get(i, {})
+        shape = np.shape(x)
+        if axes:
+            spec = ", ".join(axes.get(k, str(d)) for k, d in enumerate(shape))
+            shape = jax.export.symbolic_shape(spec, scope=scope)
+            for k, symbol in axes.items():
+                sources.setdefault(symbol, (in_names[i], k))
+        specs.append(jax.ShapeDtypeStruct(shape, jax.dtypes.canonicalize_dtype(x.dtype)))
+    return specs, sources
+
+
 def export(fn: Callable[..., Any], *example_args, opset: int | None = None,
            input_names: list[str] | None = None, output_names: list[str] | None = None,
            dynamic_axes: dict[int, dict[int, str]] | None = None,
@@ -366,19 +474,24 @@ def export(fn: Callable[..., Any], *example_args, opset: int | None = None,
       example_args: arrays (or ShapeDtypeStructs) fixing the input shapes and dtypes.
       opset: the ai.onnx opset to import (``DEFAULT_OPSET``, 22).
       input_names, output_names: graph input and output names (``input_0``..., ``output_0``).
-      dynamic_axes: ``{input index: {axis: symbol}}``: those input dimensions are exported
-        symbolic (e.g. a batch axis); the graph must not bake their size into a reshape.
+      dynamic_axes: ``{input index: {axis: symbol}}``: those input dimensions are traced as
+        JAX symbolic dimensions and exported as ONNX ``dim_param``s (e.g. a batch axis);
+        reshapes, broadcasts and sizes used as values (``jnp.mean`` over the batch) compute
+        them from the input's shape at run time.  One symbol on several inputs is one size.
       model_name: the graph's name.
 
     Returns:
       An ``onnx.ModelProto`` that passes ``onnx.checker.check_model(full_check=True)``.
     """
     opset = DEFAULT_OPSET if opset is None else opset
-    flat_args, _ = jax.tree.flatten(example_args)
-    with recording():
-        closed = jax.make_jaxpr(fn)(*example_args)
-    g = _Graph(opset)
+    flat_args, tree = jax.tree.flatten(example_args)
     in_names = input_names or [f"input_{i}" for i in range(len(flat_args))]
+    dynamic_axes = dynamic_axes or {}
+    specs, sources = _symbolic_specs(flat_args, dynamic_axes, in_names)
+    with recording():
+        closed = jax.make_jaxpr(fn)(*jax.tree.unflatten(tree, specs))
+    g = _Graph(opset)
+    g.dims.update(sources)
     outs = [g.materialize(o) for o in _emit_jaxpr(g, closed.jaxpr, closed.consts, in_names)]
     out_names = output_names or [f"output_{i}" for i in range(len(outs))]
     produced = {o for n in g.nodes for o in n.output}
@@ -394,16 +507,14 @@ def export(fn: Callable[..., Any], *example_args, opset: int | None = None,
     g.nodes = _live(g.nodes, out_names)
     g.initializers = [t for t in g.initializers if t.name in {i for n in g.nodes for i in n.input}]
     _unused_running_statistics(g.nodes, out_names)
-    dynamic_axes = dynamic_axes or {}
 
-    def value_info(name, aval, dims=None):
-        shape = [dims.get(i, d) if dims else d for i, d in enumerate(aval.shape)]
+    def value_info(name, aval):
+        shape = [d if _is_int(d) else str(d) for d in aval.shape]  # dim_param: "batch"
         return helper.make_tensor_value_info(name, _tensor_type(aval.dtype), shape)
 
     graph = helper.make_graph(
         g.nodes, model_name,
-        [value_info(n, v.aval, dynamic_axes.get(i))
-         for i, (n, v) in enumerate(zip(in_names, closed.jaxpr.invars, strict=True))],
+        [value_info(n, v.aval) for n, v in zip(in_names, closed.jaxpr.invars, strict=True)],
         [value_info(n, v.aval) for n, v in zip(out_names, closed.jaxpr.outvars, strict=True)],
         initializer=g.initializers,
     )

@@ -298,6 +298,96 @@ def _nll(n):
                        reduction=n.attr("reduction", "mean"))
 
 
+@_op("Gather")
+def _gather(n):
+    return jnp.take(n.inputs[0], jnp.asarray(n.inputs[1]), axis=n.attr("axis", 0))
+
+
+@_op("Slice")
+def _slice(n):
+    x = n.inputs[0]
+    if n.version < 10:
+        starts, ends, axes = n.attr("starts"), n.attr("ends"), n.attr("axes")
+        steps = None
+    else:
+        starts, ends = n.static(1, "starts"), n.static(2, "ends")
+        axes = n.static(3, "axes") if len(n.inputs) > 3 and n.inputs[3] is not None else None
+        steps = n.static(4, "steps") if len(n.inputs) > 4 and n.inputs[4] is not None else None
+    axes = range(len(starts)) if axes is None else axes
+    steps = [1] * len(starts) if steps is None else steps
+    index = [slice(None)] * x.ndim
+    for a, b, e, k in zip(axes, starts, ends, steps, strict=True):
+        index[int(a)] = slice(int(b), int(e), int(k))  # Python clamps like ONNX
+    return x[tuple(index)]
+
+
+@_op("Pad")
+def _pad(n):
+    x = n.inputs[0]
+    if n.version < 11:
+        pads, value = n.attr("pads"), n.attr("value", 0.0)
+        axes = None
+    else:
+        pads = n.static(1, "pads")
+        value = n.inputs[2] if len(n.inputs) > 2 and n.inputs[2] is not None else 0
+        axes = n.static(3, "axes") if len(n.inputs) > 3 and n.inputs[3] is not None else None
+    axes = list(range(x.ndim)) if axes is None else [int(a) % x.ndim for a in axes]
+    config = [(0, 0)] * x.ndim
+    for k, a in enumerate(axes):
+        config[a] = (int(pads[k]), int(pads[k + len(axes)]))
+    mode = n.attr("mode", "constant")
+    if mode == "constant":  # lax.pad: negative pads crop, as in ONNX
+        return jax.lax.pad(x, jnp.asarray(value, x.dtype).reshape(()),
+                           [(lo, hi, 0) for lo, hi in config])
+    if any(lo < 0 or hi < 0 for lo, hi in config) or mode not in ("reflect", "edge", "wrap"):
+        raise ValueError(f"jaxops.onnx.import_model: Pad mode {mode!r} with pads {config}.")
+    return jnp.pad(x, config, mode={"reflect": "reflect", "edge": "edge", "wrap": "wrap"}[mode])
+
+
+@_op("ConstantOfShape")
+def _constant_of_shape(n):
+    value = n.attr("value")
+    value = numpy_helper.to_array(value) if value is not None else np.zeros(1, np.float32)
+    return jnp.full(tuple(int(d) for d in n.static(0, "shape")), value.reshape(()))
+
+
+@_op("Shape", "Size")
+def _shape(n):  # evaluated statically (shapes are static under jit), never through here
+    raise AssertionError("Shape and Size are evaluated statically")
+
+
+def _static_value(node, ins, version):
+    """The numpy value of a shape computation whose inputs are known at trace time (shapes,
+    integer constants), else None.  Under ``jit`` these must stay numpy, not traced."""
+    t, attrs = node.op_type, {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    if t == "Shape":
+        shape = np.asarray(np.shape(ins[0]), np.int64)
+        return shape[attrs.get("start", 0):attrs.get("end", None)]
+    if t == "Size":
+        return np.asarray(np.size(ins[0]), np.int64)
+    if any(not isinstance(x, np.ndarray) for x in ins if x is not None):
+        return None
+    if t == "Gather":
+        return np.take(ins[0], ins[1], axis=attrs.get("axis", 0))
+    if t in ("Squeeze", "Unsqueeze"):
+        axes = tuple(int(a) for a in (ins[1] if len(ins) > 1 and version >= 13
+                                       else attrs.get("axes", ())))
+        if t == "Squeeze":
+            return np.squeeze(ins[0], axis=axes or None)
+        return np.expand_dims(ins[0], axes)
+    if t == "Concat":
+        return np.concatenate(ins, axis=attrs["axis"])
+    if t == "Cast":
+        return ins[0].astype(helper.tensor_dtype_to_np_dtype(attrs["to"]))
+    if t in ("Add", "Sub", "Mul") and all(np.issubdtype(x.dtype, np.integer) for x in ins):
+        return {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply}[t](*ins)
+    if t == "Div" and all(np.issubdtype(x.dtype, np.integer) for x in ins):
+        return np.trunc(np.divide(*ins)).astype(np.result_type(*ins))
+    if t == "Identity":
+        return ins[0]
+    return None
+
+
 # ------------------------------------------------------------------------ ai.jaxops ops
 
 def _jaxops_domain_op(n):
@@ -388,6 +478,13 @@ class ImportedModel:
             ins = [env[name] if name else None for name in node.input]
             while ins and ins[-1] is None:
                 ins.pop()
+            if node.domain in ("", "ai.onnx"):
+                value = _static_value(node, [static.get(name, x) for name, x in
+                                             zip(node.input, ins, strict=False)],
+                                      self._version(node))
+                if value is not None:
+                    static[node.output[0]] = env[node.output[0]] = value
+                    continue
             ins = [jnp.asarray(x) if isinstance(x, np.ndarray) else x for x in ins]
             statics = [static.get(name) for name in node.input]
             out = self._handler(node)(_Node(node, ins, statics, self._version(node)))
