@@ -23,8 +23,8 @@ from typing import Any
 
 import jax
 import jax.extend.core
-from jax.interpreters import mlir
 import numpy as np
+from jax.interpreters import mlir
 
 from jaxops.schema import OpSchema
 

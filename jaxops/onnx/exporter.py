@@ -170,9 +170,10 @@ _UNARY = {"neg": "Neg", "exp": "Exp", "log": "Log", "tanh": "Tanh", "logistic": 
           "sqrt": "Sqrt", "abs": "Abs", "sign": "Sign", "floor": "Floor", "ceil": "Ceil",
           "erf": "Erf", "not": "Not", "stop_gradient": "Identity", "copy": "Identity",
           "copy_p": "Identity", "is_finite": None, "sin": "Sin", "cos": "Cos"}
-_BINARY = {"add": "Add", "add_any": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "max": "Max", "min": "Min",
-           "pow": "Pow", "gt": "Greater", "lt": "Less", "ge": "GreaterOrEqual",
-           "le": "LessOrEqual", "eq": "Equal", "and": "And", "or": "Or", "rem": "Mod"}
+_BINARY = {"add": "Add", "add_any": "Add", "sub": "Sub", "mul": "Mul", "div": "Div",
+           "max": "Max", "min": "Min", "pow": "Pow", "gt": "Greater", "lt": "Less",
+           "ge": "GreaterOrEqual", "le": "LessOrEqual", "eq": "Equal", "and": "And", "or": "Or",
+           "rem": "Mod"}
 
 
 def _emit_primitive(g: _Graph, eqn, ins: list[str]) -> list[str]:
@@ -341,8 +342,8 @@ def _emit_jaxops(g: _Graph, eqn, ins: list[str]) -> list[str]:
 
 
 # primitives whose ONNX op broadcasts like numpy: their inputs may stay unexpanded
-_BROADCASTING = {"add", "add_any", "sub", "mul", "div", "max", "min", "pow", "gt", "lt", "ge", "le", "eq",
-                 "ne", "and", "or", "select_n"}
+_BROADCASTING = {"add", "add_any", "sub", "mul", "div", "max", "min", "pow", "gt", "lt", "ge",
+                 "le", "eq", "ne", "and", "or", "select_n"}
 
 _FOLDABLE = {"broadcast_in_dim", "convert_element_type", "reshape", "iota", "transpose",
              "squeeze", "expand_dims", "concatenate"}
