@@ -248,7 +248,14 @@ def defop(schema: OpSchema) -> Callable[[Callable[..., Any]], Callable[..., Any]
                 present = tuple(a is not None for a in arrays)
                 call = _recorded_call(schema, jitted, tuple(attrs.items()), present,
                                       registered.get("vjp"), differentiable)
-                return call(*(jax.numpy.asarray(a) for a in arrays if a is not None))
+                # a Python scalar takes the dtype of its type parameter's arrays, as in jnp
+                strong = {p.type_param: v.dtype for p, v in zip(schema.inputs, avals,
+                                                                 strict=True)
+                          if v is not None and not v.weak_type}
+                return call(*(jax.numpy.asarray(a, strong.get(p.type_param) if v.weak_type
+                                                else None)
+                              for p, a, v in zip(schema.inputs, arrays, avals, strict=True)
+                              if a is not None))
             return jitted(*arrays, **attrs)
 
         def defgrad(vjp: Callable[..., Any]) -> Callable[..., Any]:
