@@ -263,7 +263,7 @@ def _reduce(n):
     else:
         axes = n.attr("axes")
         axes = None if axes is None else tuple(axes)
-    if axes == () and n.attr("noop_with_empty_axes", 0):
+    if not axes and n.attr("noop_with_empty_axes", 0):
         return n.inputs[0]
     return f(n.inputs[0], axis=axes or None, keepdims=bool(n.attr("keepdims", 1)))
 
@@ -276,6 +276,15 @@ def _argmax(n):
 
 @_op("BatchNormalization")
 def _batch_norm(n):
+    n_out = len([o for o in n.proto.output if o])
+    if n.version < 14 and n_out > 1:
+        raise ValueError(
+            f"jaxops.onnx.import_model: BatchNormalization-{n.version} with {n_out} outputs is "
+            "training mode by output count (mean, var, saved_mean, saved_var); only its "
+            "inference form (one output) is imported. Opset 14 and later say training_mode.")
+    if n.attr("spatial", 1) == 0:
+        raise ValueError("jaxops.onnx.import_model: BatchNormalization with spatial=0 "
+                         "(statistics per element, not per channel) is not supported.")
     training = bool(n.attr("training_mode", 0)) if n.version >= 14 else False
     y, m, v = jo.batch_norm(*n.inputs[:5], epsilon=n.attr("epsilon", 1e-5),
                             momentum=n.attr("momentum", 0.9), training=training)
@@ -347,7 +356,8 @@ def _pad(n):
 @_op("ConstantOfShape")
 def _constant_of_shape(n):
     value = n.attr("value")
-    value = numpy_helper.to_array(value) if value is not None else np.zeros(1, np.float32)
+    value = (_to_array(value, "ConstantOfShape value") if value is not None
+             else np.zeros(1, np.float32))
     return jnp.full(tuple(int(d) for d in n.static(0, "shape")), value.reshape(()))
 
 
@@ -405,6 +415,14 @@ for _s in jo.schema.all_schemas():
         _HANDLERS[(JAXOPS_DOMAIN, _s.name)] = _jaxops_domain_op
 
 
+def _to_array(t: onnx.TensorProto, what: str) -> np.ndarray:
+    try:
+        return numpy_helper.to_array(t)
+    except Exception as e:  # an unknown data type, data of the wrong length, ...
+        raise ValueError(f"jaxops.onnx.import_model: {what} is not a valid tensor "
+                         f"({type(e).__name__}: {e})") from None
+
+
 # --------------------------------------------------------------------------- the model
 
 class ImportedModel:
@@ -425,7 +443,7 @@ class ImportedModel:
             if t.data_location == onnx.TensorProto.EXTERNAL:
                 raise ValueError(f"jaxops.onnx.import_model: initializer {t.name!r} uses "
                                  "external data; only self-contained models are imported.")
-            value = numpy_helper.to_array(t)
+            value = _to_array(t, f"initializer {t.name!r}")
             if np.issubdtype(value.dtype, np.floating):
                 self.params[t.name] = jnp.asarray(value)
             else:
@@ -459,8 +477,13 @@ class ImportedModel:
         return onnx.defs.get_schema(node.op_type, self.opsets.get("", 1), "").since_version
 
     def __call__(self, *inputs, params: dict[str, Any] | None = None):
+        # ONNX broadcasts like numpy, whatever the caller's jax_numpy_rank_promotion says
+        with jax.numpy_rank_promotion("allow"):
+            return self._run(inputs, params)
+
+    def _run(self, inputs, params):
         if len(inputs) != len(self.input_names):
-            raise TypeError(f"the model takes {len(self.input_names)} inputs "
+            raise TypeError(f"jaxops.onnx: the model takes {len(self.input_names)} inputs "
                             f"({', '.join(self.input_names)}), got {len(inputs)}")
         env: dict[str, Any] = {**self.params, **(params or {})}
         static: dict[str, np.ndarray] = dict(self.statics)
@@ -469,7 +492,8 @@ class ImportedModel:
         for node in self.model.graph.node:
             if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
                 raw = helper.get_attribute_value(node.attribute[0])  # value, value_float, ...
-                value = (numpy_helper.to_array(raw) if isinstance(raw, onnx.TensorProto)
+                value = (_to_array(raw, f"Constant {node.output[0]!r}")
+                         if isinstance(raw, onnx.TensorProto)
                          else np.asarray(raw, np.float32 if isinstance(raw, float) else None))
                 static[node.output[0]] = value
                 env[node.output[0]] = value if not np.issubdtype(value.dtype, np.floating) \
@@ -513,6 +537,6 @@ def import_model(model: onnx.ModelProto | bytes) -> ImportedModel:
                         f"{type(model).__name__} (load files yourself with onnx.load).")
     try:
         onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as e:
+    except Exception as e:  # ValidationError; UnicodeDecodeError on a corrupt name; ...
         raise ValueError(f"jaxops.onnx.import_model: invalid model: {e}") from None
     return ImportedModel(model)
