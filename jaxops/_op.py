@@ -35,7 +35,9 @@ __all__ = ["defop", "recording"]
 # an ordinary trace an op is a ``jit`` whose static attributes are baked in.  Inside
 # ``recording()`` the public ops bind ``jaxops_op`` instead: a primitive carrying the op's
 # schema and attributes, whose abstract evaluation is the schema's ``infer`` and whose
-# implementation is the op itself, so a recorded function still runs.
+# implementation is the op itself, so a recorded function still runs.  Each recorded call is
+# a ``jax.custom_vjp`` whose backward calls the registered gradient op, recorded in turn, so
+# ``jax.grad`` of a recorded function exports as a graph of ops and gradient ops.
 
 _STATE = threading.local()
 

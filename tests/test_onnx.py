@@ -94,6 +94,15 @@ def test_export_runs_in_onnxruntime_and_imports_back(name, fn, args):
     imported = jonnx.import_model(model)
     for g, w in zip(_tuple(jax.jit(imported)(*args)), want, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7)
+    _assert_listed(model)
+
+
+def _assert_listed(model):
+    """Every node is an op type (and version) that supported_exports declares."""
+    listed = jonnx.supported_exports()
+    for n in model.graph.node:
+        ops = listed[n.domain or "ai.onnx"]
+        assert n.op_type in ops, n.op_type
 
 
 def _weighted_sum(fn):
@@ -124,6 +133,7 @@ def test_gradient_exports_as_gradient_ops(name, fn, args):
         np.testing.assert_allclose(g, w, rtol=2e-6, atol=2e-6)
     for g, w in zip(jonnx.import_model(model)(*args), want, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-6)
+    _assert_listed(model)
     op = _op_of_case(name)
     if op is not None and op.gradient is not None:
         assert op.gradient in {n.op_type for n in model.graph.node}
@@ -328,7 +338,7 @@ def _vi(name, shape, dtype=TensorProto.FLOAT):
 
 
 @pytest.mark.parametrize("op", ["Softmax", "LogSoftmax"])
-@pytest.mark.parametrize(("opset", "axis"), [(1, None), (1, 2), (11, None), (11, 1), (11, 2),
+@pytest.mark.parametrize(("opset", "axis"), [(7, None), (7, 2), (11, None), (11, 1), (11, 2),
                                              (13, None), (13, 1)])
 def test_softmax_axis_follows_the_imported_opset(op, opset, axis):
     attrs = {} if axis is None else {"axis": axis}
@@ -350,7 +360,7 @@ def test_softmax_axis_follows_the_imported_opset(op, opset, axis):
 def test_clip_attributes_before_opset_11_and_inputs_after():
     x = np.asarray(X)
     old = _model([helper.make_node("Clip", ["x"], ["y"], min=-0.5, max=0.25)],
-                 [_vi("x", [4, 3])], [_vi("y", [4, 3])], 6)
+                 [_vi("x", [4, 3])], [_vi("y", [4, 3])], 7)  # Clip-6
     np.testing.assert_allclose(jonnx.import_model(old)(x), np.clip(x, -0.5, 0.25))
     new = _model([helper.make_node("Clip", ["x", "", "hi"], ["y"])], [_vi("x", [4, 3])],
                  [_vi("y", [4, 3])], 13,
@@ -380,7 +390,7 @@ X34 = np.asarray(RNG.normal(size=(3, 4)), np.float32)
 X234 = np.asarray(X3)
 _I = onnx.helper.make_node
 # (id, opset, nodes, graph inputs (name, value), initializers, output shape): each checked
-# against onnxruntime at the opset it names
+# against onnxruntime at the opset it names (the id names the op version that opset has)
 STANDARD_OPS = [
     ("ReduceSum-11-attr", 11, [_I("ReduceSum", ["x"], ["y"], axes=[1], keepdims=0)],
      [("x", X234)], [], [2, 4]),
@@ -402,9 +412,9 @@ STANDARD_OPS = [
     ("Slice-13", 13, [_I("Slice", ["x", "s", "e", "a", "k"], ["y"])], [("x", X234)],
      [_init("s", np.array([-1, 0])), _init("e", np.array([-100, 10])), _init("a", np.array([2, 1])),
       _init("k", np.array([-2, 2]))], [2, 2, 2]),
-    ("Slice-1-attr", 1, [_I("Slice", ["x"], ["y"], starts=[1], ends=[3], axes=[1])],
+    ("Slice-1-attr", 7, [_I("Slice", ["x"], ["y"], starts=[1], ends=[3], axes=[1])],
      [("x", X234)], [], [2, 2, 4]),
-    ("Pad-2-attr", 2, [_I("Pad", ["x"], ["y"], pads=[1, 0, 0, 2], value=1.5)], [("x", X34)], [],
+    ("Pad-2-attr", 7, [_I("Pad", ["x"], ["y"], pads=[1, 0, 0, 2], value=1.5)], [("x", X34)], [],
      [4, 6]),
     ("Pad-13-negative", 13, [_I("Pad", ["x", "p", "c"], ["y"])], [("x", X34)],
      [_init("p", np.array([0, -1, 2, 1])), _init("c", np.float32(-3.0))], [5, 4]),
@@ -571,6 +581,19 @@ def test_corrupted_models_give_clear_errors_not_crashes():
             assert str(e).startswith("jaxops."), str(e)
             outcomes["refused"] += 1
     assert outcomes["ran"] > 0 and outcomes["refused"] > 0
+
+
+def test_docs_list_the_supported_ops():
+    from pathlib import Path
+
+    docs = (Path(__file__).parent.parent / "docs" / "onnx.md").read_text()
+    assert jonnx.support_table() in docs
+
+
+def test_models_older_than_opset_7_are_refused():
+    model = _model([_I("Add", ["x", "x"], ["y"])], [_vi("x", [3])], [_vi("y", [3])], 6)
+    with pytest.raises(ValueError, match="imports ai.onnx opset 6; supported: 7 to"):
+        jonnx.import_model(model)
 
 
 def test_import_jaxops_does_not_import_onnx():

@@ -462,6 +462,33 @@ def _symbolic_specs(flat_args, dynamic_axes, in_names):
     return specs, sources
 
 
+#: The ai.onnx op types the primitive translations above emit (besides the jaxops ops').
+PRIMITIVE_OPS = frozenset({
+    *(v for v in _UNARY.values() if v), *_BINARY.values(), "Not", "Equal", "IsInf", "IsNaN",
+    "Or", "Reciprocal", "Sqrt", "Log", "Add", "Exp", "Sub", "Mul", "Pow", "Cast", "Reshape",
+    "Squeeze", "Unsqueeze", "Transpose", "Expand", "ReduceSum", "ReduceMax", "ReduceMin",
+    "ReduceProd", "ArgMax", "ArgMin", "Where", "Concat", "Min", "Max", "MatMul", "Einsum",
+    "Slice", "Pad", "Shape", "Gather", "Identity",
+})
+
+
+def supported_exports(opset: int = DEFAULT_OPSET) -> dict[str, dict[str, int]]:
+    """``{domain: {op_type: version}}``: what ``export`` writes at ``opset``: the jaxops ops
+    (ai.onnx at the version jaxops follows; ai.jaxops, gradient ops included, as functions)
+    and the standard ops of the primitive translations."""
+    import jaxops as jo
+
+    onnx_ops = {op: onnx.defs.get_schema(op, opset, "").since_version for op in PRIMITIVE_OPS}
+    jaxops_ops = {}
+    for s in jo.schema.all_schemas():
+        if s.domain == JAXOPS_DOMAIN:
+            jaxops_ops[s.name] = s.since_version
+        elif onnx.defs.get_schema(s.name, opset, "").since_version == s.since_version:
+            onnx_ops[s.name] = s.since_version
+    return {"ai.onnx": dict(sorted(onnx_ops.items())),
+            JAXOPS_DOMAIN: dict(sorted(jaxops_ops.items()))}
+
+
 def export(fn: Callable[..., Any], *example_args, opset: int | None = None,
            input_names: list[str] | None = None, output_names: list[str] | None = None,
            dynamic_axes: dict[int, dict[int, str]] | None = None,

@@ -27,6 +27,9 @@ from onnx import helper, numpy_helper
 import jaxops as jo
 from jaxops.schema import JAXOPS_DOMAIN
 
+#: The oldest ai.onnx opset imported: opset 7 made arithmetic broadcast like numpy.
+MIN_IMPORT_OPSET = 7
+
 Handler = Callable[..., Any]
 _HANDLERS: dict[tuple[str, str], Handler] = {}
 
@@ -464,6 +467,11 @@ class ImportedModel:
                              f"{', '.join(known)}.")
         if domain == "":
             version = self.opsets.get("", 1)
+            if not MIN_IMPORT_OPSET <= version <= onnx.defs.onnx_opset_version():
+                raise ValueError(
+                    f"jaxops.onnx.import_model: the model imports ai.onnx opset {version}; "
+                    f"supported: {MIN_IMPORT_OPSET} to {onnx.defs.onnx_opset_version()} (before "
+                    f"{MIN_IMPORT_OPSET}, arithmetic broadcast by attributes, not numpy rules).")
             try:
                 onnx.defs.get_schema(node.op_type, version, "")
             except onnx.defs.SchemaError:
@@ -518,6 +526,26 @@ class ImportedModel:
                     env[name] = value
         result = tuple(env[name] for name in self.output_names)
         return result[0] if len(result) == 1 else result
+
+
+def supported_imports() -> dict[str, dict[str, list[int]]]:
+    """``{domain: {op_type: [versions]}}``: each op type ``import_model`` runs, with the
+    versions of it (ONNX ``since_version``) found in ai.onnx opsets ``MIN_IMPORT_OPSET`` to
+    the newest that the installed ``onnx`` knows."""
+    newest = onnx.defs.onnx_opset_version()
+    out: dict[str, dict[str, list[int]]] = {"ai.onnx": {}, JAXOPS_DOMAIN: {}}
+    for domain, op_type in _HANDLERS:
+        if domain == JAXOPS_DOMAIN:
+            out[JAXOPS_DOMAIN][op_type] = [1]
+            continue
+        versions = set()
+        for opset in range(MIN_IMPORT_OPSET, newest + 1):
+            try:
+                versions.add(onnx.defs.get_schema(op_type, opset, "").since_version)
+            except onnx.defs.SchemaError:
+                pass  # not yet in this opset
+        out["ai.onnx"][op_type] = sorted(versions)
+    return {d: dict(sorted(ops.items())) for d, ops in out.items()}
 
 
 def import_model(model: onnx.ModelProto | bytes) -> ImportedModel:
