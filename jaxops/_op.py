@@ -43,24 +43,22 @@ _STATE = threading.local()
 
 
 @contextlib.contextmanager
+def _recording_set(on: bool):
+    previous = getattr(_STATE, "recording", False)
+    _STATE.recording = on
+    try:
+        yield
+    finally:
+        _STATE.recording = previous
+
+
 def recording():
     """Within this context, jaxops ops trace to one ``jaxops_op`` equation each."""
-    previous = getattr(_STATE, "recording", False)
-    _STATE.recording = True
-    try:
-        yield
-    finally:
-        _STATE.recording = previous
+    return _recording_set(True)
 
 
-@contextlib.contextmanager
 def _not_recording():
-    previous = getattr(_STATE, "recording", False)
-    _STATE.recording = False
-    try:
-        yield
-    finally:
-        _STATE.recording = previous
+    return _recording_set(False)
 
 
 class _ByIdentity:

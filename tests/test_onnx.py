@@ -267,6 +267,51 @@ def test_flax_mlp_with_batch_norm_round_trip_and_fine_tune():
     assert loss(stepped) < loss(params)
 
 
+def test_flax_linen_apply_exports_for_inference_and_training():
+    """A linen model's ``apply``: inference exports one BatchNormalization; the training step
+    (``mutable=["batch_stats"]``, ``value_and_grad`` w.r.t. params) exports the gradient ops
+    and the updated statistics, and onnxruntime computes all of them as JAX does."""
+    import flax.linen as nn
+
+    from jaxops.flax import linen as jlinen
+
+    class MLP(nn.Module):
+        @nn.compact
+        def __call__(self, x, train):
+            h = jlinen.BatchNorm(use_running_average=not train, axis=1)(nn.Dense(8)(x))
+            return nn.Dense(3)(jo.leaky_relu(h))
+
+    model = MLP()
+    variables = model.init(jax.random.key(0), X, train=False)
+
+    def infer(x):
+        return model.apply(variables, x, train=False)
+
+    onnx_model = jonnx.export(infer, X, dynamic_axes={0: {0: "batch"}})
+    assert "BatchNormalization" in [n.op_type for n in onnx_model.graph.node]
+    x7 = jnp.asarray(RNG.normal(size=(7, 3)), jnp.float32)
+    np.testing.assert_allclose(run_ort(onnx_model, x7)[0], infer(x7), rtol=2e-6, atol=2e-6)
+
+    def train_step(x):
+        def loss(params):
+            y, updates = model.apply({**variables, "params": params}, x, train=True,
+                                     mutable=["batch_stats"])
+            return jo.softmax_cross_entropy(y, LABELS), updates["batch_stats"]
+
+        (value, stats), grads = jax.value_and_grad(loss, has_aux=True)(variables["params"])
+        return value, stats, grads
+
+    onnx_model = jonnx.export(train_step, X)
+    ops = {n.op_type for n in onnx_model.graph.node}
+    assert {"BatchNormalizationGradient", "LeakyReluGradient",
+            "SoftmaxCrossEntropyLossGradient"} <= ops
+    want = jax.tree.leaves(train_step(X))
+    got = run_ort(onnx_model, X)
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=2e-6, atol=2e-6)
+
+
 def test_imported_model_under_vmap_and_grad():
     model = jonnx.export(lambda x: jo.log_softmax(jo.leaky_relu(x)), X)
     f = jonnx.import_model(model)
