@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import onnx
 from jax.extend import core as jex_core
@@ -137,6 +138,13 @@ def _dim_expr(g: _Graph, node, dim) -> str:
     if isinstance(node, ast.BinOp) and type(node.op) in ops:
         return g.node(ops[type(node.op)], [_dim_expr(g, node.left, dim),
                                            _dim_expr(g, node.right, dim)])[0]
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        return g.node("Neg", [_dim_expr(g, node.operand, dim)])[0]
+    calls = {"floordiv": "Div", "mod": "Mod"}  # JAX prints b // 2 as floordiv(b, 2)
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+            and node.func.id in calls and len(node.args) == 2):
+        # sizes are >= 1 and divisors constant positive: truncation is floor division
+        return g.node(calls[node.func.id], [_dim_expr(g, a, dim) for a in node.args])[0]
     raise NotImplementedError(f"jaxops.onnx.export: the symbolic dimension {dim} has no ONNX "
                               "translation (sums, products and floor quotients of the "
                               "dynamic axes are supported).")
@@ -182,7 +190,8 @@ def _emit_primitive(g: _Graph, eqn, ins: list[str]) -> list[str]:
     if p in _UNARY and _UNARY[p] is not None:
         return g.node(_UNARY[p], ins)
     if p in _BINARY:
-        attrs = {"fmod": 1} if p == "rem" and np.issubdtype(out_aval.dtype, np.floating) else {}
+        attrs = ({"fmod": 1} if p == "rem" and jax.dtypes.issubdtype(out_aval.dtype, np.floating)
+                 else {})
         return g.node(_BINARY[p], ins, **attrs)
     if p == "ne":
         return g.node("Not", g.node("Equal", ins))
@@ -292,7 +301,12 @@ def _dot_general(g: _Graph, eqn, ins):
         free_r = [rs[j] for j in range(rhs.ndim) if j not in rb and j not in rc]
         out_sub = [ls[i] for i in lb] + free_l + free_r
         eq = f"{''.join(ls)},{''.join(rs)}->{''.join(out_sub)}"
-        out = g.node("Einsum", ins, equation=eq)
+        if lhs.dtype == jnp.bfloat16:  # Einsum has no bfloat16: accumulate in float32
+            f32 = _tensor_type(np.float32)
+            out = g.node("Einsum", [g.node("Cast", [i], to=f32)[0] for i in ins], equation=eq)
+            out = g.node("Cast", out, to=_tensor_type(lhs.dtype))
+        else:
+            out = g.node("Einsum", ins, equation=eq)
     want = eqn.outvars[0].aval.dtype
     if want != lhs.dtype:  # preferred_element_type
         out = g.node("Cast", out, to=_tensor_type(want))
@@ -517,7 +531,16 @@ def export(fn: Callable[..., Any], *example_args, opset: int | None = None,
     dynamic_axes = dynamic_axes or {}
     specs, sources = _symbolic_specs(flat_args, dynamic_axes, in_names)
     with recording():
-        closed = jax.make_jaxpr(fn)(*jax.tree.unflatten(tree, specs))
+        try:
+            closed = jax.make_jaxpr(fn)(*jax.tree.unflatten(tree, specs))
+        except NotImplementedError as e:
+            if "jaxops_op" not in str(e) and "custom_lin" not in str(e):
+                raise
+            raise NotImplementedError(
+                "jaxops.onnx.export records jaxops ops and their first-order reverse-mode "
+                "gradients (jax.grad, jax.vjp); forward mode (jvp, jacfwd, hessian), a "
+                f"gradient of a gradient and vmap of jaxops ops are not recorded ({e})."
+            ) from None
     g = _Graph(opset)
     g.dims.update(sources)
     outs = [g.materialize(o) for o in _emit_jaxpr(g, closed.jaxpr, closed.consts, in_names)]

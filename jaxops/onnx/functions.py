@@ -9,14 +9,17 @@ was given, so each combination an exported model uses gets its own *overload* of
 :func:`jaxops.onnx.import_model` reads.  The overload name lists the attributes, the omitted
 optional inputs (``min=absent``), the few shape facts a body needs (PReluGradient's slope
 shape, BatchNormalizationGradient's rank) and, when the body computes in a wider type than its
-inputs (float16/bfloat16 inputs compute in float32, as the jaxops op does), that type.
-Constants are ``CastLike``-d to an input, so one body serves float32 and float64 alike.
+inputs (float16/bfloat16 inputs compute in float32, as the jaxops op does), that type and
+the exact input and output types the casts depend on.  Bodies in ``NATIVE_TYPE`` compute in
+their inputs' type, as those ops do.  Constants are ``CastLike``-d to an input, so one body
+serves float32 and float64 alike.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import jax
 import numpy as np
 import onnx
 from onnx import helper
@@ -145,8 +148,10 @@ def _relu_n_gradient(b, y, dy, *, n):
 
 
 def _leaky_relu_gradient(b, y, dy, *, alpha):
-    # the sign bit of y (-0.0 counts as negative): 1/y < 0
-    negative = b.op("Less", b.op("Reciprocal", y), b.const(0.0, y))
+    # the sign bit of y: y < 0, or -0.0 (1/y = -inf).  (A NaN's sign bit is not visible to
+    # ONNX ops: a NaN y gives dy, where jaxops reads its sign bit.)
+    zero = b.const(0.0, y)
+    negative = b.op("Or", b.op("Less", y, zero), b.op("Less", b.op("Reciprocal", y), zero))
     return b.op("Where", negative, b.op("Mul", dy, b.const(alpha, dy)), dy)
 
 
@@ -212,7 +217,10 @@ def _cross_entropy_gradient(b, x, t, dloss, *, from_logits, axis, reduction):
     if reduction == "none":
         g = b.op("Unsqueeze", g, b.ints([axis]))
     if from_logits:
-        p = b.op("Softmax", x, axis=axis)
+        # jaxops' softmax of a fully masked (all -inf) row is 0; ONNX's Softmax gives NaN
+        empty_row = b.op("Equal", b.op("ReduceMax", x, b.ints([axis]), keepdims=1),
+                         b.const(float("-inf"), x))
+        p = b.op("Where", empty_row, b.const(0.0, x), b.op("Softmax", x, axis=axis))
         dx = b.op("Sub", b.op("Mul", p, b.op("ReduceSum", t, b.ints([axis]), keepdims=1)), t)
     else:
         zero = b.const(0.0, t)
@@ -340,11 +348,19 @@ def overload_name(key: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(key.items()))
 
 
+#: Bodies that compute in their inputs' own type, as the jaxops ops do (a comparison with
+#: ``n`` rounded to float16 is not one with ``n`` in float32).
+NATIVE_TYPE = frozenset({"ReluN", "ReluGradient", "ReluNGradient", "ClipGradient"})
+
+
+def _is_float(dtype) -> bool:
+    return jax.dtypes.issubdtype(dtype, np.floating)  # bfloat16 too (numpy: no)
+
+
 def _compute_dtype(avals) -> np.dtype:
     """The type a body computes in: float64 if an input is, else float32 (as jaxops's
     ``upcast``)."""
-    floats = [np.dtype(a.dtype) for a in avals if a is not None
-              and np.issubdtype(a.dtype, np.floating)]
+    floats = [np.dtype(a.dtype) for a in avals if a is not None and _is_float(a.dtype)]
     return np.dtype(np.float64) if np.dtype(np.float64) in floats else np.dtype(np.float32)
 
 
@@ -364,23 +380,27 @@ def function_proto(schema: OpSchema, attrs: dict, opset: int, in_avals, out_aval
     key = dict(attrs)
     key.update({p.name: "absent" for p, a in zip(schema.inputs, in_avals, strict=True)
                 if a is None})
+    native = schema.name in NATIVE_TYPE
     compute = _compute_dtype(in_avals)
     inputs = []
     for p, a in zip(schema.inputs, in_avals, strict=True):
         name = p.name if a is not None else None
-        if a is not None and np.issubdtype(a.dtype, np.floating) and a.dtype != compute:
+        if a is not None and not native and _is_float(a.dtype) and a.dtype != compute:
             name = b.op("Cast", name, to=helper.np_dtype_to_tensor_dtype(compute))
             key["compute"] = compute.name
         inputs.append(name)
     outs = BODIES[schema.name](b, *inputs, **attrs)
     outs = outs if isinstance(outs, tuple) else (outs,)
     for out, p, a in zip(outs, schema.outputs, out_avals, strict=True):
-        if np.dtype(a.dtype) != compute:
+        if not native and np.dtype(a.dtype) != compute:
             b.nodes.append(helper.make_node("Cast", [out], [p.name],
                                             to=helper.np_dtype_to_tensor_dtype(a.dtype)))
             key["compute"] = compute.name
         else:
             b.nodes.append(helper.make_node("Identity", [out], [p.name]))
+    if "compute" in key:  # the casts depend on every type: one overload per signature
+        key["types"] = "-".join(np.dtype(a.dtype).name for a in (*in_avals, *out_avals)
+                                if a is not None)
     key.update(b.key)
     return helper.make_function(
         JAXOPS_DOMAIN, schema.name, [p.name for p in schema.inputs],

@@ -65,7 +65,14 @@ class _Node:
 
 # ---------------------------------------------------------------------- standard ai.onnx
 
-for _t, _f in {"Add": jnp.add, "Sub": jnp.subtract, "Mul": jnp.multiply, "Div": jnp.divide,
+def _divide(a, b):
+    """ONNX Div: true division for floats, truncation toward zero for integers."""
+    if jnp.issubdtype(a.dtype, jnp.integer):
+        return jax.lax.div(a, b)
+    return jnp.divide(a, b)
+
+
+for _t, _f in {"Add": jnp.add, "Sub": jnp.subtract, "Mul": jnp.multiply, "Div": _divide,
                "Max": jnp.maximum, "Min": jnp.minimum, "Pow": jnp.power,
                "Greater": jnp.greater, "Less": jnp.less, "GreaterOrEqual": jnp.greater_equal,
                "LessOrEqual": jnp.less_equal, "Equal": jnp.equal, "And": jnp.logical_and,
@@ -398,6 +405,14 @@ def _static_value(node, ins, version):
         return np.trunc(np.divide(*ins)).astype(np.result_type(*ins))
     if t == "Identity":
         return ins[0]
+    if t == "Slice" and version >= 10:  # Shape -> Slice -> Reshape, as exporters write it
+        starts, ends = ins[1], ins[2]
+        axes = ins[3] if len(ins) > 3 and ins[3] is not None else range(len(starts))
+        steps = ins[4] if len(ins) > 4 and ins[4] is not None else [1] * len(starts)
+        index = [slice(None)] * ins[0].ndim
+        for a, b, e, k in zip(axes, starts, ends, steps, strict=True):
+            index[int(a)] = slice(int(b), int(e), int(k))
+        return ins[0][tuple(index)]
     return None
 
 
@@ -447,7 +462,7 @@ class ImportedModel:
                 raise ValueError(f"jaxops.onnx.import_model: initializer {t.name!r} uses "
                                  "external data; only self-contained models are imported.")
             value = _to_array(t, f"initializer {t.name!r}")
-            if np.issubdtype(value.dtype, np.floating):
+            if jax.dtypes.issubdtype(value.dtype, np.floating):  # bfloat16 too
                 self.params[t.name] = jnp.asarray(value)
             else:
                 self.statics[t.name] = value
@@ -504,7 +519,7 @@ class ImportedModel:
                          if isinstance(raw, onnx.TensorProto)
                          else np.asarray(raw, np.float32 if isinstance(raw, float) else None))
                 static[node.output[0]] = value
-                env[node.output[0]] = value if not np.issubdtype(value.dtype, np.floating) \
+                env[node.output[0]] = value if not jax.dtypes.issubdtype(value.dtype, np.floating) \
                     else jnp.asarray(value)
                 continue
             ins = [env[name] if name else None for name in node.input]
