@@ -27,8 +27,9 @@ from onnx import helper, numpy_helper
 import jaxops as jo
 from jaxops.schema import JAXOPS_DOMAIN
 
-#: The oldest ai.onnx opset imported: opset 7 made arithmetic broadcast like numpy.
-MIN_IMPORT_OPSET = 7
+#: The ai.onnx opsets imported: 7 made arithmetic broadcast like numpy; 28 is the newest the
+#: tested onnx (1.23) defines.  A newer opset may bring op versions this module has not read.
+MIN_IMPORT_OPSET, MAX_IMPORT_OPSET = 7, 28
 
 Handler = Callable[..., Any]
 _HANDLERS: dict[tuple[str, str], Handler] = {}
@@ -82,7 +83,10 @@ for _t, _f in {"Add": jnp.add, "Sub": jnp.subtract, "Mul": jnp.multiply, "Div": 
 for _t, _f in {"Neg": jnp.negative, "Abs": jnp.abs, "Sign": jnp.sign, "Sqrt": jnp.sqrt,
                "Reciprocal": jnp.reciprocal, "Floor": jnp.floor, "Ceil": jnp.ceil,
                "Erf": jax.scipy.special.erf, "Not": jnp.logical_not, "IsNaN": jnp.isnan,
-               "Identity": lambda x: x, "Softplus": jax.nn.softplus}.items():
+               "Identity": lambda x: x, "Softplus": jax.nn.softplus,
+               # jaxops ops: their registered gradients apply
+               "Exp": jo.exp, "Log": jo.log, "Tanh": jo.tanh, "Sigmoid": jo.sigmoid,
+               "Relu": jo.relu, "Softsign": jo.softsign}.items():
     _op(_t)(lambda n, f=_f: f(n.inputs[0]))
 
 
@@ -98,31 +102,6 @@ def _constant(n):  # evaluated statically by ImportedModel.__call__, never throu
     raise AssertionError("Constant nodes are evaluated statically")
 
 
-@_op("Exp")
-def _exp(n):
-    return jo.exp(n.inputs[0])
-
-
-@_op("Log")
-def _log(n):
-    return jo.log(n.inputs[0])
-
-
-@_op("Tanh")
-def _tanh(n):
-    return jo.tanh(n.inputs[0])
-
-
-@_op("Sigmoid")
-def _sigmoid(n):
-    return jo.sigmoid(n.inputs[0])
-
-
-@_op("Relu")
-def _relu(n):
-    return jo.relu(n.inputs[0])
-
-
 @_op("LeakyRelu")
 def _leaky(n):
     return jo.leaky_relu(n.inputs[0], alpha=n.attr("alpha", 0.01))
@@ -131,11 +110,6 @@ def _leaky(n):
 @_op("PRelu")
 def _prelu(n):
     return jo.prelu(*n.inputs[:2])
-
-
-@_op("Softsign")
-def _softsign(n):
-    return jo.softsign(n.inputs[0])
 
 
 @_op("Mod")
@@ -332,12 +306,18 @@ def _slice(n):
         starts, ends = n.static(1, "starts"), n.static(2, "ends")
         axes = n.static(3, "axes") if len(n.inputs) > 3 and n.inputs[3] is not None else None
         steps = n.static(4, "steps") if len(n.inputs) > 4 and n.inputs[4] is not None else None
+    return x[_slice_index(x.ndim, starts, ends, axes, steps)]
+
+
+def _slice_index(ndim, starts, ends, axes=None, steps=None) -> tuple:
+    """ONNX Slice's parameters as a Python index (which clamps out-of-range bounds as ONNX
+    does)."""
     axes = range(len(starts)) if axes is None else axes
     steps = [1] * len(starts) if steps is None else steps
-    index = [slice(None)] * x.ndim
+    index = [slice(None)] * ndim
     for a, b, e, k in zip(axes, starts, ends, steps, strict=True):
-        index[int(a)] = slice(int(b), int(e), int(k))  # Python clamps like ONNX
-    return x[tuple(index)]
+        index[int(a)] = slice(int(b), int(e), int(k))
+    return tuple(index)
 
 
 @_op("Pad")
@@ -406,13 +386,8 @@ def _static_value(node, ins, version):
     if t == "Identity":
         return ins[0]
     if t == "Slice" and version >= 10:  # Shape -> Slice -> Reshape, as exporters write it
-        starts, ends = ins[1], ins[2]
-        axes = ins[3] if len(ins) > 3 and ins[3] is not None else range(len(starts))
-        steps = ins[4] if len(ins) > 4 and ins[4] is not None else [1] * len(starts)
-        index = [slice(None)] * ins[0].ndim
-        for a, b, e, k in zip(axes, starts, ends, steps, strict=True):
-            index[int(a)] = slice(int(b), int(e), int(k))
-        return ins[0][tuple(index)]
+        optional = [*ins[3:5], None, None]
+        return ins[0][_slice_index(ins[0].ndim, ins[1], ins[2], optional[0], optional[1])]
     return None
 
 
@@ -482,10 +457,10 @@ class ImportedModel:
                              f"{', '.join(known)}.")
         if domain == "":
             version = self.opsets.get("", 1)
-            if not MIN_IMPORT_OPSET <= version <= onnx.defs.onnx_opset_version():
+            if not MIN_IMPORT_OPSET <= version <= MAX_IMPORT_OPSET:
                 raise ValueError(
                     f"jaxops.onnx.import_model: the model imports ai.onnx opset {version}; "
-                    f"supported: {MIN_IMPORT_OPSET} to {onnx.defs.onnx_opset_version()} (before "
+                    f"supported: {MIN_IMPORT_OPSET} to {MAX_IMPORT_OPSET} (before "
                     f"{MIN_IMPORT_OPSET}, arithmetic broadcast by attributes, not numpy rules).")
             try:
                 onnx.defs.get_schema(node.op_type, version, "")
@@ -547,7 +522,7 @@ def supported_imports() -> dict[str, dict[str, list[int]]]:
     """``{domain: {op_type: [versions]}}``: each op type ``import_model`` runs, with the
     versions of it (ONNX ``since_version``) found in ai.onnx opsets ``MIN_IMPORT_OPSET`` to
     the newest that the installed ``onnx`` knows."""
-    newest = onnx.defs.onnx_opset_version()
+    newest = MAX_IMPORT_OPSET
     out: dict[str, dict[str, list[int]]] = {"ai.onnx": {}, JAXOPS_DOMAIN: {}}
     for domain, op_type in _HANDLERS:
         if domain == JAXOPS_DOMAIN:
