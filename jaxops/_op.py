@@ -61,6 +61,56 @@ def _not_recording():
     return _recording_set(False)
 
 
+# --------------------------------------------------------------- per-platform implementations
+# Caffe2 registers an operator per device (REGISTER_CPU_OPERATOR / REGISTER_CUDA_OPERATOR).
+# Here an op has its XLA implementation everywhere and may register a Pallas kernel
+# (``op.defimpl("pallas")``) for the platforms its schema lists.  A call picks one by the
+# platform it is compiled for (``lax.platform_dependent``: one jitted function, exported for
+# several platforms, runs the right one on each), or as ``implementation=`` says:
+#
+# * ``"xla"``: the XLA implementation, on every platform;
+# * ``"pallas"``: the kernel; compiling the call for a platform without it raises (never a
+#   silent fallback);
+# * ``"pallas_interpret"``: the kernel run by Pallas' interpreter, on any platform (tests);
+# * None: the schema's ``default_implementation`` for the platform, else XLA.
+#
+# The gradient ops called by an op's registered gradient inherit the choice.
+
+IMPLEMENTATIONS = ("xla", "pallas", "pallas_interpret")
+
+
+@contextlib.contextmanager
+def _implementation_set(choice: str | None):
+    previous = getattr(_STATE, "implementation", None)
+    _STATE.implementation = choice
+    try:
+        yield
+    finally:
+        _STATE.implementation = previous
+
+
+_unavailable_p = jax.extend.core.Primitive("jaxops_unavailable")
+_unavailable_p.multiple_results = True
+_unavailable_p.def_abstract_eval(
+    lambda *avals, out_avals, message: [jax.core.ShapedArray(a.shape, a.dtype)
+                                        for a in out_avals])
+
+
+def _unavailable_lowering(ctx, *args, out_avals, message):
+    platforms = ", ".join(ctx.module_context.platforms)
+    raise ValueError(message.format(platform=platforms))
+
+
+mlir.register_lowering(_unavailable_p, _unavailable_lowering)
+
+
+class _Kernel:
+    """A registered non-XLA implementation (see ``op.defimpl``)."""
+
+    def __init__(self, fn, jvp, supports):
+        self.fn, self.jvp, self.supports = fn, jvp, supports
+
+
 class _ByIdentity:
     """A hashable handle on an unhashable value (a schema): equation params must hash."""
 
@@ -195,22 +245,40 @@ def defop(schema: OpSchema) -> Callable[[Callable[..., Any]], Callable[..., Any]
         differentiable = tuple(i for i, p in enumerate(schema.inputs) if p.differentiable)
         registered: dict[str, Callable[..., Any]] = {}
 
+        kernels: dict[str, _Kernel] = {}
+
+        def implementation_of(choice: str, attrs: dict) -> tuple[Callable, Callable | None]:
+            """(forward, jvp override or None) of an implementation choice."""
+            if choice == "xla":
+                return functools.partial(impl, **attrs), None
+            kernel, interpret = kernels["pallas"], choice == "pallas_interpret"
+            forward = functools.partial(kernel.fn, interpret=interpret, **attrs)
+            jvp = kernel.jvp and functools.partial(kernel.jvp, interpret=interpret, **attrs)
+            return forward, jvp
+
         @functools.cache
-        def with_gradient(attr_items: tuple[tuple[str, Any], ...]) -> Callable[..., Any]:
+        def with_gradient(attr_items: tuple[tuple[str, Any], ...],
+                          choice: str) -> Callable[..., Any]:
             attrs = dict(attr_items)
+            run, jvp_override = implementation_of(choice, attrs)
+            if "vjp" not in registered and jvp_override is None:
+                return run  # a gradient op: JAX differentiates its implementation
 
             def forward(*xs):
-                return impl(*xs, **attrs)
+                return run(*xs)
 
             forward.__name__ = forward.__qualname__ = impl.__name__  # custom_jvp_call[name=]
             fn = jax.custom_jvp(forward)
 
             @fn.defjvp
             def jvp(primals, tangents):
+                if jvp_override is not None:  # a fused kernel's own linearization
+                    return jvp_override(primals, tangents)
                 y = fn(*primals)
 
                 def vjp(dy):
-                    cts = registered["vjp"](*primals, y, dy, **attrs)
+                    with _implementation_set(choice):  # gradient ops run the same way
+                        cts = registered["vjp"](*primals, y, dy, **attrs)
                     return cts if isinstance(cts, tuple) else (cts,)
 
                 present = tuple(i for i in differentiable if primals[i] is not None)
@@ -219,16 +287,47 @@ def defop(schema: OpSchema) -> Callable[[Callable[..., Any]], Callable[..., Any]
 
             return fn
 
-        @functools.wraps(impl)
-        def core(*arrays, **attrs):
-            if "vjp" not in registered:
-                return impl(*arrays, **attrs)
-            return with_gradient(tuple(attrs.items()))(*arrays)
+        def unavailable(arrays, attrs):
+            avals = [None if a is None else jax.typeof(a) for a in arrays]
+            out_avals = schema.infer(*avals, **attrs)
+            out_avals = tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in out_avals)
+            where = ", ".join(schema.implementations["pallas"])
+            message = (f"jaxops.{schema.function}: implementation='pallas' runs on {where}, "
+                       "but this call is compiled for {platform}. Use implementation='xla' "
+                       "(or no implementation=, which picks the platform's default), or "
+                       "'pallas_interpret' to run the kernel in Pallas' interpreter.")
+            outs = _unavailable_p.bind(*(a for a in arrays if a is not None),
+                                       out_avals=out_avals, message=message)
+            return outs[0] if len(outs) == 1 else tuple(outs)
 
-        jitted = jax.jit(core, static_argnames=attr_names)
+        @functools.wraps(impl)
+        def core(*arrays, implementation=None, **attrs):
+            items = tuple(attrs.items())
+            if implementation in ("xla", "pallas_interpret"):
+                return with_gradient(items, implementation)(*arrays)
+            if implementation == "pallas":
+                branches = {p: with_gradient(items, "pallas")
+                            for p in schema.implementations["pallas"]}
+                return jax.lax.platform_dependent(
+                    *arrays, default=lambda *xs: unavailable(xs, attrs), **branches)
+            defaults = {p: c for p, c in schema.default_implementation.items()
+                        if c != "xla" and kernels[c].supports(**attrs) is None}
+            if not defaults:
+                return with_gradient(items, "xla")(*arrays)
+            return jax.lax.platform_dependent(
+                *arrays, default=with_gradient(items, "xla"),
+                **{p: with_gradient(items, c) for p, c in defaults.items()})
+
+        # every op takes ``implementation=`` (keyword-only, last) besides its attributes
+        public_sig = sig.replace(parameters=[
+            *sig.parameters.values(),
+            inspect.Parameter("implementation", inspect.Parameter.KEYWORD_ONLY,
+                              default=None, annotation="str | None")])
+        core.__signature__ = public_sig
+        jitted = jax.jit(core, static_argnames=(*attr_names, "implementation"))
 
         @functools.wraps(impl)
-        def op(*args, **kwargs):
+        def op(*args, implementation: str | None = None, **kwargs):
             try:
                 bound = sig.bind(*args, **kwargs)
             except TypeError as e:
@@ -256,7 +355,44 @@ def defop(schema: OpSchema) -> Callable[[Callable[..., Any]], Callable[..., Any]
                                                 else None)
                               for p, a, v in zip(schema.inputs, arrays, avals, strict=True)
                               if a is not None))
-            return jitted(*arrays, **attrs)
+            return jitted(*arrays, implementation=choose(implementation, attrs), **attrs)
+
+        def choose(implementation: str | None, attrs: dict) -> str | None:
+            """Check an ``implementation=`` argument (None: inherited from the op whose
+            gradient this is, else the platform's default)."""
+            offered = ("xla", "pallas", "pallas_interpret") if kernels else ("xla",)
+            if implementation is None:
+                inherited = getattr(_STATE, "implementation", None)
+                return inherited if inherited in offered else None
+            if implementation not in offered:
+                raise ValueError(
+                    f"jaxops.{schema.function}: implementation={implementation!r} is not "
+                    f"registered; {schema.name} has {', '.join(map(repr, offered))} "
+                    f"(platforms: {dict(schema.implementations)}).")
+            if implementation != "xla" and (why := kernels["pallas"].supports(**attrs)):
+                raise ValueError(f"jaxops.{schema.function}: implementation="
+                                 f"{implementation!r} does not support {why}; use "
+                                 "implementation='xla'.")
+            return implementation
+
+        def defimpl(name: str, *, jvp: Callable[..., Any] | None = None,
+                    supports: Callable[..., str | None] = lambda **attrs: None):
+            """Register ``fn(*inputs, interpret, **attrs)`` as the ``name`` implementation
+            (a kernel) on the platforms the schema lists for it.
+
+            ``jvp(primals, tangents, *, interpret, **attrs) -> (y, t_y)`` replaces the
+            default rule (the transpose of the registered gradient) for a fused kernel that
+            computes its own gradient in the forward pass; ``supports(**attrs)`` names
+            attribute values the kernel does not handle (None: all)."""
+            if name == "xla" or name not in schema.implementations:
+                raise ValueError(f"{schema.name}: the schema lists no {name!r} "
+                                 f"implementation ({dict(schema.implementations)})")
+
+            def register(fn):
+                kernels[name] = _Kernel(fn, jvp, supports)
+                return fn
+
+            return register
 
         def defgrad(vjp: Callable[..., Any]) -> Callable[..., Any]:
             """Register ``vjp(*inputs, y, dy, **attrs)`` -> cotangents of the differentiable
@@ -268,17 +404,22 @@ def defop(schema: OpSchema) -> Callable[[Callable[..., Any]], Callable[..., Any]
             return vjp
 
         donate = tuple(sorted({i for i, _ in schema.allow_inplace}))
-        inplace_jit = jax.jit(op, donate_argnums=donate, static_argnames=attr_names)
+        op.__signature__ = public_sig
+        inplace_jit = jax.jit(op, donate_argnums=donate,
+                              static_argnames=(*attr_names, "implementation"))
 
         @functools.wraps(impl)
         def inplace(*args, **kwargs):
             attrs = {k: v for k, v in kwargs.items() if k in attr_names}
+            kwargs.setdefault("implementation", None)
             if (why := schema.inplace_refusal(attrs)) is not None:
                 raise ValueError(f"jaxops.{schema.function} may not run in place: {why}")
             return inplace_jit(*args, **kwargs)
 
+        inplace.__signature__ = public_sig
         op.schema = schema
         op.defgrad = defgrad
+        op.defimpl = defimpl
         op.inplace = inplace
         return op
 

@@ -33,6 +33,8 @@ __all__ = [
     "GRADIENT_OF_X",
     "GRADIENT_OF_Y",
     "JAXOPS_DOMAIN",
+    "XLA_AND_PALLAS",
+    "XLA_PLATFORMS",
     "OpSchema",
     "Parameter",
     "all_schemas",
@@ -44,6 +46,13 @@ __all__ = [
 
 #: Domain of the operators (and gradient operators) that ONNX does not define.
 JAXOPS_DOMAIN = "ai.jaxops"
+
+#: The platforms XLA compiles for: every op's ``"xla"`` implementation runs on all of them.
+XLA_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
+
+#: ``implementations`` of an op with a Pallas kernel: Triton lowers for CUDA GPUs (tested);
+#: ``"pallas_interpret"`` runs the same kernel in Pallas' interpreter on any platform.
+XLA_AND_PALLAS = {"xla": XLA_PLATFORMS, "pallas": ("cuda",)}
 
 #: The floating dtypes every differentiable jaxops op accepts (float64 needs x64).
 FLOAT_TYPES = ("float16", "bfloat16", "float32", "float64")
@@ -226,7 +235,12 @@ class OpSchema:
       gradient: the op_type of the registered gradient op, if any.
       cost_fn: ``(in_avals, out_avals, **attrs) -> Cost`` (Caffe2's cost inference).
       infer_fn: ``(schema, in_avals, **attrs) -> tuple of ShapeDtypeStruct``.
-      implementations: implementation name -> platforms it runs on.
+      implementations: implementation name -> platforms it runs on (Caffe2's
+        ``REGISTER_CPU_OPERATOR`` / ``REGISTER_CUDA_OPERATOR``): ``"xla"`` everywhere,
+        ``"pallas"`` where a kernel is registered (:data:`XLA_AND_PALLAS`).
+      default_implementation: platform -> the implementation a call without
+        ``implementation=`` runs there; ``"xla"`` on platforms not listed.  A Pallas kernel
+        becomes a default only where a committed benchmark shows it winning (docs/kernels.md).
     """
 
     name: str
@@ -250,8 +264,9 @@ class OpSchema:
     cost_fn: Callable[..., Cost] | None = None
     infer_fn: Callable[..., tuple[jax.ShapeDtypeStruct, ...]] | None = None
     implementations: Mapping[str, tuple[str, ...]] = dataclasses.field(
-        default_factory=lambda: {"xla": ("cpu", "cuda", "rocm", "tpu")}
+        default_factory=lambda: {"xla": XLA_PLATFORMS}
     )
+    default_implementation: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def attribute(self, name: str) -> Attribute:
         for a in self.attributes:
@@ -348,6 +363,7 @@ class OpSchema:
             f"  allow_inplace: {list(self.allow_inplace)}\n"
             f"  gradient: {self.gradient}\n"
             f"  implementations: {dict(self.implementations)}"
+            f"{f'; default {dict(self.default_implementation)}' if self.default_implementation else ''}"
         )
 
 

@@ -82,8 +82,9 @@ def test_function_signature_matches_schema(s):
     positional = [p for p in params if p.kind is p.POSITIONAL_OR_KEYWORD]
     keyword = [p for p in params if p.kind is p.KEYWORD_ONLY]
     assert len(positional) == len(s.inputs)
-    assert [p.name for p in keyword] == [a.name for a in s.attributes]
-    assert [p.default for p in keyword] == [a.default for a in s.attributes]
+    # the attributes, then ``implementation=`` (which every op takes; not an attribute)
+    assert [p.name for p in keyword] == [a.name for a in s.attributes] + ["implementation"]
+    assert [p.default for p in keyword] == [a.default for a in s.attributes] + [None]
     assert len(params) == len(positional) + len(keyword)
 
 

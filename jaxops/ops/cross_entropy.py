@@ -20,6 +20,7 @@ Everything is computed in float32 for half-precision scores and cast back once.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -28,11 +29,21 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from jaxops import schema
+from jaxops._ad import with_twin_derivative
 from jaxops._numerics import upcast
 from jaxops._op import defop
+from jaxops.kernels import triton
 from jaxops.ops.losses import _REDUCTION
 from jaxops.ops.softmax import log_softmax, log_softmax_gradient
-from jaxops.schema import FLOAT_TYPES, JAXOPS_DOMAIN, Attribute, Cost, OpSchema, Parameter
+from jaxops.schema import (
+    FLOAT_TYPES,
+    JAXOPS_DOMAIN,
+    XLA_AND_PALLAS,
+    Attribute,
+    Cost,
+    OpSchema,
+    Parameter,
+)
 
 _INDEX_TYPES = ("int32", "int64")
 _LABELLED_TYPES = {"T": FLOAT_TYPES, "Tind": _INDEX_TYPES}
@@ -111,8 +122,15 @@ def _reduce_weighted(loss, w, reduction):
 def _nll_from_log_prob(logp, labels, weights, *, ignore_index, reduction):
     """The weighted negative log-likelihood of float32 log-probabilities."""
     w, safe, invalid = _entry_weights(labels, weights, logp.shape[1], ignore_index, logp.dtype)
-    loss = jnp.where(invalid, jnp.nan, -_picked(logp, safe) * w)
-    return _reduce_weighted(loss, w, reduction)
+    return _weighted(-_picked(logp, safe), w, invalid, reduction)
+
+
+def _weighted(loss, w, invalid, reduction):
+    """Per-entry losses weighted and reduced.  A weight-0 entry (ignored, or a class of
+    weight 0) adds 0 even where its loss is inf (its label's probability is 0): 0 * inf
+    would be NaN."""
+    loss = jnp.where(w == 0, jnp.zeros_like(loss), loss * w)
+    return _reduce_weighted(jnp.where(invalid, jnp.nan, loss), w, reduction)
 
 
 def _loss_coefficient(labels, weights, dloss, c, *, ignore_index, reduction):
@@ -178,6 +196,7 @@ SOFTMAX_CROSS_ENTROPY = schema.register(OpSchema(
     type_constraints=_LABELLED_TYPES, elementwise=False, identical_type_and_shape=False,
     value_check=_labels_in_range, gradient="SoftmaxCrossEntropyLossGradient",
     infer_fn=_labelled_infer, cost_fn=_labelled_cost(flops=5, exps=1, logs_per_entry=1),
+    implementations=XLA_AND_PALLAS,
 ))
 
 
@@ -273,6 +292,73 @@ def softmax_cross_entropy_gradient(
                                    reduction=reduction)
     coef = jnp.broadcast_to(coef, labels.shape)
     return ((jnp.exp(lp) - _one_hot(safe, c, lp.dtype)) * coef[:, None]).astype(log_prob.dtype)
+
+
+# The fused Pallas kernel: one pass over the scores computes each row's loss with an online
+# log-sum-exp and writes its gradient softmax - onehot alongside; the op's linearization is
+# the contraction with that gradient, so reverse mode only scales it by the weights and
+# dloss (no second pass over the scores), and forward mode works too.  Outputs of the kernel
+# are differentiated as their XLA twin (second derivatives).
+
+def _score_rows(scores, labels):
+    """(rows, C) scores with the class axis last, and the (rows,) labels."""
+    return jnp.moveaxis(scores, 1, -1).reshape(-1, scores.shape[1]), labels.reshape(-1)
+
+
+def _cross_entropy_rows_twin(x, labels, *, ignore_index):
+    """XLA twin of the kernel: per-row loss (compute dtype) and gradient (dtype of x)."""
+    xf = upcast(x)
+    logp = log_softmax(xf, axis=1, implementation="xla")
+    ignored = labels == ignore_index if ignore_index is not None else jnp.zeros(labels.shape,
+                                                                                bool)
+    valid = (labels >= 0) & (labels < x.shape[1]) & ~ignored
+    safe = jnp.where(valid, labels, 0)
+    loss = jnp.where(valid, -_picked(logp, safe), jnp.where(ignored, 0.0, jnp.nan))
+    g = jnp.exp(logp) - _one_hot(safe, x.shape[1], xf.dtype) * valid[:, None]
+    return loss.astype(xf.dtype), jnp.where(ignored[:, None], 0.0, g).astype(x.dtype)
+
+
+def _cross_entropy_rows(x, labels, *, ignore_index, interpret):
+    kernel = functools.partial(triton.softmax_cross_entropy_rows, ignore_index=ignore_index,
+                               with_gradient=True, interpret=interpret)
+    twin = functools.partial(_cross_entropy_rows_twin, ignore_index=ignore_index)
+    return with_twin_derivative(kernel, twin)(x, labels)
+
+
+def _sce_pallas_supports(*, return_log_prob, **attrs):
+    return "return_log_prob=True (the kernel does not write log_prob)" if return_log_prob \
+        else None
+
+
+def _sce_weights(scores, labels, weights, ignore_index):
+    return _entry_weights(labels, weights, scores.shape[1], ignore_index,
+                          upcast(scores).dtype)
+
+
+def _softmax_cross_entropy_pallas(scores, labels, weights=None, *, ignore_index, reduction,
+                                  return_log_prob, interpret):
+    x, t = _score_rows(scores, labels)
+    (loss,) = triton.softmax_cross_entropy_rows(x, t, ignore_index=ignore_index,
+                                                with_gradient=False, interpret=interpret)
+    w, _, invalid = _sce_weights(scores, labels, weights, ignore_index)
+    return _weighted(loss.reshape(labels.shape), w, invalid, reduction).astype(scores.dtype)
+
+
+def _softmax_cross_entropy_pallas_jvp(primals, tangents, *, ignore_index, reduction,
+                                      return_log_prob, interpret):
+    scores, labels, weights = primals
+    x, t = _score_rows(scores, labels)
+    loss, g = _cross_entropy_rows(x, t, ignore_index=ignore_index, interpret=interpret)
+    w, _, invalid = _sce_weights(scores, labels, weights, ignore_index)
+    y = _weighted(loss.reshape(labels.shape), w, invalid, reduction).astype(scores.dtype)
+    dx, _ = _score_rows(upcast(tangents[0]), labels)
+    t_rows = jnp.sum(upcast(g) * dx, axis=1).reshape(labels.shape)  # <gradient, tangent>
+    t_y = _weighted(t_rows, w, invalid, reduction).astype(scores.dtype)
+    return y, t_y
+
+
+softmax_cross_entropy.defimpl("pallas", jvp=_softmax_cross_entropy_pallas_jvp,
+                              supports=_sce_pallas_supports)(_softmax_cross_entropy_pallas)
 
 
 # ---------------------------------------------------------------- NegativeLogLikelihoodLoss

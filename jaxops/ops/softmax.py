@@ -8,6 +8,7 @@ softmax 0 and log-softmax ``-inf`` (log 0), and every gradient stays finite.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -15,9 +16,11 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxops import schema
+from jaxops._ad import linear_pair
 from jaxops._numerics import upcast
 from jaxops._op import defop
-from jaxops.schema import JAXOPS_DOMAIN, Attribute, Cost, OpSchema, Parameter
+from jaxops.kernels import triton
+from jaxops.schema import JAXOPS_DOMAIN, XLA_AND_PALLAS, Attribute, Cost, OpSchema, Parameter
 
 _AXIS = Attribute("axis", "int", -1, doc="the axis to normalize over, in [-rank, rank)")
 
@@ -50,6 +53,16 @@ def _row_cost(flops: float, exps: float, logs_per_row: float):
     return cost
 
 
+def _as_rows(x: jax.Array, axis: int):
+    """``x`` as a 2-D (rows, C) array with ``axis`` last, and the function undoing it."""
+    moved = jnp.moveaxis(x, axis, -1)
+
+    def restore(rows):
+        return jnp.moveaxis(rows.reshape(moved.shape), -1, axis)
+
+    return moved.reshape(-1, moved.shape[-1]), restore
+
+
 def _shifted(xf: jax.Array, axis: int) -> jax.Array:
     """x - max(x), where a fully masked (all -inf) row is shifted by 0 instead of -inf."""
     m = jnp.max(xf, axis=axis, keepdims=True)
@@ -64,6 +77,7 @@ SOFTMAX = schema.register(OpSchema(
     inputs=(Parameter("input", doc="input tensor"),),
     outputs=(Parameter("output", doc="normalized along axis"),),
     attributes=(_AXIS,), elementwise=False, allow_inplace=((0, 0),), gradient="SoftmaxGradient",
+    implementations=XLA_AND_PALLAS,
     infer_fn=_check_axis, cost_fn=_row_cost(flops=4, exps=1, logs_per_row=0),
 ))
 
@@ -107,7 +121,7 @@ SOFTMAX_GRADIENT = schema.register(OpSchema(
     doc="dX = Y * (dY - sum(dY * Y, axis)) (Caffe2 SoftmaxGradient).",
     inputs=schema.GRADIENT_OF_Y, outputs=schema.DX,
     attributes=(_AXIS,), elementwise=False, allow_inplace=((1, 0),), infer_fn=_check_axis,
-    cost_fn=_row_cost(flops=4, exps=0, logs_per_row=0),
+    cost_fn=_row_cost(flops=4, exps=0, logs_per_row=0), implementations=XLA_AND_PALLAS,
 ))
 
 
@@ -133,7 +147,7 @@ LOG_SOFTMAX = schema.register(OpSchema(
     inputs=(Parameter("input", doc="input tensor"),),
     outputs=(Parameter("output", doc="log of the softmax along axis"),),
     attributes=(_AXIS,), elementwise=False, allow_inplace=((0, 0),),
-    gradient="LogSoftmaxGradient", infer_fn=_check_axis,
+    gradient="LogSoftmaxGradient", infer_fn=_check_axis, implementations=XLA_AND_PALLAS,
     cost_fn=_row_cost(flops=4, exps=1, logs_per_row=1),
 ))
 
@@ -177,7 +191,7 @@ LOG_SOFTMAX_GRADIENT = schema.register(OpSchema(
     doc="dX = dY - exp(Y) * sum(dY, axis).",
     inputs=schema.GRADIENT_OF_Y, outputs=schema.DX,
     attributes=(_AXIS,), elementwise=False, allow_inplace=((1, 0),), infer_fn=_check_axis,
-    cost_fn=_row_cost(flops=3, exps=1, logs_per_row=0),
+    cost_fn=_row_cost(flops=3, exps=1, logs_per_row=0), implementations=XLA_AND_PALLAS,
 ))
 
 
@@ -192,3 +206,55 @@ def log_softmax_gradient(y: ArrayLike, dy: ArrayLike, *, axis: int = -1) -> jax.
     """
     yf, dyf = upcast(y), upcast(dy)
     return (dyf - jnp.exp(yf) * jnp.sum(dyf, axis=axis, keepdims=True)).astype(dy.dtype)
+
+
+# ------------------------------------------------------------------------ Pallas kernels
+# The forward kernels are the primal of the op's custom_jvp; the gradient ops' kernels are
+# linear in dy, registered with their transposes (jaxops._ad.linear_pair), so reverse mode
+# runs the backward kernel and forward mode the transposed map.
+
+def _softmax_pallas(x, *, axis, interpret, log):
+    rows, restore = _as_rows(x, axis)
+    return restore(triton.softmax_rows(rows, log=log, interpret=interpret))
+
+
+softmax.defimpl("pallas")(functools.partial(_softmax_pallas, log=False))
+log_softmax.defimpl("pallas")(functools.partial(_softmax_pallas, log=True))
+
+
+def _softmax_gradient_rows(y, dy):
+    return (softmax_gradient(y, dy, axis=-1, implementation="xla"),)
+
+
+def _log_softmax_gradient_rows(y, dy):
+    return (log_softmax_gradient(y, dy, axis=-1, implementation="xla"),)
+
+
+def _log_softmax_gradient_transpose(y, t):
+    """The transpose of ``dy -> dy - exp(y) * sum(dy)``: ``t -> t - sum(exp(y) * t)``."""
+    yf, tf = upcast(y), upcast(t)
+    return ((tf - jnp.sum(jnp.exp(yf) * tf, axis=-1, keepdims=True)).astype(t.dtype),)
+
+
+@functools.cache
+def _gradient_pair(log: bool, interpret: bool):
+    def kernel(y, dy):
+        return (triton.softmax_rows_gradient(y, dy, log=log, interpret=interpret),)
+
+    if log:
+        return linear_pair(kernel, _log_softmax_gradient_transpose,
+                           twin=_log_softmax_gradient_rows, name="log_softmax_gradient_kernel")
+    # softmax's Jacobian diag(y) - y y^T is symmetric: the kernel is its own transpose
+    return linear_pair(kernel, kernel, twin=_softmax_gradient_rows,
+                       twin_transpose=_softmax_gradient_rows, name="softmax_gradient_kernel")
+
+
+def _softmax_gradient_pallas(y, dy, *, axis, interpret, log):
+    y_rows, _ = _as_rows(y, axis)
+    dy_rows, restore = _as_rows(dy, axis)
+    (dx,) = _gradient_pair(log, interpret)((y_rows,), (dy_rows,))
+    return restore(dx)
+
+
+softmax_gradient.defimpl("pallas")(functools.partial(_softmax_gradient_pallas, log=False))
+log_softmax_gradient.defimpl("pallas")(functools.partial(_softmax_gradient_pallas, log=True))

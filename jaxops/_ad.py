@@ -1,0 +1,157 @@
+"""Linear maps with a chosen transpose: how a backward kernel becomes a gradient op.
+
+A registered gradient op is linear in its cotangent (``dy``); jaxops' mechanism
+(:mod:`jaxops._op`) gets forward mode by transposing it and reverse mode by transposing that
+back.  ``jax.linear_transpose`` can transpose ``jnp`` code, but not a ``pallas_call`` (an opaque
+kernel) and not a chunked ``lax.scan`` without stacking every chunk's residuals (which is
+the N x V memory a chunked loss exists to avoid).  :func:`linear_pair` declares the
+transpose instead: two primitives, each the other's transpose, so
+
+* reverse mode runs ``apply`` (the backward kernel or scan) and never differentiates it;
+* forward mode runs ``transpose`` (usually an XLA formula of the tangent);
+* derivatives with respect to the residuals (second order) come from ``jax.jvp`` of
+  ``twin``, an ordinary differentiable formula of ``apply`` (the XLA reference);
+* ``vmap`` batches the functions themselves (``pallas_call`` and ``scan`` batch) and keeps
+  the pair, so ``grad(vmap(f))`` still transposes to the kernel.
+
+``jax.custom_derivatives.linear_call`` is the same idea without batching and without
+derivatives in the residuals, which jaxops needs (``vmap(grad)``, ``hessian``).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.extend.core
+from jax.interpreters import ad, batching, mlir
+
+__all__ = ["linear_pair", "with_twin_derivative"]
+
+
+class _Fn:
+    """A callable parameter of an equation (hashable by identity, printable by name)."""
+
+    __slots__ = ("fn", "name", "__weakref__")
+
+    def __init__(self, fn, name):
+        self.fn, self.name = fn, name
+
+    def __call__(self, *args):
+        return self.fn(*args)
+
+    def __repr__(self):
+        return self.name
+
+
+_pair_p = jax.extend.core.Primitive("jaxops_linear")
+_pair_p.multiple_results = True
+
+
+def _abstract_eval(*avals, apply, transpose, twin, twin_t, num_res):
+    outs = jax.eval_shape(apply.fn, *avals)
+    return [jax.core.ShapedArray(o.shape, o.dtype) for o in outs]
+
+
+def _impl(*args, apply, transpose, twin, twin_t, num_res):
+    return list(jax.jit(apply.fn)(*args))
+
+
+def _lower(ctx, *args, apply, **params):
+    return mlir.lower_fun(lambda *a: list(apply.fn(*a)), multiple_results=True)(ctx, *args)
+
+
+def _transpose_rule(cts, *args, apply, transpose, twin, twin_t, num_res):
+    res, lin = args[:num_res], args[num_res:]
+    assert not any(ad.is_undefined_primal(r) for r in res), "residuals must be known"
+    out_avals = _abstract_eval(*(jax.typeof(r) for r in res),
+                               *(x.aval for x in lin), apply=apply, transpose=transpose,
+                               twin=twin, twin_t=twin_t, num_res=num_res)
+    cts = [jax.numpy.zeros(a.shape, a.dtype) if type(c) is ad.Zero else c
+           for c, a in zip(cts, out_avals, strict=True)]
+    lin_cts = _pair_p.bind(*res, *cts, apply=transpose, transpose=apply, twin=twin_t,
+                           twin_t=twin, num_res=num_res)
+    return [None] * num_res + list(lin_cts)
+
+
+def _jvp_rule(primals, tangents, apply, transpose, twin, twin_t, num_res):
+    params = dict(apply=apply, transpose=transpose, twin=twin, twin_t=twin_t, num_res=num_res)
+    res, lin = primals[:num_res], primals[num_res:]
+    t_res, t_lin = tangents[:num_res], tangents[num_res:]
+    out = _pair_p.bind(*primals, **params)
+    t_out = None
+    if not all(type(t) is ad.Zero for t in t_lin):  # the linear part: the pair itself
+        t_lin = [ad.instantiate_zeros(t) for t in t_lin]
+        t_out = _pair_p.bind(*res, *t_lin, **params)
+    if not all(type(t) is ad.Zero for t in t_res):  # through the residuals: the twin
+        t_res = [ad.instantiate_zeros(t) for t in t_res]
+        _, t_twin = jax.jvp(lambda *r: tuple(twin(*r, *lin)), tuple(res), tuple(t_res))
+        t_out = list(t_twin) if t_out is None else [a + b for a, b in zip(t_out, t_twin,
+                                                                          strict=True)]
+    if t_out is None:
+        t_out = [ad.Zero(jax.typeof(o).to_tangent_aval()) for o in out]
+    return out, t_out
+
+
+def _batch_rule(args, dims, apply, transpose, twin, twin_t, num_res):
+    # every operand batched on axis 0, so each function's transpose stays its transpose
+    size = next(a.shape[d] for a, d in zip(args, dims, strict=True) if d is not None)
+    args = [jax.numpy.broadcast_to(a, (size, *a.shape)) if d is None
+            else jax.numpy.moveaxis(a, d, 0) for a, d in zip(args, dims, strict=True)]
+
+    def batched(f):
+        return _Fn(jax.vmap(f.fn), f"vmap({f.name})")
+
+    outs = _pair_p.bind(*args, apply=batched(apply), transpose=batched(transpose),
+                        twin=batched(twin), twin_t=batched(twin_t), num_res=num_res)
+    return outs, [0] * len(outs)
+
+
+_pair_p.def_abstract_eval(_abstract_eval)
+_pair_p.def_impl(_impl)
+mlir.register_lowering(_pair_p, _lower)
+ad.primitive_jvps[_pair_p] = _jvp_rule
+ad.primitive_transposes[_pair_p] = _transpose_rule
+batching.primitive_batchers[_pair_p] = _batch_rule
+
+
+def linear_pair(
+    apply: Callable[..., tuple[jax.Array, ...]],
+    transpose: Callable[..., tuple[jax.Array, ...]],
+    *,
+    twin: Callable[..., tuple[jax.Array, ...]] | None = None,
+    twin_transpose: Callable[..., tuple[jax.Array, ...]] | None = None,
+    name: str | None = None,
+) -> Callable[..., tuple[jax.Array, ...]]:
+    """``call(res, lin) -> outs``: ``apply(*res, *lin)``, linear in ``lin``, whose transpose
+    is ``transpose(*res, *cts)``.
+
+    ``twin``/``twin_transpose`` compute the same maps as ``apply``/``transpose`` in ordinary
+    differentiable JAX (default: the functions themselves); they give derivatives with
+    respect to ``res``.  Every function takes and returns tuples of arrays.
+    """
+    name = name or getattr(apply, "__name__", "linear")
+    fns = dict(apply=_Fn(apply, name), transpose=_Fn(transpose, f"{name}_transpose"),
+               twin=_Fn(twin or apply, f"{name}_twin"),
+               twin_t=_Fn(twin_transpose or transpose, f"{name}_twin_transpose"))
+
+    @functools.wraps(apply)
+    def call(res: tuple, lin: tuple) -> tuple[jax.Array, ...]:
+        return tuple(_pair_p.bind(*res, *lin, num_res=len(res), **fns))
+
+    return call
+
+
+def with_twin_derivative(kernel: Callable[..., Any], twin: Callable[..., Any]) -> Callable[..., Any]:
+    """``kernel``, differentiated as ``twin`` (its XLA reference, same inputs and outputs): a
+    Pallas kernel is opaque to JAX, so its outputs take the twin's JVP, hence every
+    derivative order.  Bind static arguments with ``functools.partial`` first."""
+    fn = jax.custom_jvp(kernel)
+
+    @fn.defjvp
+    def _jvp(primals, tangents):
+        return kernel(*primals), jax.jvp(twin, primals, tangents)[1]
+
+    return fn
