@@ -51,6 +51,10 @@ from jaxops.ops.losses import (
     mse as mse,
     msle as msle,
 )
+from jaxops.ops.linear_cross_entropy import (
+    linear_cross_entropy as linear_cross_entropy,
+    linear_cross_entropy_gradient as linear_cross_entropy_gradient,
+)
 from jaxops.ops.normalization import (
     batch_norm as batch_norm,
     batch_norm_gradient as batch_norm_gradient,

@@ -24,7 +24,7 @@ from typing import Any
 import jax
 import jax.extend.core
 import numpy as np
-from jax.interpreters import mlir
+from jax.interpreters import ad, batching, mlir
 
 from jaxops.schema import OpSchema
 
@@ -102,6 +102,38 @@ def _unavailable_lowering(ctx, *args, out_avals, message):
 
 
 mlir.register_lowering(_unavailable_p, _unavailable_lowering)
+
+
+# The unavailable branch is traced (and differentiated, batched) like the others, and is
+# only refused when lowered: its rules return more of itself.
+def _unavailable_like(arrays, avals, message):
+    return _unavailable_p.bind(*arrays, out_avals=tuple(
+        jax.ShapeDtypeStruct(a.shape, a.dtype) for a in avals), message=message)
+
+
+def _unavailable_jvp(primals, tangents, *, out_avals, message):
+    outs = _unavailable_p.bind(*primals, out_avals=out_avals, message=message)
+    return outs, _unavailable_like(primals, [jax.typeof(o).to_tangent_aval() for o in outs],
+                                   message)
+
+
+def _unavailable_transpose(cts, *args, out_avals, message):
+    known = [a for a in args if not ad.is_undefined_primal(a)]
+    wanted = [a.aval for a in args if ad.is_undefined_primal(a)]
+    it = iter(_unavailable_like(known, wanted, message))
+    return [next(it) if ad.is_undefined_primal(a) else None for a in args]
+
+
+def _unavailable_batch(args, dims, *, out_avals, message):
+    size = next(a.shape[d] for a, d in zip(args, dims, strict=True) if d is not None)
+    outs = _unavailable_like(args, [jax.ShapeDtypeStruct((size, *a.shape), a.dtype)
+                                    for a in out_avals], message)
+    return outs, [0] * len(outs)
+
+
+ad.primitive_jvps[_unavailable_p] = _unavailable_jvp
+ad.primitive_transposes[_unavailable_p] = _unavailable_transpose
+batching.primitive_batchers[_unavailable_p] = _unavailable_batch
 
 
 class _Kernel:

@@ -1,0 +1,221 @@
+"""Fused hot paths: each implementation of a fused op against the XLA formulations, one run.
+
+    python -m benchmarks.fused                  # the realistic shapes (a GPU's worth of memory)
+    python -m benchmarks.fused --quick          # tiny shapes (CPU; the test suite runs this)
+    python -m benchmarks.fused --ops sce,lce --out benchmarks/results
+
+For every case and implementation it reports the median (p20, p80) time of the forward and of
+``value_and_grad`` (AOT-compiled, warmed up, calls interleaved, ``block_until_ready``), the
+compiled temp memory of each (``memory_analysis()``), and the ratios to the materializing
+XLA reference measured in the same run.  Outputs (loss and gradients) are checked against
+that reference before anything is timed.  The gate of SPEC 2.3 reads these ratios: a Pallas
+kernel becomes a platform's default only at >= 1.10x speed or >= 2x less memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import pathlib
+import platform
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jaxops as jo
+from benchmarks.harness import time_interleaved
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    op: str
+    shape: dict
+    dtype: str
+    make: Callable  # key -> (args tuple, differentiable argnums)
+    variants: dict  # name -> loss function of args (scalar)
+
+
+def _softmax_case(op, n, c, dtype):
+    fn = {"softmax": jo.softmax, "log_softmax": jo.log_softmax}[op]
+    ref = {"softmax": jax.nn.softmax, "log_softmax": jax.nn.log_softmax}[op]
+
+    def make(key):
+        k1, k2 = jax.random.split(key)
+        x = (jax.random.normal(k1, (n, c), jnp.float32) * 3).astype(dtype)
+        probe = jax.random.normal(k2, (n, c), jnp.float32).astype(dtype)
+        return (x, probe), (0,)
+
+    def loss(f):
+        return lambda x, probe: jnp.sum((f(x) * probe).astype(jnp.float32))
+
+    variants = {"jax.nn": loss(ref),
+                "xla": loss(lambda x: fn(x, implementation="xla")),
+                "pallas": loss(lambda x: fn(x, implementation="pallas"))}
+    return Case(op, {"N": n, "C": c}, dtype, make, variants)
+
+
+def _sce_case(n, v, dtype):
+    def make(key):
+        k1, k2 = jax.random.split(key)
+        x = (jax.random.normal(k1, (n, v), jnp.float32) * 2).astype(dtype)
+        labels = jax.random.randint(k2, (n,), 0, v).at[::7].set(-100)
+        return (x, labels), (0,)
+
+    def optax_like(x, labels):  # what a JAX user writes: optax's formula, mean over kept
+        logp = jax.nn.log_softmax(x.astype(jnp.float32))
+        keep = labels != -100
+        picked = jnp.take_along_axis(logp, jnp.where(keep, labels, 0)[:, None], 1)[:, 0]
+        return -jnp.sum(jnp.where(keep, picked, 0)) / jnp.maximum(jnp.sum(keep), 1)
+
+    def ours(impl):
+        return lambda x, labels: jo.softmax_cross_entropy(
+            x, labels, ignore_index=-100, implementation=impl).astype(jnp.float32)
+
+    return Case("softmax_cross_entropy", {"N": n, "V": v}, dtype, make,
+                {"jnp": optax_like, "xla": ours("xla"), "pallas": ours("pallas")})
+
+
+def _lce_case(n, h, v, dtype):
+    def make(key):
+        k1, k2, k3 = jax.random.split(key, 3)
+        hs = jax.random.normal(k1, (n, h), jnp.float32).astype(dtype)
+        w = (jax.random.normal(k2, (h, v), jnp.float32) / np.sqrt(h)).astype(dtype)
+        labels = jax.random.randint(k3, (n,), 0, v).at[::7].set(-100)
+        return (hs, w, labels), (0, 1)
+
+    def materialized(hs, w, labels):
+        return jo.softmax_cross_entropy(jnp.matmul(hs, w, preferred_element_type=jnp.float32),
+                                        labels, ignore_index=-100, implementation="xla")
+
+    def ours(impl):
+        return lambda hs, w, labels: jo.linear_cross_entropy(
+            hs, w, labels, ignore_index=-100, implementation=impl).astype(jnp.float32)
+
+    return Case("linear_cross_entropy", {"N": n, "H": h, "V": v}, dtype, make,
+                {"materialized": materialized, "xla": ours("xla"), "pallas": ours("pallas")})
+
+
+def cases(quick: bool, ops: set[str]) -> list[Case]:
+    out = []
+    if quick:
+        rows, vocab, dtypes = [(64, 1000)], [(64, 32, 1000)], ["float32"]
+    else:
+        rows = [(4096, 32768), (16384, 32768), (4096, 128256)]
+        vocab = [(4096, 1024, 32768), (16384, 4096, 128256), (8192, 1024, 65536)]
+        dtypes = ["bfloat16", "float32"]
+    for dtype in dtypes:
+        for n, c in rows:
+            for op in ("softmax", "log_softmax"):
+                if op in ops:
+                    out.append(_softmax_case(op, n, c, dtype))
+            if "sce" in ops:
+                out.append(_sce_case(n, c, dtype))
+        if "lce" in ops:
+            out.extend(_lce_case(n, h, v, dtype) for n, h, v in vocab)
+    return out
+
+
+def run_case(case: Case, reps: int, variants: list[str]) -> dict:
+    args, argnums = case.make(jax.random.key(0))
+    names = [v for v in case.variants if v in variants]
+    reference = names[0]
+    compiled = {}
+    for name in names:
+        f = case.variants[name]
+        compiled[name, "fwd"] = jax.jit(f).lower(*args).compile()
+        compiled[name, "fwd+bwd"] = jax.jit(jax.value_and_grad(f, argnums)).lower(
+            *args).compile()
+    # correctness first: every variant's loss and gradients against the reference
+    want = jax.device_get(compiled[reference, "fwd+bwd"](*args))
+    tol = 2e-2 if case.dtype == "bfloat16" else 2e-4
+    for name in names[1:]:
+        got = jax.device_get(compiled[name, "fwd+bwd"](*args))
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+            err = np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30)
+            if not err <= tol:
+                raise AssertionError(f"{case.op} {case.shape} {case.dtype}: {name} differs from "
+                                     f"{reference} by {err:.3g} (relative to max |ref|)")
+    result = {"op": case.op, "shape": case.shape, "dtype": case.dtype, "reference": reference,
+              "variants": {}}
+    for mode in ("fwd", "fwd+bwd"):
+        runs = {name: (lambda c=compiled[name, mode]: c(*args)) for name in names}
+        times = time_interleaved(runs, reps)
+        for name in names:
+            mem = compiled[name, mode].memory_analysis()
+            entry = result["variants"].setdefault(name, {})
+            entry[mode] = {**times[name],
+                           "temp_bytes": int(getattr(mem, "temp_size_in_bytes", -1))}
+    for name in names:
+        for mode in ("fwd", "fwd+bwd"):
+            ours, ref = result["variants"][name][mode], result["variants"][reference][mode]
+            ours["speedup_vs_reference"] = ref["median_s"] / ours["median_s"]
+            ours["memory_ratio_vs_reference"] = (ref["temp_bytes"] / ours["temp_bytes"]
+                                                 if ours["temp_bytes"] > 0 else None)
+    return result
+
+
+def markdown(results: list[dict], env: dict) -> str:
+    lines = [f"# Fused ops: {env['device']}", "",
+             f"jax {env['jax']}, jaxlib {env['jaxlib']}, {env['python']}.  Times are medians "
+             "(ms); `x` columns are the reference's time (memory) over the variant's: "
+             "> 1 means the variant is faster (smaller).  Memory is the compiled temp buffer "
+             "size.", "",
+             "| op | shape | dtype | variant | fwd ms | fwd x | fwd+bwd ms | fwd+bwd x | "
+             "temp MiB (fwd+bwd) | memory x |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        shape = " ".join(f"{k}={v}" for k, v in r["shape"].items())
+        for name, e in r["variants"].items():
+            f, b = e["fwd"], e["fwd+bwd"]
+            mem = b["memory_ratio_vs_reference"]
+            lines.append(
+                f"| {r['op']} | {shape} | {r['dtype']} | {name} | {f['median_s'] * 1e3:.3f} | "
+                f"{f['speedup_vs_reference']:.2f} | {b['median_s'] * 1e3:.3f} | "
+                f"{b['speedup_vs_reference']:.2f} | {b['temp_bytes'] / 2**20:.1f} | "
+                f"{'' if mem is None else f'{mem:.2f}'} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--ops", default="softmax,log_softmax,sce,lce")
+    p.add_argument("--reps", type=int, default=None)
+    p.add_argument("--out", default=None, help="directory for fused-<platform>.{json,md}")
+    a = p.parse_args(argv)
+    backend = jax.default_backend()
+    # without a GPU the kernels run in Pallas' interpreter: a correctness run, not a timing
+    pallas = "pallas" if backend == "gpu" else "pallas_interpret"
+    results = []
+    for case in cases(a.quick, set(a.ops.split(","))):
+        variants = {k: v for k, v in case.variants.items()}
+        if pallas != "pallas":
+            variants = {k: v for k, v in variants.items() if k != "pallas"}
+        case = dataclasses.replace(case, variants=variants)
+        r = run_case(case, a.reps or (3 if a.quick else 20), list(variants))
+        results.append(r)
+        if a.out:  # after each case, so a run cut short keeps what it measured
+            out = pathlib.Path(a.out)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / f"fused-{backend}.partial.json").write_text(json.dumps(results, indent=1))
+        print(json.dumps({k: r[k] for k in ("op", "shape", "dtype")}), {
+            n: round(e["fwd+bwd"]["speedup_vs_reference"], 3) for n, e in r["variants"].items()},
+            flush=True)
+    env = {"device": jax.devices()[0].device_kind, "platform": backend,
+           "jax": jax.__version__, "jaxlib": jax.lib.__version__ if hasattr(
+               jax.lib, "__version__") else jax.__version__, "python": platform.python_version()}
+    if a.out:
+        out = pathlib.Path(a.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"fused-{backend}.json").write_text(json.dumps({"env": env, "results": results},
+                                                              indent=1))
+        (out / f"fused-{backend}.md").write_text(markdown(results, env))
+    print(markdown(results, env))
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,393 @@
+"""The LM-head loss ``softmax_cross_entropy(h @ w, labels)`` without the N x V logits.
+
+``h`` (N, H) are the last hidden states, ``w`` (H, V) the output projection.  Materialized,
+the logits and their gradient take 2 N V floats (8 GiB in float32 at N = 8192, V = 131072);
+here the tokens go through in chunks of ``chunk_size`` rows (a ``lax.scan``), so only
+``chunk_size x V`` logits exist at a time and peak memory does not grow with N V.
+
+* Forward: per chunk, ``z = h_c @ w`` (accumulated in float32), the loss ``logsumexp(z) -
+  z[label]``.
+* The registered gradient op (:func:`linear_cross_entropy_gradient`) recomputes each chunk's
+  logits and accumulates ``dh = G w^T`` and ``dw += h_c^T G`` with ``G = softmax(z) -
+  onehot``, scaled by each entry's weight and ``dloss``.  It is linear in ``dloss`` with a
+  declared transpose (the forward-mode tangent, another chunked scan), so reverse mode runs
+  the chunked gradient and forward mode the chunked tangent; neither stacks per-chunk
+  residuals (:mod:`jaxops._ad`).  Cost: 4 passes of N H V multiply-adds (forward, recompute,
+  dh, dw) against 3 for the materializing formulation -- the price of O(chunk V) memory, as in
+  Apple's Cut Cross-Entropy.
+* ``implementation="pallas"`` computes the gradient during the forward pass (Liger-Kernel's
+  fused linear cross-entropy): per chunk the fused softmax cross-entropy kernel writes the loss
+  and ``G`` in one pass over the logits, ``dh`` and ``dw`` are accumulated right away, and the
+  backward only scales them by ``dloss``: 3 passes.  It supports ``reduction`` "mean" and
+  "sum" (a per-entry ``dloss`` cannot be applied after ``dw`` is summed).
+
+Semantics (labels, ``ignore_index``, class weights, reductions, a fully ignored batch) are
+those of :func:`jaxops.softmax_cross_entropy` with classes on the last axis of the logits.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from jaxops import schema
+from jaxops._ad import linear_pair, with_twin_derivative
+from jaxops._numerics import upcast
+from jaxops._op import defop
+from jaxops.kernels import triton
+from jaxops.ops.cross_entropy import (
+    _IGNORE_INDEX,
+    _LABELLED_TYPES,
+    _entry_weights,
+    _labels,
+    _labels_in_range,
+    _loss_coefficient,
+    _weighted,
+    _weights,
+)
+from jaxops.ops.losses import _REDUCTION
+from jaxops.schema import JAXOPS_DOMAIN, XLA_AND_PALLAS, Attribute, Cost, OpSchema, Parameter
+
+#: bytes of float32 logits per chunk when ``chunk_size`` is None
+_CHUNK_BYTES = 64 * 2**20
+
+_CHUNK = Attribute(
+    "chunk_size", "int", None, onnx=False,
+    doc="tokens per chunk (None: as many as keep a chunk's float32 logits near 64 MiB)",
+    check=lambda c: None if c is None or c >= 1 else "must be >= 1 (or None).")
+
+
+def _chunk(n: int, v: int, chunk_size: int | None) -> int:
+    if chunk_size is None:
+        chunk_size = max(8, _CHUNK_BYTES // (4 * max(v, 1)))
+    return max(1, min(chunk_size, n))
+
+
+def _check(s: OpSchema, h, w, labels, weights):
+    f = s.function
+    if len(h.shape) != 2 or len(w.shape) != 2 or h.shape[1] != w.shape[0]:
+        raise ValueError(f"jaxops.{f}: inputs 'h' (N, H) and 'w' (H, V) must be matrices with "
+                         f"h.shape[1] == w.shape[0], got {h.shape} and {w.shape}.")
+    if labels.shape != (h.shape[0],):
+        raise ValueError(f"jaxops.{f}: input 'labels' must have shape ({h.shape[0]},), one per "
+                         f"row of h, got {labels.shape}.")
+    if weights is not None and weights.shape != (w.shape[1],):
+        raise ValueError(f"jaxops.{f}: input 'weights' must have shape ({w.shape[1]},), one "
+                         f"per class, got {weights.shape}.")
+    if h.dtype != w.dtype:
+        raise TypeError(f"jaxops.{f}: inputs 'h' and 'w' must have one dtype, got {h.dtype} "
+                        f"and {w.dtype}.")
+
+
+def _infer(s: OpSchema, in_avals, *, reduction, **attrs):
+    h, w, labels, weights = in_avals
+    _check(s, h, w, labels, weights)
+    return (jax.ShapeDtypeStruct(labels.shape if reduction == "none" else (), h.dtype),)
+
+
+def _gradient_infer(s: OpSchema, in_avals, *, reduction, **attrs):
+    h, w, labels, weights, dloss = in_avals
+    (loss,) = _infer(s, in_avals[:4], reduction=reduction)
+    if dloss.shape != loss.shape:
+        raise ValueError(f"jaxops.{s.function}: dloss must have the loss's shape {loss.shape} "
+                         f"for reduction={reduction!r}, got {dloss.shape}.")
+    return (jax.ShapeDtypeStruct(h.shape, h.dtype), jax.ShapeDtypeStruct(w.shape, w.dtype))
+
+
+def _cost(matmuls: int):
+    def cost(in_avals, out_avals, **attrs):
+        h, w = in_avals[:2]
+        (n, d), v = h.shape, w.shape[1]
+        read = sum(math.prod(a.shape) * jnp.dtype(a.dtype).itemsize
+                   for a in in_avals if a is not None)
+        written = sum(math.prod(a.shape) * jnp.dtype(a.dtype).itemsize for a in out_avals)
+        return Cost(2 * matmuls * n * d * v + 5 * n * v, n * v + n, read, written)
+
+    return cost
+
+
+# ------------------------------------------------------------------------- the chunking
+
+def _chunks(h, labels, chunk):
+    """h (N, H) and labels as (chunks, chunk, ...) with N padded to whole chunks; the
+    padding rows have label -1 and are dropped by the callers (``[:n]``)."""
+    n = h.shape[0]
+    pad = -n % chunk
+    h = jnp.pad(h, ((0, pad), (0, 0)))
+    labels = jnp.pad(labels, (0, pad), constant_values=-1)
+    return h.reshape(-1, chunk, h.shape[1]), labels.reshape(-1, chunk)
+
+
+def _unchunk(rows, n):
+    return rows.reshape(-1, *rows.shape[2:])[:n]
+
+
+def _logits(hc, w):
+    return jnp.matmul(hc, w, preferred_element_type=upcast(hc).dtype)
+
+
+def _softmax_minus_onehot(z, labels, ignore_index):
+    """(per-row loss, G = softmax(z) - onehot(label)) of float32 logits; ignored rows get
+    G = 0, out-of-range labels (and the padding rows, label -1) a NaN loss."""
+    v = z.shape[1]
+    ignored = labels == ignore_index if ignore_index is not None else jnp.zeros(labels.shape,
+                                                                                bool)
+    valid = (labels >= 0) & (labels < v) & ~ignored
+    m = jnp.max(z, axis=1, keepdims=True)
+    m = jax.lax.stop_gradient(jnp.where(jnp.isneginf(m), jnp.zeros_like(m), m))
+    e = jnp.exp(z - m)
+    s = jnp.sum(e, axis=1, keepdims=True)
+    safe = jnp.where(valid, labels, 0)
+    picked = jnp.take_along_axis(z, safe[:, None], axis=1)[:, 0]
+    lse = (m + jnp.log(jnp.where(s == 0, jnp.ones_like(s), s)))[:, 0]
+    loss = jnp.where(valid, jnp.where(s[:, 0] == 0, jnp.inf, lse - picked),
+                     jnp.where(ignored, 0.0, jnp.nan))
+    onehot = (jnp.arange(v)[None, :] == safe[:, None]) & valid[:, None]
+    g = e / jnp.where(s == 0, jnp.ones_like(s), s) - onehot.astype(z.dtype)
+    return loss.astype(z.dtype), jnp.where(ignored[:, None], jnp.zeros_like(g), g)
+
+
+def _loss_rows(h, w, labels, *, ignore_index, chunk_size):
+    """Per-row loss (compute dtype), chunk by chunk."""
+    n = h.shape[0]
+    hc, lc = _chunks(h, labels, _chunk(n, w.shape[1], chunk_size))
+
+    def body(carry, xs):
+        loss, _ = _softmax_minus_onehot(_logits(xs[0], w), xs[1], ignore_index)
+        return carry, loss
+
+    _, loss = jax.lax.scan(body, None, (hc, lc))
+    return _unchunk(loss, n)
+
+
+# ------------------------------------------------------------------ LinearCrossEntropyLoss
+
+LINEAR_CROSS_ENTROPY = schema.register(OpSchema(
+    name="LinearCrossEntropyLoss", function="linear_cross_entropy", domain=JAXOPS_DOMAIN,
+    doc="loss = softmax_cross_entropy(h @ w, labels) over the last axis, computed in chunks "
+        "of tokens without materializing the logits.",
+    inputs=(Parameter("h", doc="hidden states, shape (N, H)"),
+            Parameter("w", doc="output projection, shape (H, V)"),
+            _labels(), _weights()),
+    outputs=(Parameter("output", doc="the loss: shape (N,) for 'none', else ()"),),
+    attributes=(_IGNORE_INDEX, _REDUCTION, _CHUNK),
+    type_constraints=_LABELLED_TYPES, elementwise=False, identical_type_and_shape=False,
+    value_check=lambda h, w, labels, weights=None, *, ignore_index, **attrs: _labels_in_range(
+        w, labels, ignore_index=ignore_index),  # w (H, V) has the classes on axis 1
+    gradient="LinearCrossEntropyLossGradient", infer_fn=_infer, cost_fn=_cost(1),
+    implementations=XLA_AND_PALLAS,
+))
+
+
+@defop(LINEAR_CROSS_ENTROPY)
+def linear_cross_entropy(
+    h: ArrayLike, w: ArrayLike, labels: ArrayLike, weights: ArrayLike | None = None, *,
+    ignore_index: int | None = None, reduction: str = "mean", chunk_size: int | None = None,
+) -> jax.Array:
+    r"""Cross-entropy of the logits ``h @ w`` without materializing them.
+
+    .. math:: \ell_n = -w_{l_n} \log \mathrm{softmax}(h_n W)_{l_n}
+
+    Equal to ``softmax_cross_entropy(h @ w, labels, weights, ...)`` (classes last), with
+    memory O(chunk_size x V) instead of O(N x V) in the forward and the backward pass.
+
+    Args:
+      h: (N, H) float array (hidden states).
+      w: (H, V) float array of h's dtype (the LM head).
+      labels: (N,) int32/int64 classes in ``[0, V)`` or ``ignore_index``.
+      weights: optional (V,) class weights.
+      ignore_index: label value to skip (static), or None.
+      reduction: "none" | "sum" | "mean".
+      chunk_size: tokens per chunk (static); None keeps a chunk's logits near 64 MiB.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxops
+      >>> h, w = jnp.eye(2), jnp.array([[0.0, 20.0], [0.0, 0.0]])
+      >>> jaxops.linear_cross_entropy(h, w, jnp.array([1, 0]), reduction="none")
+      Array([2.0611537e-09, 6.9314718e-01], dtype=float32)
+
+    References:
+      Wijmans et al., "Cut Your Losses in Large-Vocabulary Language Models" (2024);
+      Liger-Kernel's FusedLinearCrossEntropy.
+    """
+    loss = _loss_rows(h, w, labels, ignore_index=ignore_index, chunk_size=chunk_size)
+    wts, _, invalid = _entry_weights(labels, weights, w.shape[1], ignore_index, loss.dtype)
+    return _weighted(loss, wts, invalid, reduction).astype(h.dtype)
+
+
+@linear_cross_entropy.defgrad
+def _linear_cross_entropy_vjp(h, w, labels, weights, loss, dloss, **attrs):
+    return linear_cross_entropy_gradient(h, w, labels, weights, dloss, **attrs)
+
+
+# -------------------------------------------------------------- LinearCrossEntropyLossGradient
+
+def _gradient_scan(h, w, labels, coef, *, ignore_index, chunk_size):
+    """(dh, dw) for per-entry coefficients ``coef`` = d total / d loss_n."""
+    n = h.shape[0]
+    chunk = _chunk(n, w.shape[1], chunk_size)
+    hc, lc = _chunks(h, labels, chunk)
+    cc = jnp.pad(coef, (0, -n % chunk)).reshape(-1, chunk)
+
+    def body(dw, xs):
+        hx, lx, cx = xs
+        _, g = _softmax_minus_onehot(_logits(hx, w), lx, ignore_index)
+        dz = g * cx[:, None]
+        dh = jnp.matmul(dz, upcast(w).T).astype(h.dtype)
+        return dw + jnp.matmul(upcast(hx).T, dz), dh
+
+    dw, dh = jax.lax.scan(body, jnp.zeros(w.shape, upcast(w).dtype), (hc, lc, cc))
+    return _unchunk(dh, n), dw.astype(w.dtype)
+
+
+def _tangent_scan(h, w, labels, th, tw, *, ignore_index, chunk_size):
+    """Per-row <G_n, th_n w + h_n tw>: the tangent of each row's loss."""
+    n = h.shape[0]
+    chunk = _chunk(n, w.shape[1], chunk_size)
+    hc, lc = _chunks(h, labels, chunk)
+    tc, _ = _chunks(th, labels, chunk)
+
+    def body(carry, xs):
+        hx, lx, tx = xs
+        _, g = _softmax_minus_onehot(_logits(hx, w), lx, ignore_index)
+        tz = _logits(tx, w) + _logits(hx, tw)
+        return carry, jnp.sum(g * tz, axis=1)
+
+    _, rows = jax.lax.scan(body, None, (hc, lc, tc))
+    return _unchunk(rows, n)
+
+
+@functools.cache
+def _gradient_pair(ignore_index, reduction, chunk_size, has_weights):
+    def weights_of(labels, weights, v, dtype):
+        return _entry_weights(labels, weights if has_weights else None, v, ignore_index, dtype)
+
+    def apply(h, w, labels, weights, dloss):
+        coef, _ = _loss_coefficient(labels, weights if has_weights else None, dloss,
+                                    w.shape[1], ignore_index=ignore_index, reduction=reduction)
+        coef = jnp.broadcast_to(coef, labels.shape)
+        return _gradient_scan(h, w, labels, coef, ignore_index=ignore_index,
+                              chunk_size=chunk_size)
+
+    def transpose(h, w, labels, weights, th, tw):
+        rows = _tangent_scan(h, w, labels, th, tw, ignore_index=ignore_index,
+                             chunk_size=chunk_size)
+        wts, _, invalid = weights_of(labels, weights, w.shape[1], rows.dtype)
+        return (_weighted(rows, wts, invalid, reduction).astype(h.dtype),)
+
+    return linear_pair(apply, transpose, name="linear_cross_entropy_gradient_scan")
+
+
+LINEAR_CROSS_ENTROPY_GRADIENT = schema.register(OpSchema(
+    name="LinearCrossEntropyLossGradient", function="linear_cross_entropy_gradient",
+    domain=JAXOPS_DOMAIN,
+    doc="(dh, dw) of LinearCrossEntropyLoss: G = softmax(h @ w) - onehot(labels), scaled by "
+        "weights[labels] * dloss over the reduction; dh = G w^T, dw = h^T G, chunked.",
+    inputs=(Parameter("h", doc="hidden states, shape (N, H)"),
+            Parameter("w", doc="output projection, shape (H, V)"),
+            _labels(), _weights(), Parameter("dloss", doc="gradient w.r.t. the loss")),
+    outputs=(Parameter("dh", doc="gradient w.r.t. h"), Parameter("dw", doc="gradient w.r.t. w")),
+    attributes=(_IGNORE_INDEX, _REDUCTION, _CHUNK), type_constraints=_LABELLED_TYPES,
+    elementwise=False, identical_type_and_shape=False, infer_fn=_gradient_infer,
+    cost_fn=_cost(3),
+))
+
+
+@defop(LINEAR_CROSS_ENTROPY_GRADIENT)
+def linear_cross_entropy_gradient(
+    h: ArrayLike, w: ArrayLike, labels: ArrayLike, weights: ArrayLike | None,
+    dloss: ArrayLike, *, ignore_index: int | None = None, reduction: str = "mean",
+    chunk_size: int | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    r"""Gradient op of :func:`linear_cross_entropy`: ``(dh, dw)``, chunked like the loss.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxops
+      >>> dh, dw = jaxops.linear_cross_entropy_gradient(
+      ...     jnp.eye(2), jnp.zeros((2, 2)), jnp.array([0, 1]), None, jnp.float32(1.0))
+      >>> dw
+      Array([[-0.25,  0.25],
+             [ 0.25, -0.25]], dtype=float32)
+    """
+    pair = _gradient_pair(ignore_index, reduction, chunk_size, weights is not None)
+    wts = weights if weights is not None else jnp.zeros((0,), h.dtype)
+    return pair((h, w, labels, wts), (dloss,))
+
+
+# ------------------------------------------------------------------------ the Pallas path
+
+def _fused_scan(h, w, labels, coef, *, ignore_index, chunk_size, interpret):
+    """(per-row loss, dh, dw) in one pass: the fused kernel writes each chunk's G."""
+    n = h.shape[0]
+    chunk = _chunk(n, w.shape[1], chunk_size)
+    hc, lc = _chunks(h, labels, chunk)
+    cc = jnp.pad(coef, (0, -n % chunk)).reshape(-1, chunk)
+
+    def body(dw, xs):
+        hx, lx, cx = xs
+        loss, g = triton.softmax_cross_entropy_rows(
+            _logits(hx, w), lx, ignore_index=ignore_index, with_gradient=True,
+            interpret=interpret)
+        dz = g * cx[:, None]
+        dh = jnp.matmul(dz, upcast(w).T).astype(h.dtype)
+        return dw + jnp.matmul(upcast(hx).T, dz), (loss, dh)
+
+    dw, (loss, dh) = jax.lax.scan(body, jnp.zeros(w.shape, upcast(w).dtype), (hc, lc, cc))
+    return _unchunk(loss, n), _unchunk(dh, n), dw.astype(w.dtype)
+
+
+def _fused_twin(h, w, labels, coef, *, ignore_index, chunk_size):
+    loss = _loss_rows(h, w, labels, ignore_index=ignore_index, chunk_size=chunk_size)
+    dh, dw = _gradient_scan(h, w, labels, coef, ignore_index=ignore_index,
+                            chunk_size=chunk_size)
+    return loss, dh, dw
+
+
+def _pallas_supports(*, reduction, **attrs):
+    return None if reduction != "none" else (
+        "reduction='none' (a per-entry dloss cannot scale dw after the forward summed it)")
+
+
+def _linear_cross_entropy_pallas(h, w, labels, weights=None, *, ignore_index, reduction,
+                                 chunk_size, interpret):
+    """The loss alone (no gradient wanted): the kernel without its gradient output."""
+    n = h.shape[0]
+    hc, lc = _chunks(h, labels, _chunk(n, w.shape[1], chunk_size))
+
+    def body(carry, xs):
+        (loss,) = triton.softmax_cross_entropy_rows(
+            _logits(xs[0], w), xs[1], ignore_index=ignore_index, with_gradient=False,
+            interpret=interpret)
+        return carry, loss
+
+    _, loss = jax.lax.scan(body, None, (hc, lc))
+    wts, _, invalid = _entry_weights(labels, weights, w.shape[1], ignore_index,
+                                     upcast(h).dtype)
+    return _weighted(_unchunk(loss, n), wts, invalid, reduction).astype(h.dtype)
+
+
+def _linear_cross_entropy_pallas_jvp(primals, tangents, *, ignore_index, reduction,
+                                     chunk_size, interpret):
+    h, w, labels, weights = primals
+    wts, _, invalid = _entry_weights(labels, weights, w.shape[1], ignore_index,
+                                     upcast(h).dtype)
+    one = jnp.ones((), upcast(h).dtype)
+    coef, _ = _loss_coefficient(labels, weights, one, w.shape[1], ignore_index=ignore_index,
+                                reduction=reduction)
+    static = dict(ignore_index=ignore_index, chunk_size=chunk_size)
+    fused = with_twin_derivative(
+        functools.partial(_fused_scan, interpret=interpret, **static),
+        functools.partial(_fused_twin, **static))
+    loss, dh, dw = fused(h, w, labels, jnp.broadcast_to(coef, labels.shape))
+    y = _weighted(loss, wts, invalid, reduction).astype(h.dtype)
+    th, tw = tangents[:2]
+    t_y = (jnp.sum(upcast(dh) * upcast(th)) + jnp.sum(upcast(dw) * upcast(tw)))
+    return y, t_y.astype(h.dtype)
+
+
+linear_cross_entropy.defimpl("pallas", jvp=_linear_cross_entropy_pallas_jvp,
+                             supports=_pallas_supports)(_linear_cross_entropy_pallas)
