@@ -62,6 +62,9 @@ ROUND_TRIPS = [
     ("softmax_cross_entropy", lambda s: jo.softmax_cross_entropy(
         s, LABELS, jnp.array([1.0, 2.0, 0.5], s.dtype), ignore_index=2, return_log_prob=True),
      (X,)),
+    ("linear_cross_entropy", lambda h: jo.linear_cross_entropy(
+        h, jnp.linspace(-1, 1, 15, dtype=h.dtype).reshape(3, 5), LABELS, ignore_index=2,
+        chunk_size=2), (X,)),
     ("nll_loss", lambda lp: jo.nll_loss(lp, LABELS, reduction="sum"), (jo.log_softmax(X),)),
     ("batch_norm_eval", lambda x: jo.batch_norm(x, *_like(STATS, x)), (X3,)),
     ("batch_norm_train", lambda x: jo.batch_norm(x, *_like(STATS, x), momentum=0.75,

@@ -281,6 +281,22 @@ def _sce_gradient(b, log_prob, labels, weights, dloss, *, ignore_index, reductio
     return b.op("Mul", b.op("Sub", p, _one_hot(b, safe, log_prob, p)), coef)
 
 
+def _linear_cross_entropy(b, h, w, labels, weights, *, ignore_index, reduction, **unused):
+    """The logits materialized (an ONNX graph has no chunked loop worth its cost)."""
+    z = b.op("MatMul", h, w)
+    attrs = {"reduction": reduction} | ({} if ignore_index is None else
+                                        {"ignore_index": ignore_index})
+    return b.op("SoftmaxCrossEntropyLoss", z, labels, *([weights] if weights else []), **attrs)
+
+
+def _linear_cross_entropy_gradient(b, h, w, labels, weights, dloss, *, ignore_index,
+                                   reduction, **unused):
+    dz = _sce_gradient(b, b.op("LogSoftmax", b.op("MatMul", h, w), axis=1), labels, weights,
+                       dloss, ignore_index=ignore_index, reduction=reduction)
+    return (b.op("MatMul", dz, b.op("Transpose", w, perm=[1, 0])),
+            b.op("MatMul", b.op("Transpose", h, perm=[1, 0]), dz))
+
+
 def _nll_gradient(b, x, labels, weights, dloss, *, ignore_index, reduction):
     coef, safe = _label_coefficient(b, x, labels, weights, dloss, ignore_index, reduction)
     return b.op("CastLike", b.op("Neg", b.op("Mul", _one_hot(b, safe, x, coef), coef)), x)
@@ -340,6 +356,8 @@ BODIES: dict[str, Callable[..., str | tuple[str, ...]]] = {
     "SoftmaxCrossEntropyLossGradient": _sce_gradient,
     "NegativeLogLikelihoodLossGradient": _nll_gradient,
     "BatchNormalizationGradient": _batch_norm_gradient,
+    "LinearCrossEntropyLoss": _linear_cross_entropy,
+    "LinearCrossEntropyLossGradient": _linear_cross_entropy_gradient,
 }
 
 
@@ -402,9 +420,12 @@ def function_proto(schema: OpSchema, attrs: dict, opset: int, in_avals, out_aval
         key["types"] = "-".join(np.dtype(a.dtype).name for a in (*in_avals, *out_avals)
                                 if a is not None)
     key.update(b.key)
+    # trailing omitted inputs are left out of the node, so of the function's signature too
+    last = max(i for i, a in enumerate(in_avals) if a is not None)
     return helper.make_function(
-        JAXOPS_DOMAIN, schema.name, [p.name for p in schema.inputs],
+        JAXOPS_DOMAIN, schema.name, [p.name for p in schema.inputs[:last + 1]],
         [p.name for p in schema.outputs[:len(out_avals)]], b.nodes,
-        [helper.make_opsetid("", opset)], attributes=sorted(attrs),
+        [helper.make_opsetid("", opset)],
+        attributes=sorted(a.onnx_name or a.name for a in schema.attributes if a.onnx),
         doc_string=schema.doc, overload=overload_name(key),
     )

@@ -146,7 +146,7 @@ def _softmax_minus_onehot(z, labels, ignore_index):
     lse = (m + jnp.log(jnp.where(s == 0, jnp.ones_like(s), s)))[:, 0]
     loss = jnp.where(valid, jnp.where(s[:, 0] == 0, jnp.inf, lse - picked),
                      jnp.where(ignored, 0.0, jnp.nan))
-    onehot = (jnp.arange(v)[None, :] == safe[:, None]) & valid[:, None]
+    onehot = (jnp.arange(v, dtype=safe.dtype)[None, :] == safe[:, None]) & valid[:, None]
     g = e / jnp.where(s == 0, jnp.ones_like(s), s) - onehot.astype(z.dtype)
     return loss.astype(z.dtype), jnp.where(ignored[:, None], jnp.zeros_like(g), g)
 
