@@ -42,6 +42,10 @@ from jaxops.ops.exponential import (
     log as log,
     log_gradient as log_gradient,
 )
+from jaxops.ops.linear_cross_entropy import (
+    linear_cross_entropy as linear_cross_entropy,
+    linear_cross_entropy_gradient as linear_cross_entropy_gradient,
+)
 from jaxops.ops.losses import (
     binary_cross_entropy as binary_cross_entropy,
     binary_cross_entropy_gradient as binary_cross_entropy_gradient,
@@ -50,10 +54,6 @@ from jaxops.ops.losses import (
     mae as mae,
     mse as mse,
     msle as msle,
-)
-from jaxops.ops.linear_cross_entropy import (
-    linear_cross_entropy as linear_cross_entropy,
-    linear_cross_entropy_gradient as linear_cross_entropy_gradient,
 )
 from jaxops.ops.normalization import (
     batch_norm as batch_norm,

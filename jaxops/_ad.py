@@ -144,7 +144,8 @@ def linear_pair(
     return call
 
 
-def with_twin_derivative(kernel: Callable[..., Any], twin: Callable[..., Any]) -> Callable[..., Any]:
+def with_twin_derivative(kernel: Callable[..., Any],
+                         twin: Callable[..., Any]) -> Callable[..., Any]:
     """``kernel``, differentiated as ``twin`` (its XLA reference, same inputs and outputs): a
     Pallas kernel is opaque to JAX, so its outputs take the twin's JVP, hence every
     derivative order.  Bind static arguments with ``functools.partial`` first."""

@@ -363,7 +363,8 @@ class OpSchema:
             f"  allow_inplace: {list(self.allow_inplace)}\n"
             f"  gradient: {self.gradient}\n"
             f"  implementations: {dict(self.implementations)}"
-            f"{f'; default {dict(self.default_implementation)}' if self.default_implementation else ''}"
+            + (f"; default {dict(self.default_implementation)}"
+               if self.default_implementation else "")
         )
 
 

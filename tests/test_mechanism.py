@@ -16,6 +16,7 @@ from jaxops.schema import OpSchema, Parameter
 
 OPS_WITH_GRADIENT = [
     s for s in jo.schema.all_schemas() if s.gradient is not None
+    and s.name != "LinearCrossEntropyLoss"  # matrices, not one shape: tests/kernels_wip.py
 ]
 
 
