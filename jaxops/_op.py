@@ -43,22 +43,23 @@ _STATE = threading.local()
 
 
 @contextlib.contextmanager
-def _recording_set(on: bool):
-    previous = getattr(_STATE, "recording", False)
-    _STATE.recording = on
+def _state_set(name: str, value: Any):
+    """Set one field of the (thread-local) trace-time state for the duration."""
+    previous = getattr(_STATE, name, None)
+    setattr(_STATE, name, value)
     try:
         yield
     finally:
-        _STATE.recording = previous
+        setattr(_STATE, name, previous)
 
 
 def recording():
     """Within this context, jaxops ops trace to one ``jaxops_op`` equation each."""
-    return _recording_set(True)
+    return _state_set("recording", True)
 
 
 def _not_recording():
-    return _recording_set(False)
+    return _state_set("recording", False)
 
 
 # --------------------------------------------------------------- per-platform implementations
@@ -77,16 +78,6 @@ def _not_recording():
 # The gradient ops called by an op's registered gradient inherit the choice.
 
 IMPLEMENTATIONS = ("xla", "pallas", "pallas_interpret")
-
-
-@contextlib.contextmanager
-def _implementation_set(choice: str | None):
-    previous = getattr(_STATE, "implementation", None)
-    _STATE.implementation = choice
-    try:
-        yield
-    finally:
-        _STATE.implementation = previous
 
 
 _unavailable_p = jax.extend.core.Primitive("jaxops_unavailable")
@@ -113,15 +104,18 @@ def _unavailable_like(arrays, avals, message):
 
 def _unavailable_jvp(primals, tangents, *, out_avals, message):
     outs = _unavailable_p.bind(*primals, out_avals=out_avals, message=message)
-    return outs, _unavailable_like(primals, [jax.typeof(o).to_tangent_aval() for o in outs],
+    # the tangents' own unavailable map (a function of the tangents, so it is transposed and
+    # lowered -- and refused -- rather than treated as a constant)
+    tangents = [ad.instantiate_zeros(t) for t in tangents]
+    return outs, _unavailable_like(tangents, [jax.typeof(o).to_tangent_aval() for o in outs],
                                    message)
 
 
 def _unavailable_transpose(cts, *args, out_avals, message):
-    known = [a for a in args if not ad.is_undefined_primal(a)]
-    wanted = [a.aval for a in args if ad.is_undefined_primal(a)]
-    it = iter(_unavailable_like(known, wanted, message))
-    return [next(it) if ad.is_undefined_primal(a) else None for a in args]
+    cts = [jax.numpy.zeros(a.shape, a.dtype) if type(c) is ad.Zero else c
+           for c, a in zip(cts, out_avals, strict=True)]
+    wanted = [a.aval if ad.is_undefined_primal(a) else jax.typeof(a) for a in args]
+    return list(_unavailable_like(cts, wanted, message))
 
 
 def _unavailable_batch(args, dims, *, out_avals, message):
@@ -309,7 +303,7 @@ def defop(schema: OpSchema) -> Callable[[Callable[..., Any]], Callable[..., Any]
                 y = fn(*primals)
 
                 def vjp(dy):
-                    with _implementation_set(choice):  # gradient ops run the same way
+                    with _state_set("implementation", choice):  # gradient ops: the same
                         cts = registered["vjp"](*primals, y, dy, **attrs)
                     return cts if isinstance(cts, tuple) else (cts,)
 
@@ -392,10 +386,13 @@ def defop(schema: OpSchema) -> Callable[[Callable[..., Any]], Callable[..., Any]
         def choose(implementation: str | None, attrs: dict) -> str | None:
             """Check an ``implementation=`` argument (None: inherited from the op whose
             gradient this is, else the platform's default)."""
-            offered = ("xla", "pallas", "pallas_interpret") if kernels else ("xla",)
+            offered = IMPLEMENTATIONS if kernels else ("xla",)
             if implementation is None:
                 inherited = getattr(_STATE, "implementation", None)
-                return inherited if inherited in offered else None
+                if inherited not in offered or (inherited != "xla" and
+                                                kernels["pallas"].supports(**attrs)):
+                    return None
+                return inherited
             if implementation not in offered:
                 raise ValueError(
                     f"jaxops.{schema.function}: implementation={implementation!r} is not "

@@ -125,6 +125,12 @@ def _nll_from_log_prob(logp, labels, weights, *, ignore_index, reduction):
     return _weighted(-_picked(logp, safe), w, invalid, reduction)
 
 
+def _reduce_entries(loss, labels, weights, classes, *, ignore_index, reduction):
+    """Per-entry losses (or their tangents) weighted by their labels' weights and reduced."""
+    w, _, invalid = _entry_weights(labels, weights, classes, ignore_index, loss.dtype)
+    return _weighted(loss, w, invalid, reduction)
+
+
 def _weighted(loss, w, invalid, reduction):
     """Per-entry losses weighted and reduced.  A weight-0 entry (ignored, or a class of
     weight 0) adds 0 even where its loss is inf (its label's probability is 0): 0 * inf
@@ -305,23 +311,26 @@ def _score_rows(scores, labels):
     return jnp.moveaxis(scores, 1, -1).reshape(-1, scores.shape[1]), labels.reshape(-1)
 
 
-def _cross_entropy_rows_twin(x, labels, *, ignore_index):
-    """XLA twin of the kernel: per-row loss (compute dtype) and gradient (dtype of x)."""
+def _cross_entropy_rows_xla(x, labels, *, ignore_index):
+    """Per-row loss (compute dtype) and gradient softmax - onehot (dtype of x) of (rows, C)
+    scores, in XLA: the kernel's twin, and linear_cross_entropy's per-chunk step."""
     xf = upcast(x)
     logp = log_softmax(xf, axis=1, implementation="xla")
     ignored = labels == ignore_index if ignore_index is not None else jnp.zeros(labels.shape,
                                                                                 bool)
     valid = (labels >= 0) & (labels < x.shape[1]) & ~ignored
     safe = jnp.where(valid, labels, 0)
-    loss = jnp.where(valid, -_picked(logp, safe), jnp.where(ignored, 0.0, jnp.nan))
-    g = jnp.exp(logp) - _one_hot(safe, x.shape[1], xf.dtype) * valid[:, None]
+    loss = jnp.where(valid, 0.0 - _picked(logp, safe),  # +0, not -0, for a certain label
+                     jnp.where(ignored, 0.0, jnp.nan))
+    onehot = _one_hot(safe, x.shape[1], xf.dtype)
+    g = jnp.exp(logp) - jnp.where(valid[:, None], onehot, jnp.zeros_like(onehot))
     return loss.astype(xf.dtype), jnp.where(ignored[:, None], 0.0, g).astype(x.dtype)
 
 
 def _cross_entropy_rows(x, labels, *, ignore_index, interpret):
     kernel = functools.partial(triton.softmax_cross_entropy_rows, ignore_index=ignore_index,
                                with_gradient=True, interpret=interpret)
-    twin = functools.partial(_cross_entropy_rows_twin, ignore_index=ignore_index)
+    twin = functools.partial(_cross_entropy_rows_xla, ignore_index=ignore_index)
     return with_twin_derivative(kernel, twin)(x, labels)
 
 
@@ -330,18 +339,13 @@ def _sce_pallas_supports(*, return_log_prob, **attrs):
         else None
 
 
-def _sce_weights(scores, labels, weights, ignore_index):
-    return _entry_weights(labels, weights, scores.shape[1], ignore_index,
-                          upcast(scores).dtype)
-
-
 def _softmax_cross_entropy_pallas(scores, labels, weights=None, *, ignore_index, reduction,
                                   return_log_prob, interpret):
     x, t = _score_rows(scores, labels)
     (loss,) = triton.softmax_cross_entropy_rows(x, t, ignore_index=ignore_index,
                                                 with_gradient=False, interpret=interpret)
-    w, _, invalid = _sce_weights(scores, labels, weights, ignore_index)
-    return _weighted(loss.reshape(labels.shape), w, invalid, reduction).astype(scores.dtype)
+    return _reduce_entries(loss.reshape(labels.shape), labels, weights, scores.shape[1],
+                           ignore_index=ignore_index, reduction=reduction).astype(scores.dtype)
 
 
 def _softmax_cross_entropy_pallas_jvp(primals, tangents, *, ignore_index, reduction,
@@ -349,11 +353,11 @@ def _softmax_cross_entropy_pallas_jvp(primals, tangents, *, ignore_index, reduct
     scores, labels, weights = primals
     x, t = _score_rows(scores, labels)
     loss, g = _cross_entropy_rows(x, t, ignore_index=ignore_index, interpret=interpret)
-    w, _, invalid = _sce_weights(scores, labels, weights, ignore_index)
-    y = _weighted(loss.reshape(labels.shape), w, invalid, reduction).astype(scores.dtype)
     dx, _ = _score_rows(upcast(tangents[0]), labels)
-    t_rows = jnp.sum(upcast(g) * dx, axis=1).reshape(labels.shape)  # <gradient, tangent>
-    t_y = _weighted(t_rows, w, invalid, reduction).astype(scores.dtype)
+    t_rows = jnp.sum(upcast(g) * dx, axis=1)  # <gradient, tangent> per row
+    y, t_y = (_reduce_entries(r.reshape(labels.shape), labels, weights, scores.shape[1],
+                              ignore_index=ignore_index, reduction=reduction)
+              .astype(scores.dtype) for r in (loss, t_rows))
     return y, t_y
 
 

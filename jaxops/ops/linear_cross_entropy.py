@@ -32,6 +32,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
 from jax.typing import ArrayLike
 
 from jaxops import schema
@@ -42,11 +43,11 @@ from jaxops.kernels import triton
 from jaxops.ops.cross_entropy import (
     _IGNORE_INDEX,
     _LABELLED_TYPES,
-    _entry_weights,
+    _cross_entropy_rows_xla,
     _labels,
     _labels_in_range,
     _loss_coefficient,
-    _weighted,
+    _reduce_entries,
     _weights,
 )
 from jaxops.ops.losses import _REDUCTION
@@ -61,10 +62,17 @@ _CHUNK = Attribute(
     check=lambda c: None if c is None or c >= 1 else "must be >= 1 (or None).")
 
 
-def _chunk(n: int, v: int, chunk_size: int | None) -> int:
+def _chunk(h, v: int, chunk_size: int | None) -> int:
+    """Rows per chunk: ``chunk_size`` (or ~64 MiB of float32 logits), at most N, rounded up
+    to a multiple of the shards of a batch-sharded ``h``."""
     if chunk_size is None:
         chunk_size = max(8, _CHUNK_BYTES // (4 * max(v, 1)))
-    return max(1, min(chunk_size, n))
+    chunk = max(1, min(chunk_size, h.shape[0]))
+    sharding = jax.typeof(h).sharding
+    axes = sharding.spec[0] if len(sharding.spec) else None
+    shards = math.prod(sharding.mesh.shape[a] for a in (
+        () if axes is None else axes if isinstance(axes, tuple) else (axes,)))
+    return -(-chunk // shards) * shards
 
 
 def _check(s: OpSchema, h, w, labels, weights):
@@ -113,55 +121,82 @@ def _cost(matmuls: int):
 # ------------------------------------------------------------------------- the chunking
 
 def _chunks(h, labels, chunk):
-    """h (N, H) and labels as (chunks, chunk, ...) with N padded to whole chunks; the
-    padding rows have label -1 and are dropped by the callers (``[:n]``)."""
-    n = h.shape[0]
-    pad = -n % chunk
-    h = jnp.pad(h, ((0, pad), (0, 0)))
-    labels = jnp.pad(labels, (0, pad), constant_values=-1)
-    return h.reshape(-1, chunk, h.shape[1]), labels.reshape(-1, chunk)
+    """h (N, H) and labels as (chunks, chunk, ...): chunk ``c`` holds rows ``c, c + chunks,
+    c + 2 chunks, ...`` (strided), so a batch sharded in contiguous blocks stays sharded
+    within every chunk and every device works on every step of the scan.  N is padded to
+    whole chunks; the padding rows (h = 0, label -1) are dropped by :func:`_unchunk`."""
+    return _strided(h, chunk, 0), _strided(labels, chunk, -1)
+
+
+def _strided(x, chunk, fill):
+    n = x.shape[0]
+    chunks = -(-n // chunk)
+    x = jnp.pad(x, [(0, chunks * chunk - n)] + [(0, 0)] * (x.ndim - 1), constant_values=fill)
+    sharding = jax.typeof(x).sharding
+    spec = tuple(sharding.spec) + (None,) * (x.ndim - len(sharding.spec))
+    out = None if spec[0] is None else NamedSharding(sharding.mesh, P(spec[0], None, *spec[1:]))
+    return jnp.swapaxes(jax.lax.reshape(x, (chunk, chunks, *x.shape[1:]), out_sharding=out),
+                        0, 1)
 
 
 def _unchunk(rows, n):
-    return rows.reshape(-1, *rows.shape[2:])[:n]
+    rows = jnp.swapaxes(rows, 0, 1)
+    sharding = jax.typeof(rows).sharding
+    spec = tuple(sharding.spec) + (None,) * (rows.ndim - len(sharding.spec))
+    out = None if spec[0] is None else NamedSharding(sharding.mesh, P(spec[0], *spec[2:]))
+    return jax.lax.reshape(rows, (rows.shape[0] * rows.shape[1], *rows.shape[2:]),
+                           out_sharding=out)[:n]
 
 
 def _logits(hc, w):
     return jnp.matmul(hc, w, preferred_element_type=upcast(hc).dtype)
 
 
-def _softmax_minus_onehot(z, labels, ignore_index):
-    """(per-row loss, G = softmax(z) - onehot(label)) of float32 logits; ignored rows get
-    G = 0, out-of-range labels (and the padding rows, label -1) a NaN loss."""
-    v = z.shape[1]
-    ignored = labels == ignore_index if ignore_index is not None else jnp.zeros(labels.shape,
-                                                                                bool)
-    valid = (labels >= 0) & (labels < v) & ~ignored
-    m = jnp.max(z, axis=1, keepdims=True)
-    m = jax.lax.stop_gradient(jnp.where(jnp.isneginf(m), jnp.zeros_like(m), m))
-    e = jnp.exp(z - m)
-    s = jnp.sum(e, axis=1, keepdims=True)
-    safe = jnp.where(valid, labels, 0)
-    picked = jnp.take_along_axis(z, safe[:, None], axis=1)[:, 0]
-    lse = (m + jnp.log(jnp.where(s == 0, jnp.ones_like(s), s)))[:, 0]
-    loss = jnp.where(valid, jnp.where(s[:, 0] == 0, jnp.inf, lse - picked),
-                     jnp.where(ignored, 0.0, jnp.nan))
-    onehot = (jnp.arange(v, dtype=safe.dtype)[None, :] == safe[:, None]) & valid[:, None]
-    g = e / jnp.where(s == 0, jnp.ones_like(s), s) - onehot.astype(z.dtype)
-    return loss.astype(z.dtype), jnp.where(ignored[:, None], jnp.zeros_like(g), g)
+def _xla_rows(ignore_index):
+    """Each chunk's step in XLA: logits -> (per-row loss, G = softmax - onehot)."""
+    return functools.partial(_cross_entropy_rows_xla, ignore_index=ignore_index)
 
 
-def _loss_rows(h, w, labels, *, ignore_index, chunk_size):
-    """Per-row loss (compute dtype), chunk by chunk."""
+def _kernel_rows(ignore_index, interpret, with_gradient=True):
+    """Each chunk's step by the fused kernel (the loss alone without ``with_gradient``)."""
+    return functools.partial(triton.softmax_cross_entropy_rows, ignore_index=ignore_index,
+                             with_gradient=with_gradient, interpret=interpret)
+
+
+def _loss_scan(h, w, labels, rows, chunk_size):
+    """Per-row loss (compute dtype), chunk by chunk; ``rows(z, labels)[0]`` is the loss."""
     n = h.shape[0]
-    hc, lc = _chunks(h, labels, _chunk(n, w.shape[1], chunk_size))
+    hc, lc = _chunks(h, labels, _chunk(h, w.shape[1], chunk_size))
 
     def body(carry, xs):
-        loss, _ = _softmax_minus_onehot(_logits(xs[0], w), xs[1], ignore_index)
-        return carry, loss
+        return carry, rows(_logits(xs[0], w), xs[1])[0]
 
     _, loss = jax.lax.scan(body, None, (hc, lc))
     return _unchunk(loss, n)
+
+
+def _gradient_scan(h, w, labels, coef, rows, chunk_size):
+    """(per-row loss, dh, dw) for per-entry coefficients ``coef`` = d total / d loss_n:
+    ``rows(z, labels) -> (loss, G)`` on each chunk, ``dh = (coef G) w^T``, ``dw += h^T (coef
+    G)``."""
+    n = h.shape[0]
+    chunk = _chunk(h, w.shape[1], chunk_size)
+    hc, lc = _chunks(h, labels, chunk)
+    cc = _strided(coef, chunk, 0)  # padding rows: 0
+
+    def body(dw, xs):
+        hx, lx, cx = xs
+        loss, g = rows(_logits(hx, w), lx)
+        dz = upcast(g) * cx[:, None]
+        dh = jnp.matmul(dz, upcast(w).T).astype(h.dtype)
+        # a sum over the chunk's rows: sharded rows reduce to w's sharding
+        hs = jax.typeof(hx).sharding
+        out = (NamedSharding(hs.mesh, P(*jax.typeof(w).sharding.spec))
+               if hs.spec[:1] not in ((), (None,)) else None)
+        return dw + jnp.matmul(upcast(hx).T, dz, out_sharding=out), (loss, dh)
+
+    dw, (loss, dh) = jax.lax.scan(body, jnp.zeros(w.shape, upcast(w).dtype), (hc, lc, cc))
+    return _unchunk(loss, n), _unchunk(dh, n), dw.astype(w.dtype)
 
 
 # ------------------------------------------------------------------ LinearCrossEntropyLoss
@@ -214,9 +249,9 @@ def linear_cross_entropy(
       Wijmans et al., "Cut Your Losses in Large-Vocabulary Language Models" (2024);
       Liger-Kernel's FusedLinearCrossEntropy.
     """
-    loss = _loss_rows(h, w, labels, ignore_index=ignore_index, chunk_size=chunk_size)
-    wts, _, invalid = _entry_weights(labels, weights, w.shape[1], ignore_index, loss.dtype)
-    return _weighted(loss, wts, invalid, reduction).astype(h.dtype)
+    loss = _loss_scan(h, w, labels, _xla_rows(ignore_index), chunk_size)
+    return _reduce_entries(loss, labels, weights, w.shape[1], ignore_index=ignore_index,
+                           reduction=reduction).astype(h.dtype)
 
 
 @linear_cross_entropy.defgrad
@@ -226,34 +261,16 @@ def _linear_cross_entropy_vjp(h, w, labels, weights, loss, dloss, **attrs):
 
 # -------------------------------------------------------------- LinearCrossEntropyLossGradient
 
-def _gradient_scan(h, w, labels, coef, *, ignore_index, chunk_size):
-    """(dh, dw) for per-entry coefficients ``coef`` = d total / d loss_n."""
-    n = h.shape[0]
-    chunk = _chunk(n, w.shape[1], chunk_size)
-    hc, lc = _chunks(h, labels, chunk)
-    cc = jnp.pad(coef, (0, -n % chunk)).reshape(-1, chunk)
-
-    def body(dw, xs):
-        hx, lx, cx = xs
-        _, g = _softmax_minus_onehot(_logits(hx, w), lx, ignore_index)
-        dz = g * cx[:, None]
-        dh = jnp.matmul(dz, upcast(w).T).astype(h.dtype)
-        return dw + jnp.matmul(upcast(hx).T, dz), dh
-
-    dw, dh = jax.lax.scan(body, jnp.zeros(w.shape, upcast(w).dtype), (hc, lc, cc))
-    return _unchunk(dh, n), dw.astype(w.dtype)
-
-
 def _tangent_scan(h, w, labels, th, tw, *, ignore_index, chunk_size):
     """Per-row <G_n, th_n w + h_n tw>: the tangent of each row's loss."""
     n = h.shape[0]
-    chunk = _chunk(n, w.shape[1], chunk_size)
+    chunk = _chunk(h, w.shape[1], chunk_size)
     hc, lc = _chunks(h, labels, chunk)
     tc, _ = _chunks(th, labels, chunk)
 
     def body(carry, xs):
         hx, lx, tx = xs
-        _, g = _softmax_minus_onehot(_logits(hx, w), lx, ignore_index)
+        _, g = _cross_entropy_rows_xla(_logits(hx, w), lx, ignore_index=ignore_index)
         tz = _logits(tx, w) + _logits(hx, tw)
         return carry, jnp.sum(g * tz, axis=1)
 
@@ -263,21 +280,19 @@ def _tangent_scan(h, w, labels, th, tw, *, ignore_index, chunk_size):
 
 @functools.cache
 def _gradient_pair(ignore_index, reduction, chunk_size, has_weights):
-    def weights_of(labels, weights, v, dtype):
-        return _entry_weights(labels, weights if has_weights else None, v, ignore_index, dtype)
-
+    # the pair's operands are arrays: no class weights travel as an empty array
     def apply(h, w, labels, weights, dloss):
         coef, _ = _loss_coefficient(labels, weights if has_weights else None, dloss,
                                     w.shape[1], ignore_index=ignore_index, reduction=reduction)
         coef = jnp.broadcast_to(coef, labels.shape)
-        return _gradient_scan(h, w, labels, coef, ignore_index=ignore_index,
-                              chunk_size=chunk_size)
+        _, dh, dw = _gradient_scan(h, w, labels, coef, _xla_rows(ignore_index), chunk_size)
+        return dh, dw
 
     def transpose(h, w, labels, weights, th, tw):
         rows = _tangent_scan(h, w, labels, th, tw, ignore_index=ignore_index,
                              chunk_size=chunk_size)
-        wts, _, invalid = weights_of(labels, weights, w.shape[1], rows.dtype)
-        return (_weighted(rows, wts, invalid, reduction).astype(h.dtype),)
+        return (_reduce_entries(rows, labels, weights if has_weights else None, w.shape[1],
+                                ignore_index=ignore_index, reduction=reduction).astype(h.dtype),)
 
     return linear_pair(apply, transpose, name="linear_cross_entropy_gradient_scan")
 
@@ -320,33 +335,6 @@ def linear_cross_entropy_gradient(
 
 # ------------------------------------------------------------------------ the Pallas path
 
-def _fused_scan(h, w, labels, coef, *, ignore_index, chunk_size, interpret):
-    """(per-row loss, dh, dw) in one pass: the fused kernel writes each chunk's G."""
-    n = h.shape[0]
-    chunk = _chunk(n, w.shape[1], chunk_size)
-    hc, lc = _chunks(h, labels, chunk)
-    cc = jnp.pad(coef, (0, -n % chunk)).reshape(-1, chunk)
-
-    def body(dw, xs):
-        hx, lx, cx = xs
-        loss, g = triton.softmax_cross_entropy_rows(
-            _logits(hx, w), lx, ignore_index=ignore_index, with_gradient=True,
-            interpret=interpret)
-        dz = g * cx[:, None]
-        dh = jnp.matmul(dz, upcast(w).T).astype(h.dtype)
-        return dw + jnp.matmul(upcast(hx).T, dz), (loss, dh)
-
-    dw, (loss, dh) = jax.lax.scan(body, jnp.zeros(w.shape, upcast(w).dtype), (hc, lc, cc))
-    return _unchunk(loss, n), _unchunk(dh, n), dw.astype(w.dtype)
-
-
-def _fused_twin(h, w, labels, coef, *, ignore_index, chunk_size):
-    loss = _loss_rows(h, w, labels, ignore_index=ignore_index, chunk_size=chunk_size)
-    dh, dw = _gradient_scan(h, w, labels, coef, ignore_index=ignore_index,
-                            chunk_size=chunk_size)
-    return loss, dh, dw
-
-
 def _pallas_supports(*, reduction, **attrs):
     return None if reduction != "none" else (
         "reduction='none' (a per-entry dloss cannot scale dw after the forward summed it)")
@@ -355,37 +343,29 @@ def _pallas_supports(*, reduction, **attrs):
 def _linear_cross_entropy_pallas(h, w, labels, weights=None, *, ignore_index, reduction,
                                  chunk_size, interpret):
     """The loss alone (no gradient wanted): the kernel without its gradient output."""
-    n = h.shape[0]
-    hc, lc = _chunks(h, labels, _chunk(n, w.shape[1], chunk_size))
-
-    def body(carry, xs):
-        (loss,) = triton.softmax_cross_entropy_rows(
-            _logits(xs[0], w), xs[1], ignore_index=ignore_index, with_gradient=False,
-            interpret=interpret)
-        return carry, loss
-
-    _, loss = jax.lax.scan(body, None, (hc, lc))
-    wts, _, invalid = _entry_weights(labels, weights, w.shape[1], ignore_index,
-                                     upcast(h).dtype)
-    return _weighted(_unchunk(loss, n), wts, invalid, reduction).astype(h.dtype)
+    loss = _loss_scan(h, w, labels, _kernel_rows(ignore_index, interpret, with_gradient=False),
+                      chunk_size)
+    return _reduce_entries(loss, labels, weights, w.shape[1], ignore_index=ignore_index,
+                           reduction=reduction).astype(h.dtype)
 
 
 def _linear_cross_entropy_pallas_jvp(primals, tangents, *, ignore_index, reduction,
                                      chunk_size, interpret):
+    """(loss, dh, dw) in one pass per chunk (the fused kernel writes G), differentiated as
+    the XLA scan; the tangent is <dh, th> + <dw, tw>, which reverse mode only scales."""
     h, w, labels, weights = primals
-    wts, _, invalid = _entry_weights(labels, weights, w.shape[1], ignore_index,
-                                     upcast(h).dtype)
-    one = jnp.ones((), upcast(h).dtype)
-    coef, _ = _loss_coefficient(labels, weights, one, w.shape[1], ignore_index=ignore_index,
-                                reduction=reduction)
-    static = dict(ignore_index=ignore_index, chunk_size=chunk_size)
+    coef, _ = _loss_coefficient(labels, weights, jnp.ones((), upcast(h).dtype), w.shape[1],
+                                ignore_index=ignore_index, reduction=reduction)
     fused = with_twin_derivative(
-        functools.partial(_fused_scan, interpret=interpret, **static),
-        functools.partial(_fused_twin, **static))
+        functools.partial(_gradient_scan, rows=_kernel_rows(ignore_index, interpret),
+                          chunk_size=chunk_size),
+        functools.partial(_gradient_scan, rows=_xla_rows(ignore_index),
+                          chunk_size=chunk_size))
     loss, dh, dw = fused(h, w, labels, jnp.broadcast_to(coef, labels.shape))
-    y = _weighted(loss, wts, invalid, reduction).astype(h.dtype)
+    y = _reduce_entries(loss, labels, weights, w.shape[1], ignore_index=ignore_index,
+                        reduction=reduction).astype(h.dtype)
     th, tw = tangents[:2]
-    t_y = (jnp.sum(upcast(dh) * upcast(th)) + jnp.sum(upcast(dw) * upcast(tw)))
+    t_y = jnp.sum(upcast(dh) * upcast(th)) + jnp.sum(upcast(dw) * upcast(tw))
     return y, t_y.astype(h.dtype)
 
 
