@@ -130,7 +130,9 @@ def run_case(case: Case, reps: int, variants: list[str]) -> dict:
             *args).compile()
     # correctness first: every variant's loss and gradients against the reference
     want = jax.device_get(compiled[reference, "fwd+bwd"](*args))
-    tol = 2e-2 if case.dtype == "bfloat16" else 2e-4
+    # float32 matmuls run in TF32 on GPUs by default: 3.6e-4 was measured between two
+    # formulations of linear_cross_entropy at H=4096 on an H100
+    tol = 2e-2 if case.dtype == "bfloat16" else 1e-3 if jax.default_backend() == "gpu" else 2e-4
     for name in names[1:]:
         got = jax.device_get(compiled[name, "fwd+bwd"](*args))
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
