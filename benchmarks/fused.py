@@ -68,7 +68,8 @@ def _sce_case(n, v, dtype):
         logp = jax.nn.log_softmax(x.astype(jnp.float32))
         keep = labels != -100
         picked = jnp.take_along_axis(logp, jnp.where(keep, labels, 0)[:, None], 1)[:, 0]
-        return -jnp.sum(jnp.where(keep, picked, 0)) / jnp.maximum(jnp.sum(keep), 1)
+        kept = jnp.maximum(jnp.sum(keep), 1).astype(jnp.float32)
+        return -jnp.sum(jnp.where(keep, picked, 0.0)) / kept
 
     def ours(impl):
         return lambda x, labels: jo.softmax_cross_entropy(

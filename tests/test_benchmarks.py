@@ -48,3 +48,14 @@ def test_wrong_op_fails_the_run(tmp_path):
     with pytest.raises(CorrectnessError, match="relu fwd float32: max \\|jaxops - reference\\|"):
         run(["--quick", "--ops", "relu", "--out", str(tmp_path / "x")], benches={"relu": wrong})
     assert not (tmp_path / "x.json").exists()
+
+
+def test_fused_quick_run_checks_and_writes_results(tmp_path):
+    from benchmarks import fused
+
+    results = fused.main(["--quick", "--out", str(tmp_path)])
+    assert {r["op"] for r in results} == {"softmax", "log_softmax", "softmax_cross_entropy",
+                                          "linear_cross_entropy"}
+    for r in results:
+        assert r["variants"][r["reference"]]["fwd+bwd"]["speedup_vs_reference"] == 1.0
+    assert (tmp_path / "fused-cpu.md").read_text().startswith("# Fused ops")
