@@ -2,7 +2,7 @@
 
     python -m benchmarks.fused                  # the realistic shapes (a GPU's worth of memory)
     python -m benchmarks.fused --quick          # tiny shapes (CPU; the test suite runs this)
-    python -m benchmarks.fused --ops sce,lce --out benchmarks/results
+    python -m benchmarks.fused --ops sce,lce,bn --out benchmarks/results
 
 For every case and implementation it reports the median (p20, p80) time of the forward and of
 ``value_and_grad`` (AOT-compiled, warmed up, calls interleaved, ``block_until_ready``), the
@@ -99,14 +99,49 @@ def _lce_case(n, h, v, dtype):
                 {"materialized": materialized, "xla": ours("xla"), "pallas": ours("pallas")})
 
 
+def _bn_case(shape, dtype):
+    c = shape[1]
+    axes = (0, *range(2, len(shape)))
+
+    def make(key):
+        k1, k2, k3 = jax.random.split(key, 3)
+        x = (jax.random.normal(k1, shape, jnp.float32) * 2 + 1).astype(dtype)
+        probe = jax.random.normal(k2, shape, jnp.float32).astype(dtype)
+        scale = jax.random.uniform(k3, (c,), jnp.float32, 0.5, 2)
+        return (x, scale, jnp.zeros(c), jnp.zeros(c), jnp.ones(c), probe), (0, 1, 2)
+
+    def per_channel(v):
+        return v.reshape((1, c) + (1,) * (len(shape) - 2))
+
+    def jnp_bn(x, scale, bias, mean, var, probe):  # what a JAX user writes (flax's formula)
+        xf = x.astype(jnp.float32)
+        mu = jnp.mean(xf, axes)
+        sigma2 = jnp.var(xf, axes)
+        y = ((xf - per_channel(mu)) * per_channel(jax.lax.rsqrt(sigma2 + 1e-5) * scale)
+             + per_channel(bias))
+        return jnp.sum(y.astype(dtype).astype(jnp.float32) * probe.astype(jnp.float32))
+
+    def ours(impl):
+        def loss(x, scale, bias, mean, var, probe):
+            y = jo.batch_norm(x, scale, bias, mean, var, training=True, implementation=impl)[0]
+            return jnp.sum(y.astype(jnp.float32) * probe.astype(jnp.float32))
+        return loss
+
+    return Case("batch_norm", dict(zip("NCHW", shape, strict=False)), dtype, make,
+                {"jnp": jnp_bn, "xla": ours("xla"), "pallas": ours("pallas")})
+
+
 def cases(quick: bool, ops: set[str]) -> list[Case]:
     out = []
     if quick:
         rows, vocab, dtypes = [(64, 1000)], [(64, 32, 1000)], ["float32"]
+        images = [(8, 16, 7, 7)]
     else:
         rows = [(4096, 32768), (16384, 32768), (4096, 128256)]
         vocab = [(4096, 1024, 32768), (16384, 4096, 128256), (8192, 1024, 65536)]
         dtypes = ["bfloat16", "float32"]
+        # ResNet-50's first stages at batch 64 and 32; an MLP's activations
+        images = [(64, 256, 56, 56), (32, 512, 28, 28), (16384, 4096)]
     for dtype in dtypes:
         for n, c in rows:
             for op in ("softmax", "log_softmax"):
@@ -116,6 +151,8 @@ def cases(quick: bool, ops: set[str]) -> list[Case]:
                 out.append(_sce_case(n, c, dtype))
         if "lce" in ops:
             out.extend(_lce_case(n, h, v, dtype) for n, h, v in vocab)
+        if "bn" in ops:
+            out.extend(_bn_case(shape, dtype) for shape in images)
     return out
 
 
@@ -185,7 +222,7 @@ def markdown(results: list[dict], env: dict) -> str:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--ops", default="softmax,log_softmax,sce,lce")
+    p.add_argument("--ops", default="softmax,log_softmax,sce,lce,bn")
     p.add_argument("--reps", type=int, default=None)
     p.add_argument("--out", default=None, help="directory for fused-<platform>.{json,md}")
     a = p.parse_args(argv)

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
+from reference import _bn_ref, _bn_vjp
 
 import jaxops as jo
 
@@ -221,6 +222,101 @@ def test_linear_cross_entropy_memory_does_not_grow_with_n_times_v():
     assert chunked * 8 < materialized, (chunked / 2**20, materialized / 2**20)
 
 
+# ------------------------------------------------------------------------- batch norm
+
+BN_SHAPES = [(7, 5), (3, 70, 33), (2, 3, 4, 5), (300, 2, 9), (5, 130, 1), (16, 3, 5000)]
+
+
+def _bn_inputs(shape, dtype, seed=0):
+    c = shape[1]
+    k = jax.random.split(jax.random.key(seed), 5)
+    x = (jax.random.normal(k[0], shape) * 2 + 1).astype(dtype)
+    return (x, jax.random.uniform(k[1], (c,), minval=0.5, maxval=2),
+            jax.random.normal(k[2], (c,)), jax.random.normal(k[3], (c,)),
+            jax.random.uniform(k[4], (c,), minval=0.5, maxval=2))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("shape", BN_SHAPES, ids=str)
+def test_batch_norm_kernels_match_float64_and_the_xla_twin(shape, dtype):
+    """Training forward (y, running statistics) and the gradient op's kernel; half-precision
+    activations with float32 statistics and parameters."""
+    xs = _bn_inputs(shape, dtype)
+    got = jo.batch_norm(*xs, training=True, implementation=PALLAS)
+    xla = jo.batch_norm(*xs, training=True, implementation="xla")
+    ref = _bn_ref(*(np.asarray(a, np.float64) for a in xs), True)
+    tol = TOL[dtype]
+    for g, x, r in zip(got, xla, ref[:3], strict=True):
+        assert g.dtype == x.dtype
+        _close(g, r, tol * 4)  # y: the rounding of x to half precision, times ~1/std
+        _close(g, x, tol)
+    dy = jax.random.normal(jax.random.key(7), shape).astype(dtype)
+    mu, sigma2 = (jnp.asarray(r, jnp.float32) for r in ref[3:])
+    grads = jo.batch_norm_gradient(xs[0], xs[1], mu, sigma2, dy, training=True,
+                                   implementation=PALLAS)
+    want = jo.batch_norm_gradient(xs[0], xs[1], mu, sigma2, dy, training=True,
+                                  implementation="xla")
+    c = shape[1]
+    f64 = _bn_vjp(*(np.asarray(a, np.float64) for a in xs), np.asarray(dy, np.float64),
+                  np.zeros(c), np.zeros(c), True)
+    for g, w, r in zip(grads[:3], want[:3], f64[:3], strict=True):
+        assert g.dtype == w.dtype
+        _close(g, w, tol)
+        scale = np.max(np.abs(r))
+        _close(np.asarray(g, np.float64) / scale, r / scale, tol * 4)
+    assert not np.any(grads[3]) and not np.any(grads[4])  # training: no running-stat path
+
+
+def test_batch_norm_statistics_kernel_keeps_small_variances():
+    """Mean 1e4, std 1e-2 in float32 over many tiles and programs: the kernel merges on a
+    shifted scale, so the variance is right to float32 rounding (Chan's merge of unshifted
+    tile means lost 2% here)."""
+    rng = np.random.default_rng(0)
+    x = (1e4 + 1e-2 * rng.normal(size=(300, 4, 70))).astype(np.float32)
+    ones, zeros = np.ones(4, np.float32), np.zeros(4, np.float32)
+    _, mean, var = jo.batch_norm(x, ones, zeros, zeros, ones, momentum=0.0, training=True,
+                                 implementation=PALLAS)
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(mean, x64.mean(axis=(0, 2)), rtol=1e-7)
+    np.testing.assert_allclose(var, x64.var(axis=(0, 2)), rtol=1e-5)
+
+
+def test_batch_norm_kernels_under_every_transform():
+    xs = _bn_inputs((6, 5, 7, 3), jnp.float32)
+    probe = jax.random.normal(jax.random.key(3), xs[0].shape)
+
+    def loss(impl):
+        def f(x, scale, bias, mean, var):
+            y, new_mean, new_var = jo.batch_norm(x, scale, bias, mean, var, training=True,
+                                                 implementation=impl)
+            return jnp.sum(jnp.sin(y) * probe) + jnp.sum(new_mean * new_var)
+        return f
+
+    ours, xla = loss(PALLAS), loss("xla")
+    every = tuple(range(5))
+    for a, b in zip(jax.grad(ours, every)(*xs), jax.grad(xla, every)(*xs), strict=True):
+        _close(a, b, 1e-5)
+    tangents = tuple(jax.random.normal(jax.random.key(9 + i), a.shape) for i, a in
+                     enumerate(xs))
+    _close(jax.jvp(ours, xs, tangents)[1], jax.jvp(xla, xs, tangents)[1], 1e-5)
+    _close(jax.hessian(ours, 1)(*xs), jax.hessian(xla, 1)(*xs), 1e-5)
+    stacked = jnp.stack([xs[0], 2 * xs[0] - 1])
+    axes = (0, None, None, None, None)
+    _close(jax.vmap(jax.grad(ours), axes)(stacked, *xs[1:]),
+           jax.vmap(jax.grad(xla), axes)(stacked, *xs[1:]), 1e-5)
+    _close(jax.jit(jax.grad(lambda s: jnp.sum(jax.vmap(ours, axes)(s, *xs[1:]))))(stacked),
+           jax.grad(lambda s: jnp.sum(jax.vmap(xla, axes)(s, *xs[1:])))(stacked), 1e-5)
+
+
+def test_batch_norm_inference_stays_on_xla():
+    xs = _bn_inputs((4, 3), jnp.float32)
+    with pytest.raises(ValueError, match=r"jaxops.batch_norm: implementation='pallas_interp"
+                                         r"ret' does not support training=False"):
+        jo.batch_norm(*xs, implementation="pallas_interpret")
+    jaxpr = str(jax.make_jaxpr(lambda *a: jo.batch_norm(*a, training=True))(*xs))
+    assert "pallas_call" not in jaxpr  # no benchmark has made the kernel a default
+
+
 # ------------------------------------------------------------------------------ dispatch
 
 def test_the_default_is_xla_without_a_benchmarked_kernel():
@@ -229,6 +325,24 @@ def test_the_default_is_xla_without_a_benchmarked_kernel():
         assert "pallas_call" not in str(jax.make_jaxpr(f)(x))
         exported = jax.export.export(jax.jit(f), platforms=["cuda"])(x)  # no kernel in it
         assert "triton" not in exported.mlir_module()
+
+
+def test_linear_cross_entropy_defaults_to_its_kernel_on_cuda_only():
+    """The benchmarked default (docs/kernels.md): the kernel on CUDA, the chunked XLA scan on
+    CPU, from one jitted function; reduction='none', which the kernel path does not
+    support, stays on XLA everywhere."""
+    s = jax.ShapeDtypeStruct
+    args = s((64, 32), jnp.bfloat16), s((32, 1000), jnp.bfloat16), s((64,), jnp.int32)
+
+    def kernels(platform, reduction):
+        f = jax.grad(lambda h, w, t: jo.linear_cross_entropy(
+            h, w, t, reduction=reduction).sum().astype(jnp.float32), (0, 1))
+        exported = jax.export.export(jax.jit(f), platforms=[platform],
+                                     disabled_checks=_CHECKS)(*args)
+        return exported.mlir_module().count("__gpu$xla.gpu.triton")
+
+    assert kernels("cuda", "mean") == 1 and kernels("cpu", "mean") == 0
+    assert kernels("cuda", "none") == 0
 
 
 @pytest.mark.skipif(ON_GPU, reason="the error is for platforms without the kernel")
@@ -279,20 +393,176 @@ def test_every_kernel_lowers_for_cuda(n, c, dtype):
     assert count(lce, s((n, 256), dtype), s((256, c), dtype), labels) == 1
 
 
-def test_sharded_inputs_on_eight_devices():
-    """linear_cross_entropy's chunked XLA path on a batch sharded over 8 host devices.  (The
-    kernels themselves do not run per shard yet: docs/kernels.md, "Not done yet".)"""
+@pytest.mark.parametrize("shape,dtype", [((64, 256, 56, 56), jnp.bfloat16),
+                                         ((16384, 4096), jnp.float32), ((7, 5, 3), jnp.float16)],
+                         ids=str)
+def test_batch_norm_kernels_lower_for_cuda(shape, dtype):
+    """At the benchmark's shapes: the statistics kernel in the forward, the sums kernel in
+    the backward, nothing else."""
+    s = jax.ShapeDtypeStruct
+    x, vector = s(shape, dtype), s((shape[1],), jnp.float32)
+
+    def count(f):
+        exported = jax.export.export(jax.jit(f), platforms=["cuda"],
+                                     disabled_checks=_CHECKS)(x, vector)
+        return exported.mlir_module().count("__gpu$xla.gpu.triton")
+
+    def loss(x, scale):
+        y = jo.batch_norm(x, scale, scale, scale, scale, training=True,
+                          implementation="pallas")[0]
+        return jnp.sum(y.astype(jnp.float32))
+
+    assert count(loss) == 1
+    assert count(jax.value_and_grad(loss, (0, 1))) == 2
+
+
+# --------------------------------------------------------------------- sharded inputs
+# Explicit sharding (jax.make_mesh's default axis type): each device runs the kernel on its
+# shard of the rows (jaxops.kernels.sharding.per_row_shard).
+
+EIGHT = pytest.mark.skipif(len(jax.devices()) < 8, reason="needs 8 devices (on CPU: the "
+                                                          "forced host devices, conftest.py)")
+
+
+def _sharded(mesh, x, *spec):
+    return jax.device_put(x, NamedSharding(mesh, PartitionSpec(*spec)))
+
+
+def _per_shard(f, *args):
+    """Whether the jaxpr runs a kernel inside a shard_map."""
+    text = str(jax.make_jaxpr(f)(*args))
+    return "shard_map" in text and text.index("shard_map") < text.index("pallas_call")
+
+
+@EIGHT
+@pytest.mark.parametrize("op", [jo.softmax, jo.log_softmax])
+def test_row_kernels_on_sharded_rows(op):
+    """Rows sharded over 'data', the normalized axis over 'model' (gathered first): values,
+    grad, jvp and vmap over the sharded axis match the unsharded XLA op."""
+    mesh = jax.make_mesh((4, 2), ("data", "model"))
+    x0 = jax.random.normal(jax.random.key(0), (8, 6, 40))
+    probe = jax.random.normal(jax.random.key(1), x0.shape)
+
+    def loss(impl, probe=probe):
+        return lambda x: jnp.sum(jnp.sin(op(x, implementation=impl)) * probe)
+
+    with jax.set_mesh(mesh):
+        x = _sharded(mesh, x0, "data", None, "model")
+        ours, xla = loss(PALLAS), loss("xla")
+        assert _per_shard(jax.grad(ours), x)
+        v, g = jax.jit(jax.value_and_grad(ours))(x)
+        assert jax.typeof(g).sharding.spec == jax.typeof(x).sharding.spec
+        # vmap over the sharded axis
+        batched = jax.jit(jax.vmap(jax.grad(loss(PALLAS, probe[0]))))(x)
+        tangent = jax.jit(lambda x: jax.jvp(ours, (x,), (x,))[1])(x)
+    v_ref, g_ref = jax.value_and_grad(xla)(x0)
+    _close(v, v_ref, 1e-5)
+    _close(g, g_ref, 1e-5)
+    _close(batched, jax.vmap(jax.grad(loss("xla", probe[0])))(x0), 1e-5)
+    _close(tangent, jax.jvp(xla, (x0,), (x0,))[1], 1e-5)
+
+
+@EIGHT
+def test_softmax_cross_entropy_kernel_on_sharded_rows():
     mesh = jax.make_mesh((8,), ("data",))
-    rows = NamedSharding(mesh, PartitionSpec("data"))
-    labels = jax.device_put(jnp.arange(16) % 40, rows)
-    hs = jax.device_put(jax.random.normal(jax.random.key(1), (16, 8)), rows)
+    scores0 = jax.random.normal(jax.random.key(0), (16, 40, 3)) * 3
+    labels0 = (jnp.arange(48).reshape(16, 3) * 7) % 40
+    labels0 = labels0.at[2].set(-100)  # ignored entries on one shard
+    weights = jax.random.uniform(jax.random.key(1), (40,))
+
+    def loss(impl):
+        return lambda x, t: jo.softmax_cross_entropy(x, t, weights, ignore_index=-100,
+                                                     implementation=impl)
+
+    scores, labels = _sharded(mesh, scores0, "data"), _sharded(mesh, labels0, "data")
+    assert _per_shard(jax.grad(loss(PALLAS)), scores, labels)
+    v, g = jax.jit(jax.value_and_grad(loss(PALLAS)))(scores, labels)
+    v_ref, g_ref = jax.value_and_grad(loss("xla"))(scores0, labels0)
+    _close(v, v_ref, 1e-5)
+    _close(g, g_ref, 1e-5)
+    assert g.sharding.is_equivalent_to(scores.sharding, 3)
+
+
+@EIGHT
+@pytest.mark.parametrize("implementation", [None, "xla", PALLAS])
+def test_linear_cross_entropy_on_a_sharded_batch(implementation):
+    """The chunked scan keeps the batch sharded (strided chunks); the kernel runs per shard.
+    ``None`` traces the CUDA default's kernel branch too (lax.platform_dependent)."""
+    mesh = jax.make_mesh((8,), ("data",))
+    labels0 = jnp.arange(16) % 40
+    hs0 = jax.random.normal(jax.random.key(1), (16, 8))
     w = jax.random.normal(jax.random.key(2), (8, 40))
+    labels, hs = _sharded(mesh, labels0, "data"), _sharded(mesh, hs0, "data")
     v, (dh, dw) = jax.jit(jax.value_and_grad(lambda hs, w: jo.linear_cross_entropy(
-        hs, w, labels, chunk_size=4), (0, 1)))(hs, w)
+        hs, w, labels, chunk_size=4, implementation=implementation), (0, 1)))(hs, w)
     v_ref, (dh_ref, dw_ref) = jax.value_and_grad(
-        lambda hs, w: jo.softmax_cross_entropy(hs @ w, jax.device_get(labels)), (0, 1))(
-        jax.device_get(hs), w)
+        lambda hs, w: jo.softmax_cross_entropy(hs @ w, labels0), (0, 1))(hs0, w)
     _close(v, v_ref, 1e-5)
     _close(dh, dh_ref, 1e-5)
     _close(dw, dw_ref, 1e-5)
-    assert dh.sharding.is_equivalent_to(rows, 2)
+    assert dh.sharding.is_equivalent_to(hs.sharding, 2)
+
+
+@EIGHT
+@pytest.mark.parametrize("spec", [("data", "model"), ("data", None, "model")], ids=str)
+def test_batch_norm_kernels_on_a_sharded_batch(spec):
+    """Each device reduces its shard; the partial statistics and sums are combined over the
+    mesh axes that split N (and the spatial axis), so they are the global batch's."""
+    mesh = jax.make_mesh((4, 2), ("data", "model"))
+    xs0 = _bn_inputs((16, 6, 10), jnp.float32)
+    probe = jax.random.normal(jax.random.key(3), xs0[0].shape)
+
+    def loss(impl):
+        def f(*xs):
+            y, new_mean, new_var = jo.batch_norm(*xs, training=True, implementation=impl)
+            return jnp.sum(jnp.sin(y) * probe) + jnp.sum(new_mean * new_var), (new_mean,
+                                                                                new_var)
+        return f
+
+    channels = spec[1]
+    with jax.set_mesh(mesh):
+        x = _sharded(mesh, xs0[0], *spec)
+        vectors = [_sharded(mesh, v, channels) for v in xs0[1:]]
+        (v, stats), grads = jax.jit(jax.value_and_grad(loss(PALLAS), range(5), has_aux=True))(
+            x, *vectors)
+        assert jax.typeof(grads[0]).sharding.spec == jax.typeof(x).sharding.spec
+    (v_ref, stats_ref), grads_ref = jax.value_and_grad(loss("xla"), range(5),
+                                                       has_aux=True)(*xs0)
+    _close(v, v_ref, 1e-5)
+    for a, b in zip((*stats, *grads), (*stats_ref, *grads_ref), strict=True):
+        _close(a, b, 1e-5)
+
+
+@EIGHT
+def test_replicated_inputs_under_an_explicit_mesh():
+    """Unsharded inputs inside ``jax.set_mesh``: the kernel runs whole on every device."""
+    mesh = jax.make_mesh((8,), ("data",))
+    x = jax.random.normal(jax.random.key(0), (5, 33))
+    with jax.set_mesh(mesh):
+        got = jax.jit(jax.grad(
+            lambda x: jnp.sum(jo.log_softmax(x, implementation=PALLAS)[:, 0])))(x)
+    _close(got, jax.grad(lambda x: jnp.sum(jo.log_softmax(x)[:, 0]))(x), 1e-5)
+
+
+@EIGHT
+def test_sharded_kernels_lower_for_cuda_per_shard():
+    """Cross-lowered for 8 GPUs, the kernel sees one shard: (64 / 8) rows."""
+    mesh = jax.make_mesh((8,), ("data",))
+    rows = NamedSharding(mesh, PartitionSpec("data"))
+    x = jax.ShapeDtypeStruct((64, 1000), jnp.bfloat16, sharding=rows)
+    labels = jax.ShapeDtypeStruct((64,), jnp.int32, sharding=rows)
+    f = jax.value_and_grad(lambda x, t: jo.softmax_cross_entropy(
+        x, t, implementation="pallas").astype(jnp.float32))
+    text = jax.export.export(jax.jit(f), platforms=["cuda"], disabled_checks=_CHECKS)(
+        x, labels).mlir_module()
+    calls = [line for line in text.splitlines() if "__gpu$xla.gpu.triton" in line]
+    assert len(calls) == 1 and "(tensor<8x1000xbf16>, tensor<8xi32>)" in calls[0]
+    bn = jax.grad(lambda x, s: jo.batch_norm(x, s, s, s, s, training=True,
+                                             implementation="pallas")[0].astype(
+                                                 jnp.float32).sum(), (0, 1))
+    x = jax.ShapeDtypeStruct((64, 32, 49), jnp.bfloat16, sharding=rows)
+    scale = jax.ShapeDtypeStruct((32,), jnp.float32)
+    text = jax.export.export(jax.jit(bn), platforms=["cuda"], disabled_checks=_CHECKS)(
+        x, scale).mlir_module()
+    calls = [line for line in text.splitlines() if "__gpu$xla.gpu.triton" in line]
+    assert len(calls) == 2 and all("tensor<8x32x49xbf16>" in c for c in calls)

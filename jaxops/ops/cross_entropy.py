@@ -92,12 +92,13 @@ def _entry_weights(labels, weights, c, ignore_index, dtype):
     """(w, safe, invalid): the weight of each entry (0 where ignored) in the compute
     ``dtype``, labels clamped into range for indexing, and the entries whose label is out of
     range (not ignored)."""
-    ignored = (labels == ignore_index) if ignore_index is not None else jnp.zeros(labels.shape,
-                                                                                  bool)
+    # *_like: sharded like the labels (explicit sharding)
+    ignored = (labels == ignore_index) if ignore_index is not None else jnp.zeros_like(
+        labels, bool)
     invalid = ((labels < 0) | (labels >= c)) & ~ignored
     safe = jnp.where(ignored | invalid, 0, labels)
     if weights is None:
-        w = jnp.ones(labels.shape, dtype)
+        w = jnp.ones_like(labels, dtype)
     else:  # the weights are replicated; each entry's weight is sharded like its label
         w = upcast(weights).at[safe].get(out_sharding=jax.typeof(safe).sharding)
     return jnp.where(ignored, jnp.zeros_like(w), w), safe, invalid
@@ -316,8 +317,8 @@ def _cross_entropy_rows_xla(x, labels, *, ignore_index):
     scores, in XLA: the kernel's twin, and linear_cross_entropy's per-chunk step."""
     xf = upcast(x)
     logp = log_softmax(xf, axis=1, implementation="xla")
-    ignored = labels == ignore_index if ignore_index is not None else jnp.zeros(labels.shape,
-                                                                                bool)
+    ignored = labels == ignore_index if ignore_index is not None else jnp.zeros_like(labels,
+                                                                                     bool)
     valid = (labels >= 0) & (labels < x.shape[1]) & ~ignored
     safe = jnp.where(valid, labels, 0)
     loss = jnp.where(valid, 0.0 - _picked(logp, safe),  # +0, not -0, for a certain label

@@ -12,6 +12,7 @@ negative values there).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -20,9 +21,20 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from jaxops import schema
+from jaxops._ad import linear_pair, with_twin_derivative
 from jaxops._numerics import upcast
 from jaxops._op import defop
-from jaxops.schema import FLOAT_TYPES, JAXOPS_DOMAIN, Attribute, Cost, OpSchema, Parameter
+from jaxops.kernels import triton
+from jaxops.kernels.sharding import per_channel_reduction
+from jaxops.schema import (
+    FLOAT_TYPES,
+    JAXOPS_DOMAIN,
+    XLA_AND_PALLAS,
+    Attribute,
+    Cost,
+    OpSchema,
+    Parameter,
+)
 
 _EPSILON = Attribute("epsilon", "float", 1e-5, doc="added to the variance before the sqrt",
                      check=lambda e: None if e > 0 else "must be > 0.")
@@ -103,7 +115,7 @@ BATCH_NORM = schema.register(OpSchema(
              Parameter("running_var", "T2", doc="updated running variance (C,)", optional=True)),
     attributes=(_EPSILON, _MOMENTUM, _TRAINING), type_constraints=_TYPES, elementwise=False,
     identical_type_and_shape=False, gradient="BatchNormalizationGradient",
-    infer_fn=_bn_infer, cost_fn=_bn_cost(6),
+    infer_fn=_bn_infer, cost_fn=_bn_cost(6), implementations=XLA_AND_PALLAS,
 ))
 
 
@@ -155,18 +167,26 @@ def batch_norm(
     References:
       Ioffe and Szegedy, "Batch Normalization" (2015); ONNX BatchNormalization-15.
     """
-    nd = x.ndim
-    mean32, var32 = upcast(mean), upcast(var)
     if training:
         mu, sigma2 = _moments(x)
-        new_mean = momentum * mean32 + (1 - momentum) * mu
-        new_var = momentum * var32 + (1 - momentum) * sigma2
+        new_mean, new_var = _running(mean, var, mu, sigma2, momentum)
     else:
-        mu, sigma2, new_mean, new_var = mean32, var32, mean32, var32
+        mu, sigma2, new_mean, new_var = upcast(mean), upcast(var), mean, var
+    return _normalize(x, scale, bias, mu, sigma2, epsilon), new_mean, new_var
+
+
+def _normalize(x, scale, bias, mu, sigma2, epsilon):
+    nd = x.ndim
     inv = jax.lax.rsqrt(sigma2 + epsilon)
     y = (upcast(x) - _per_channel(mu, nd)) * _per_channel(inv * upcast(scale), nd)
-    y = y + _per_channel(upcast(bias), nd)
-    return y.astype(x.dtype), new_mean.astype(mean.dtype), new_var.astype(var.dtype)
+    return (y + _per_channel(upcast(bias), nd)).astype(x.dtype)
+
+
+def _running(mean, var, mu, sigma2, momentum):
+    """The running statistics updated with the batch's."""
+    new_mean = momentum * upcast(mean) + (1 - momentum) * mu
+    new_var = momentum * upcast(var) + (1 - momentum) * sigma2
+    return new_mean.astype(mean.dtype), new_var.astype(var.dtype)
 
 
 @batch_norm.defgrad
@@ -211,6 +231,7 @@ BATCH_NORM_GRADIENT = schema.register(OpSchema(
              Parameter("dvar", "T2", doc="gradient w.r.t. the running var (0 in training)")),
     attributes=(_EPSILON, _TRAINING), type_constraints=_TYPES, elementwise=False,
     identical_type_and_shape=False, infer_fn=_bn_gradient_infer, cost_fn=_bn_cost(10),
+    implementations=XLA_AND_PALLAS,
 ))
 
 
@@ -259,3 +280,119 @@ def batch_norm_gradient(
         dvar = -0.5 * dscale * gamma * inv * inv
     return (dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(scale.dtype),
             dmean.astype(saved_mean.dtype), dvar.astype(saved_mean.dtype))
+
+
+# ------------------------------------------------------------------------ the Pallas path
+# Training mode only (inference is one elementwise pass, which XLA fuses).  The kernels do
+# the reductions: the batch statistics in one pass over x (jaxops.kernels.triton), and the
+# backward's sum(dy), sum(dy * xhat) in one pass over (x, dy); the normalization and dx are
+# elementwise XLA.  The forward's linearization is a linear_pair whose transpose is the
+# backward kernel, with the batch statistics kept from the forward (the XLA path's
+# registered gradient recomputes them): reverse mode reads x and dy twice in all.  On an
+# explicitly sharded batch each device reduces its shard and the partial results are
+# combined over the mesh axes (psum), so the statistics are the global batch's.
+
+def _pallas_supports(*, training, **attrs):
+    return None if training else ("training=False (inference is one elementwise pass, "
+                                  "which XLA fuses)")
+
+
+def _kernel_moments(x, *, interpret):
+    """Batch mean and population variance (compute dtype) by the statistics kernel."""
+
+    def local(x, axes):
+        shift = upcast(x[0].reshape(x.shape[1], -1)[:, 0])  # near the channel's data
+        if axes:
+            shift = jax.lax.pmean(shift, axes)  # one shift for every shard
+        mean, var = triton.batch_norm_statistics(x, shift, interpret=interpret)
+        if axes:  # equal shard sizes: the merged variance is a mean of shifted variances
+            total = jax.lax.pmean(mean, axes)
+            var = jax.lax.pmean(var + jnp.square(mean - total), axes)
+            mean = total
+        return mean + shift, var
+
+    return per_channel_reduction(local, x)
+
+
+def _kernel_sums(x, dy, mu, inv, *, interpret):
+    def local(x, dy, mu, inv, axes):
+        sums = triton.batch_norm_sums(x, dy, mu, inv, interpret=interpret)
+        return tuple(jax.lax.psum(v, axes) for v in sums) if axes else sums
+
+    return per_channel_reduction(local, x, dy, mu, inv)
+
+
+def _xla_sums(x, dy, mu, inv):
+    axes, nd = _reduce_axes(x), x.ndim
+    g = upcast(dy)
+    xhat = (upcast(x) - _per_channel(mu, nd)) * _per_channel(inv, nd)
+    return jnp.sum(g, axis=axes), jnp.sum(g * xhat, axis=axes)
+
+
+def _backward(x, scale, mu, inv, dy, *, sums):
+    """Training mode's (dx, dscale, dbias) from the batch statistics ``mu``, ``inv``."""
+    nd, m_count = x.ndim, x.size // x.shape[1]
+    sum_dy, sum_dy_xhat = sums(x, dy, mu, inv)
+    xhat = (upcast(x) - _per_channel(mu, nd)) * _per_channel(inv, nd)
+    dx = _per_channel(upcast(scale) * inv, nd) * (
+        upcast(dy) - (_per_channel(sum_dy, nd) + xhat * _per_channel(sum_dy_xhat, nd)) / m_count)
+    return dx.astype(x.dtype), sum_dy_xhat.astype(scale.dtype), sum_dy.astype(scale.dtype)
+
+
+def _tangent(x, scale, mu, inv, tx, tscale, tbias):
+    """The transpose of :func:`_backward`: the tangent of y for tangents of x, scale, B."""
+    nd, axes = x.ndim, _reduce_axes(x)
+    xhat = (upcast(x) - _per_channel(mu, nd)) * _per_channel(inv, nd)
+    t = upcast(tx)
+    centred = (t - _per_channel(jnp.mean(t, axis=axes), nd)
+               - xhat * _per_channel(jnp.mean(t * xhat, axis=axes), nd))
+    ty = (_per_channel(upcast(scale) * inv, nd) * centred + xhat * _per_channel(upcast(tscale), nd)
+          + _per_channel(upcast(tbias), nd))
+    return (ty.astype(x.dtype),)
+
+
+@functools.cache
+def _pairs(interpret: bool):
+    """(tangent map, backward kernel) as linear_pairs, each the other's transpose."""
+    kernel = functools.partial(_backward, sums=functools.partial(_kernel_sums,
+                                                                 interpret=interpret))
+    xla = functools.partial(_backward, sums=_xla_sums)
+    return (linear_pair(_tangent, kernel, twin_transpose=xla, name="batch_norm_tangent"),
+            linear_pair(kernel, _tangent, twin=xla, name="batch_norm_gradient_kernel"))
+
+
+def _batch_norm_pallas(x, scale, bias, mean, var, *, epsilon, momentum, training, interpret):
+    mu, sigma2 = _kernel_moments(x, interpret=interpret)
+    return (_normalize(x, scale, bias, mu, sigma2, epsilon),
+            *_running(mean, var, mu, sigma2, momentum))
+
+
+def _batch_norm_pallas_jvp(primals, tangents, *, epsilon, momentum, training, interpret):
+    x, scale, bias, mean, var = primals
+    tx, tscale, tbias, tmean, tvar = tangents
+    moments = with_twin_derivative(functools.partial(_kernel_moments, interpret=interpret),
+                                   _moments)
+    mu, sigma2 = moments(x)
+    inv = jax.lax.rsqrt(sigma2 + epsilon)
+    (ty,) = _pairs(interpret)[0]((x, scale, mu, inv), (tx, tscale, tbias))
+    # the running statistics' tangents (linear in tx; JAX transposes them)
+    axes, tf = _reduce_axes(x), upcast(tx)
+    t_mu = jnp.mean(tf, axis=axes)
+    t_sigma2 = 2 * jnp.mean((upcast(x) - _per_channel(mu, x.ndim)) * tf, axis=axes)
+    t_running = _running(tmean, tvar, t_mu, t_sigma2, momentum)
+    return ((_normalize(x, scale, bias, mu, sigma2, epsilon),
+             *_running(mean, var, mu, sigma2, momentum)), (ty, *t_running))
+
+
+def _batch_norm_gradient_pallas(x, scale, saved_mean, saved_var, dy, *, epsilon, training,
+                                interpret):
+    mu = upcast(saved_mean)
+    inv = jax.lax.rsqrt(upcast(saved_var) + epsilon)
+    dx, dscale, dbias = _pairs(interpret)[1]((x, scale, mu, inv), (dy,))
+    zeros = jnp.zeros_like(saved_mean)  # training: the statistics are functions of x
+    return dx, dscale, dbias, zeros, zeros
+
+
+batch_norm.defimpl("pallas", jvp=_batch_norm_pallas_jvp,
+                   supports=_pallas_supports)(_batch_norm_pallas)
+batch_norm_gradient.defimpl("pallas", supports=_pallas_supports)(_batch_norm_gradient_pallas)
