@@ -48,8 +48,8 @@ def sharded_axes(x) -> tuple[str, ...]:
 
 def per_row_shard(kernel: Callable) -> Callable:
     """``kernel(*arrays, **static)`` on rows (axis 0 of every operand and output), run on each
-    shard of the rows, split as in the first operand whose rows are sharded; unsharded
-    operands take the direct path."""
+    shard of the rows, split as in the first operand whose rows are sharded; without an
+    explicit mesh (on the operands or in context) it is called directly."""
 
     def run(*arrays, **static):
         sharded = [a for a in arrays if sharded_axes(a)]
@@ -103,7 +103,8 @@ def per_channel_reduction(local: Callable, x, *operands):
     like x's channel axis).  ``axes`` are the mesh axes that shard x's reduced axes: ``local``
     must combine its shard's partial results over them (``lax.psum``/``pmean``); shards
     hold equal numbers of elements (explicit sharding splits evenly)."""
-    mesh = (jax.typeof(x).sharding.mesh if sharded_axes(x)
+    sharded = [a for a in (x, *operands) if sharded_axes(a)]
+    mesh = (jax.typeof(sharded[0]).sharding.mesh if sharded
             else jax.sharding.get_abstract_mesh())
     if mesh.empty or AxisType.Explicit not in mesh.axis_types:
         return local(x, *operands, ())
