@@ -268,9 +268,9 @@ def test_batch_norm_kernels_match_float64_and_the_xla_twin(shape, dtype):
 
 
 def test_batch_norm_statistics_kernel_keeps_small_variances():
-    """Mean 1e4, std 1e-2 in float32 over many tiles and programs: the kernel merges on a
-    shifted scale, so the variance is right to float32 rounding (Chan's merge of unshifted
-    tile means lost 2% here)."""
+    """Mean 1e4, std 1e-2 in float32 over 38 programs (one tile each): their partial
+    statistics are merged on a shifted scale, so the variance is right to float32 rounding
+    (merging unshifted means lost 2% here).  Merges inside a program: the next test."""
     rng = np.random.default_rng(0)
     x = (1e4 + 1e-2 * rng.normal(size=(300, 4, 70))).astype(np.float32)
     ones, zeros = np.ones(4, np.float32), np.zeros(4, np.float32)
@@ -279,6 +279,37 @@ def test_batch_norm_statistics_kernel_keeps_small_variances():
     x64 = x.astype(np.float64)
     np.testing.assert_allclose(mean, x64.mean(axis=(0, 2)), rtol=1e-7)
     np.testing.assert_allclose(var, x64.var(axis=(0, 2)), rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(37, 3, 70), (5, 2, 5000)], ids=str)
+def test_batch_norm_kernels_merge_many_tiles_per_program(shape, monkeypatch):
+    """Few programs (``_PROGRAMS = 2``), so each walks several tiles: (37, 3, 70) has 3 row
+    blocks per program and a block past the end of N; (5, 2, 5000) walks 10 tiles, two along
+    S.  Mean 1e4, std 1e-2: the in-kernel merges must work on the shifted scale."""
+    from jaxops.kernels import triton
+
+    monkeypatch.setattr(triton, "_PROGRAMS", 2)
+    for f in (triton.batch_norm_statistics, triton.batch_norm_sums):
+        f.clear_cache()  # retrace with the patched block plan
+    rng = np.random.default_rng(0)
+    x = (1e4 + 1e-2 * rng.normal(size=shape)).astype(np.float32)
+    dy = rng.normal(size=shape).astype(np.float32)
+    interpret = not ON_GPU
+    shift = jnp.asarray(x[0, :, 0])
+    mean, var = triton.batch_norm_statistics(jnp.asarray(x), shift, interpret=interpret)
+    x64, axes = x.astype(np.float64), (0, 2)
+    np.testing.assert_allclose(np.float64(mean) + x64[0, :, 0], x64.mean(axes), rtol=1e-9)
+    np.testing.assert_allclose(var, x64.var(axes), rtol=1e-5)
+    mu, inv = x64.mean(axes).astype(np.float32), (1 / np.sqrt(x64.var(axes))).astype(np.float32)
+    sum_dy, sum_dy_xhat = triton.batch_norm_sums(jnp.asarray(x), jnp.asarray(dy), mu, inv,
+                                                 interpret=interpret)
+    xhat = (x64 - mu.astype(np.float64)[None, :, None]) * inv.astype(np.float64)[None, :, None]
+    _close(sum_dy, dy.astype(np.float64).sum(axes), 1e-4)
+    want = (dy * xhat).sum(axes)
+    _close(np.asarray(sum_dy_xhat, np.float64) / np.abs(want).max(), want / np.abs(want).max(),
+           1e-5)
+    for f in (triton.batch_norm_statistics, triton.batch_norm_sums):
+        f.clear_cache()  # no trace with the patched plan outlives the test
 
 
 def test_batch_norm_kernels_under_every_transform():
@@ -429,7 +460,8 @@ def _sharded(mesh, x, *spec):
 
 
 def _per_shard(f, *args):
-    """Whether the jaxpr runs a kernel inside a shard_map."""
+    """Whether the jaxpr's first kernel is inside a shard_map (a necessary condition; the
+    CUDA lowering test below shows the per-shard shapes)."""
     text = str(jax.make_jaxpr(f)(*args))
     return "shard_map" in text and text.index("shard_map") < text.index("pallas_call")
 
