@@ -301,7 +301,7 @@ class _ChannelTiles:
     """The tiles of program (i, p) over an (N, C, S) ref."""
 
     def __init__(self, n, c, s, bn, bc, bs, per):
-        self.n, self.c, self.s, self.bn, self.bc, self.bs, self.per = n, c, s, bn, bc, bs, per
+        self.n, self.s, self.bn, self.bc, self.bs, self.per = n, s, bn, bc, bs, per
         self.c0 = pl.program_id(0) * bc
         self.c_mask = self.c0 + jnp.arange(bc, dtype=jnp.int32) < c
         self.first_block = pl.program_id(1) * per
@@ -373,13 +373,14 @@ def _bn_grid(x):
     s = math.prod(x.shape[2:])
     bn, bc, bs, splits, per = _bn_blocks(n, c, s)
     shape = dict(n=n, c=c, s=s, bn=bn, bc=bc, bs=bs, per=per)
-    return x.reshape(n, c, s), shape, (pl.cdiv(c, bc), splits), splits
+    return x.reshape(n, c, s), shape, splits
 
 
-def _bn_call(kernel, grid, splits, c, dtype, interpret, *args):
-    out = jax.ShapeDtypeStruct((splits, c), dtype)
+def _bn_call(kernel, shape, splits, dtype, interpret, *args):
+    """Two (splits, C) outputs: each program's partial result for its channels."""
+    out = jax.ShapeDtypeStruct((splits, shape["c"]), dtype)
     return pl.pallas_call(
-        kernel, out_shape=(out, out), grid=grid,
+        kernel, out_shape=(out, out), grid=(pl.cdiv(shape["c"], shape["bc"]), splits),
         compiler_params=plt.CompilerParams(num_warps=8, num_stages=1), interpret=interpret,
     )(*args)
 
@@ -395,10 +396,9 @@ def batch_norm_statistics(x: jax.Array, shift: jax.Array, *, interpret: bool = F
     1e-2 keeps its variance in float32 (the same shift must serve every program of a channel:
     their partial means are merged on its scale)."""
     dtype = _compute_dtype(x.dtype)
-    x3, shape, grid, splits = _bn_grid(x)
+    x3, shape, splits = _bn_grid(x)
     kernel = functools.partial(_bn_statistics_kernel, dtype=dtype, **shape)
-    means, m2s = _bn_call(kernel, grid, splits, shape["c"], dtype, interpret, x3,
-                          shift.astype(dtype))
+    means, m2s = _bn_call(kernel, shape, splits, dtype, interpret, x3, shift.astype(dtype))
     # merge the splits' partial statistics (Chan et al.), with their static counts
     counts = jnp.asarray(_bn_split_counts(shape["n"], shape["s"], shape["bn"], shape["per"],
                                           splits), dtype)[:, None]
@@ -432,8 +432,8 @@ def batch_norm_sums(x: jax.Array, dy: jax.Array, mean: jax.Array, inv: jax.Array
     """Per-channel ``sum(dy)`` and ``sum(dy * (x - mean) * inv)`` over every axis but 1 (the
     batch-norm backward's reductions), reading ``x`` and ``dy`` once."""
     dtype = _compute_dtype(dy.dtype)
-    x3, shape, grid, splits = _bn_grid(x)
+    x3, shape, splits = _bn_grid(x)
     kernel = functools.partial(_bn_sums_kernel, dtype=dtype, **shape)
-    sums = _bn_call(kernel, grid, splits, shape["c"], dtype, interpret, x3,
+    sums = _bn_call(kernel, shape, splits, dtype, interpret, x3,
                     dy.reshape(x3.shape), mean.astype(dtype), inv.astype(dtype))
     return tuple(jnp.sum(p, axis=0) for p in sums)

@@ -209,6 +209,25 @@ def _batch_norm_vjp(x, scale, bias, mean, var, outs, douts, *, epsilon, momentum
     return dx, dscale, dbias, dmean.astype(mean.dtype), dvar.astype(var.dtype)
 
 
+# training mode's backward, given per-channel sums (XLA here, the kernel's in the Pallas path)
+
+def _xla_sums(x, dy, mu, inv):
+    axes, nd = _reduce_axes(x), x.ndim
+    g = upcast(dy)
+    xhat = (upcast(x) - _per_channel(mu, nd)) * _per_channel(inv, nd)
+    return jnp.sum(g, axis=axes), jnp.sum(g * xhat, axis=axes)
+
+
+def _backward(x, scale, mu, inv, dy, *, sums):
+    """Training mode's (dx, dscale, dbias) from the batch statistics ``mu``, ``inv``."""
+    nd, m_count = x.ndim, x.size // x.shape[1]
+    sum_dy, sum_dy_xhat = sums(x, dy, mu, inv)
+    xhat = (upcast(x) - _per_channel(mu, nd)) * _per_channel(inv, nd)
+    dx = _per_channel(upcast(scale) * inv, nd) * (
+        upcast(dy) - (_per_channel(sum_dy, nd) + xhat * _per_channel(sum_dy_xhat, nd)) / m_count)
+    return dx.astype(x.dtype), sum_dy_xhat.astype(scale.dtype), sum_dy.astype(scale.dtype)
+
+
 def _bn_gradient_infer(s: OpSchema, in_avals, **attrs):
     x, scale, mean = _check_shapes(s, in_avals)
     p, m = (jax.ShapeDtypeStruct(a.shape, a.dtype) for a in (scale, mean))
@@ -262,22 +281,16 @@ def batch_norm_gradient(
       >>> ds, db
       (Array([-0.9258191], dtype=float32), Array([1.], dtype=float32))
     """
-    nd, axes = x.ndim, _reduce_axes(x)
-    mu, sigma2, gamma = upcast(saved_mean), upcast(saved_var), upcast(scale)
-    inv = jax.lax.rsqrt(sigma2 + epsilon)
-    xhat = (upcast(x) - _per_channel(mu, nd)) * _per_channel(inv, nd)
-    g = upcast(dy)
-    dbias = jnp.sum(g, axis=axes)
-    dscale = jnp.sum(g * xhat, axis=axes)
-    k = _per_channel(gamma * inv, nd)
+    mu, gamma = upcast(saved_mean), upcast(scale)
+    inv = jax.lax.rsqrt(upcast(saved_var) + epsilon)
     if training:
-        m_count = x.size // x.shape[1]
-        dx = k * (g - (_per_channel(dbias, nd) + xhat * _per_channel(dscale, nd)) / m_count)
-        dmean = dvar = jnp.zeros_like(mu)
-    else:
-        dx = k * g
-        dmean = -dbias * gamma * inv
-        dvar = -0.5 * dscale * gamma * inv * inv
+        dx, dscale, dbias = _backward(x, scale, mu, inv, dy, sums=_xla_sums)
+        zeros = jnp.zeros_like(saved_mean)  # the statistics Y used are functions of X
+        return dx, dscale, dbias, zeros, zeros
+    dbias, dscale = _xla_sums(x, dy, mu, inv)
+    dx = _per_channel(gamma * inv, x.ndim) * upcast(dy)
+    dmean = -dbias * gamma * inv
+    dvar = -0.5 * dscale * gamma * inv * inv
     return (dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(scale.dtype),
             dmean.astype(saved_mean.dtype), dvar.astype(saved_mean.dtype))
 
@@ -320,23 +333,6 @@ def _kernel_sums(x, dy, mu, inv, *, interpret):
         return tuple(jax.lax.psum(v, axes) for v in sums) if axes else sums
 
     return per_channel_reduction(local, x, dy, mu, inv)
-
-
-def _xla_sums(x, dy, mu, inv):
-    axes, nd = _reduce_axes(x), x.ndim
-    g = upcast(dy)
-    xhat = (upcast(x) - _per_channel(mu, nd)) * _per_channel(inv, nd)
-    return jnp.sum(g, axis=axes), jnp.sum(g * xhat, axis=axes)
-
-
-def _backward(x, scale, mu, inv, dy, *, sums):
-    """Training mode's (dx, dscale, dbias) from the batch statistics ``mu``, ``inv``."""
-    nd, m_count = x.ndim, x.size // x.shape[1]
-    sum_dy, sum_dy_xhat = sums(x, dy, mu, inv)
-    xhat = (upcast(x) - _per_channel(mu, nd)) * _per_channel(inv, nd)
-    dx = _per_channel(upcast(scale) * inv, nd) * (
-        upcast(dy) - (_per_channel(sum_dy, nd) + xhat * _per_channel(sum_dy_xhat, nd)) / m_count)
-    return dx.astype(x.dtype), sum_dy_xhat.astype(scale.dtype), sum_dy.astype(scale.dtype)
 
 
 def _tangent(x, scale, mu, inv, tx, tscale, tbias):
