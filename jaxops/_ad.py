@@ -26,6 +26,7 @@ from typing import Any
 
 import jax
 import jax.extend.core
+from jax._src import dispatch  # private: see the registration below
 from jax.interpreters import ad, batching, mlir
 
 __all__ = ["linear_pair", "with_twin_derivative"]
@@ -115,6 +116,11 @@ mlir.register_lowering(_pair_p, _lower)
 ad.primitive_jvps[_pair_p] = _jvp_rule
 ad.primitive_transposes[_pair_p] = _transpose_rule
 batching.primitive_batchers[_pair_p] = _batch_rule
+# The functions are traced at lowering, so JAX cannot see that they may hold a
+# custom_partitioning call (a kernel under automatic sharding, jaxops.kernels.sharding),
+# whose lowering needs the device assignment; JAX's own primitives of that kind register
+# here (jax._src.cudnn).  A program with a pair is then lowered with its devices.
+dispatch.prim_requires_devices_during_lowering.add(_pair_p)
 
 
 def linear_pair(

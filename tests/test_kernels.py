@@ -9,6 +9,8 @@ float64 numpy.
 
 from __future__ import annotations
 
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -449,7 +451,7 @@ def test_batch_norm_kernels_lower_for_cuda(shape, dtype):
 
 # --------------------------------------------------------------------- sharded inputs
 # Explicit sharding (jax.make_mesh's default axis type): each device runs the kernel on its
-# shard of the rows (jaxops.kernels.sharding.per_row_shard).
+# shard under shard_map (jaxops.kernels.sharding).
 
 EIGHT = pytest.mark.skipif(len(jax.devices()) < 8, reason="needs 8 devices (on CPU: the "
                                                           "forced host devices, conftest.py)")
@@ -574,6 +576,162 @@ def test_replicated_inputs_under_an_explicit_mesh():
         got = jax.jit(jax.grad(
             lambda x: jnp.sum(jo.log_softmax(x, implementation=PALLAS)[:, 0])))(x)
     _close(got, jax.grad(lambda x: jnp.sum(jo.log_softmax(x)[:, 0]))(x), 1e-5)
+
+
+# Automatic sharding (AxisType.Auto: jit with NamedSharding inputs): the kernel is a
+# custom_partitioning call, and XLA's partitioner lowers it per shard at compile time.
+
+AUTO = (jax.sharding.AxisType.Auto,) * 2
+
+
+@pytest.fixture
+def kernel_shapes(monkeypatch):
+    """The operand shapes of every kernel traced from now on (the caches are cleared, so
+    the per-shard function partitioning lowers is traced too, after the global ones)."""
+    from jax.experimental import pallas as pl
+
+    shapes, pallas_call = [], pl.pallas_call
+
+    def spy(*args, **kwargs):
+        kernel = pallas_call(*args, **kwargs)
+
+        def call(*operands):
+            shapes.append(tuple(o.shape for o in operands))
+            return kernel(*operands)
+
+        return call
+
+    jax.clear_caches()
+    monkeypatch.setattr(pl, "pallas_call", spy)
+    yield shapes
+    jax.clear_caches()  # no traces of the spy outlive the test
+
+
+@contextlib.contextmanager
+def _partitioner(shardy: bool):
+    old = jax.config.jax_use_shardy_partitioner
+    jax.config.update("jax_use_shardy_partitioner", shardy)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_use_shardy_partitioner", old)
+
+
+def _first_operands(shapes):
+    return [s[0] for s in shapes]
+
+
+def _fresh(shapes):
+    """Forget the traced kernels (a cached trace is not seen again)."""
+    jax.clear_caches()
+    shapes.clear()
+
+
+@EIGHT
+@pytest.mark.parametrize("shardy", [True, False], ids=["shardy", "gspmd"])
+@pytest.mark.parametrize("op", [jo.softmax, jo.log_softmax])
+def test_row_kernels_under_automatic_sharding(op, shardy, kernel_shapes):
+    """Rows over 'data', the normalized axis over 'model' (gathered): each device's kernel
+    takes its 48 / 4 rows, also under vmap over a sharded batch axis (2 / 2 x 12 rows);
+    values, grad, vmap(grad) and jvp match the unsharded XLA op.  GSPMD (the partitioner
+    before Shardy) asks the op for its output sharding instead of reading a rule."""
+    mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=AUTO)
+    x0 = jax.random.normal(jax.random.key(0), (8, 6, 40))
+    probe = jax.random.normal(jax.random.key(1), x0.shape)
+
+    def loss(impl):
+        return lambda x: jnp.sum(jnp.sin(op(x, implementation=impl)) * probe)
+
+    x = _sharded(mesh, x0, "data", None, "model")
+    stacked = _sharded(mesh, jnp.stack([x0, 2 * x0]), "model", "data")
+    with _partitioner(shardy):
+        v, g = jax.jit(jax.value_and_grad(loss(PALLAS)))(x)
+        assert (12, 40) in _first_operands(kernel_shapes)
+        _fresh(kernel_shapes)
+        batched = jax.jit(jax.vmap(jax.grad(loss(PALLAS))))(stacked)
+        assert (12, 40) in _first_operands(kernel_shapes)
+        tangent = jax.jit(lambda x: jax.jvp(loss(PALLAS), (x,), (x,))[1])(x)
+    v_ref, g_ref = jax.value_and_grad(loss("xla"))(x0)
+    _close(v, v_ref, 1e-5)
+    _close(g, g_ref, 1e-5)
+    assert g.sharding.spec[0] == "data"
+    _close(batched, jax.vmap(jax.grad(loss("xla")))(jnp.stack([x0, 2 * x0])), 1e-5)
+    _close(tangent, jax.jvp(loss("xla"), (x0,), (x0,))[1], 1e-5)
+
+
+@EIGHT
+def test_cross_entropy_kernels_under_automatic_sharding(kernel_shapes):
+    """softmax_cross_entropy (48 rows over 8 devices: 6 per kernel) and the chunked
+    linear_cross_entropy (each chunk of 16 rows: 2 per device) against the unsharded XLA
+    ops."""
+    mesh = jax.make_mesh((8,), ("data",), axis_types=AUTO[:1])
+    scores0 = jax.random.normal(jax.random.key(0), (16, 40, 3)) * 3
+    labels0 = ((jnp.arange(48).reshape(16, 3) * 7) % 40).at[2].set(-100)
+    weights = jax.random.uniform(jax.random.key(1), (40,))
+
+    def sce(impl):
+        return lambda x, t: jo.softmax_cross_entropy(x, t, weights, ignore_index=-100,
+                                                     implementation=impl)
+
+    scores, labels = _sharded(mesh, scores0, "data"), _sharded(mesh, labels0, "data")
+    v, g = jax.jit(jax.value_and_grad(sce(PALLAS)))(scores, labels)
+    assert ((6, 40), (6,)) in kernel_shapes
+    v_ref, g_ref = jax.value_and_grad(sce("xla"))(scores0, labels0)
+    _close(v, v_ref, 1e-5)
+    _close(g, g_ref, 1e-5)
+
+    hs0 = jax.random.normal(jax.random.key(2), (64, 8))
+    w = jax.random.normal(jax.random.key(3), (8, 40))
+    t0 = jnp.arange(64) % 40
+    _fresh(kernel_shapes)
+    v, (dh, dw) = jax.jit(jax.value_and_grad(lambda hs, w, t: jo.linear_cross_entropy(
+        hs, w, t, chunk_size=16, implementation=PALLAS), (0, 1)))(
+        _sharded(mesh, hs0, "data"), w, _sharded(mesh, t0, "data"))
+    assert ((2, 40), (2,)) in kernel_shapes  # 16 rows of a chunk / 8 devices
+    v_ref, (dh_ref, dw_ref) = jax.value_and_grad(
+        lambda hs, w: jo.softmax_cross_entropy(hs @ w, t0), (0, 1))(hs0, w)
+    _close(v, v_ref, 1e-5)
+    _close(dh, dh_ref, 1e-5)
+    _close(dw, dw_ref, 1e-5)
+
+
+@EIGHT
+@pytest.mark.parametrize("spec,local", [(("data", "model"), (4, 3, 10)),
+                                        (("data", None, "model"), (4, 6, 5))], ids=str)
+def test_batch_norm_kernels_under_automatic_sharding(spec, local, kernel_shapes):
+    """Each device reduces its shard, combined over the axes that split N and the spatial
+    axis; vmap over a sharded batch axis keeps it sharded; an N that the partitioner splits
+    unevenly (a slice of 10 of 16 rows over 4 devices) is gathered, not padded into the
+    sums."""
+    mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=AUTO)
+    xs0 = _bn_inputs((16, 6, 10), jnp.float32)
+    probe = jax.random.normal(jax.random.key(3), xs0[0].shape)
+
+    def loss(impl, rows=16):
+        def f(*xs):
+            y, new_mean, new_var = jo.batch_norm(xs[0][:rows], *xs[1:], training=True,
+                                                 implementation=impl)
+            return jnp.sum(jnp.sin(y) * probe[:rows]) + jnp.sum(new_mean * new_var)
+        return f
+
+    x = _sharded(mesh, xs0[0], *spec)
+    for rows in (16, 10):
+        v, grads = jax.jit(jax.value_and_grad(loss(PALLAS, rows), range(5)))(x, *xs0[1:])
+        v_ref, grads_ref = jax.value_and_grad(loss("xla", rows), range(5))(*xs0)
+        # a sum of 960 float32 terms of size ~1 in another order (measured: 1.2e-5 apart;
+        # y itself is within 1 ulp of the XLA op's)
+        _close(v, v_ref, 1e-4)
+        for a, b in zip(grads, grads_ref, strict=True):
+            _close(a, b, 1e-5)
+        assert (local if rows == 16 else (10, *local[1:])) in _first_operands(kernel_shapes)
+        _fresh(kernel_shapes)  # N=10: whole, the other axes split
+
+    stacked = jnp.stack([xs0[0], 3 * xs0[0] + 1])
+    got = jax.jit(jax.vmap(jax.grad(loss(PALLAS)), (0, None, None, None, None)))(
+        _sharded(mesh, stacked, "model", "data"), *xs0[1:])
+    assert (4, 6, 10) in _first_operands(kernel_shapes)  # a batch of 1, 16 / 4 rows
+    _close(got, jax.vmap(jax.grad(loss("xla")), (0, None, None, None, None))(
+        stacked, *xs0[1:]), 1e-5)
 
 
 @EIGHT

@@ -18,9 +18,8 @@ for warpgroup layouts and TMA pipelines written by hand.  Triton's masked loads 
 ragged rows directly.  ``tests/test_kernels.py`` lowers every kernel for CUDA on a CPU
 machine, so a change in the Triton lowering fails CI.
 
-``interpret=True`` runs the same kernel body in Pallas' interpreter (any platform).  On an
-explicitly sharded array each device runs the kernel on its shard of the rows
-(:func:`jaxops.kernels.sharding.per_row_shard`).
+``interpret=True`` runs the same kernel body in Pallas' interpreter (any platform).  On a
+sharded array each device runs the kernel on its shard (:mod:`jaxops.kernels.sharding`).
 """
 
 from __future__ import annotations
