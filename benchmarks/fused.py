@@ -2,6 +2,7 @@
 
     python -m benchmarks.fused                  # the realistic shapes (a GPU's worth of memory)
     python -m benchmarks.fused --quick          # tiny shapes (CPU; the test suite runs this)
+    python -m benchmarks.fused --cpu            # shapes a 2-core CPU runs in minutes
     python -m benchmarks.fused --ops sce,lce,bn --out benchmarks/results
 
 For every case and implementation it reports the median (p20, p80) time of the forward and of
@@ -131,11 +132,14 @@ def _bn_case(shape, dtype):
                 {"jnp": jnp_bn, "xla": ours("xla"), "pallas": ours("pallas")})
 
 
-def cases(quick: bool, ops: set[str]) -> list[Case]:
+def cases(quick: bool, ops: set[str], cpu: bool = False) -> list[Case]:
     out = []
     if quick:
         rows, vocab, dtypes = [(64, 1000)], [(64, 32, 1000)], ["float32"]
         images = [(8, 16, 7, 7)]
+    elif cpu:  # the realistic shapes' smallest row count and widths, float32
+        rows, vocab, dtypes = [(4096, 32768)], [(2048, 1024, 32768)], ["float32"]
+        images = [(32, 64, 56, 56), (4096, 4096)]
     else:
         rows = [(4096, 32768), (16384, 32768), (4096, 128256)]
         vocab = [(4096, 1024, 32768), (16384, 4096, 128256), (8192, 1024, 65536)]
@@ -222,6 +226,7 @@ def markdown(results: list[dict], env: dict) -> str:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--cpu", action="store_true", help="shapes a 2-core CPU runs in minutes")
     p.add_argument("--ops", default="softmax,log_softmax,sce,lce,bn")
     p.add_argument("--reps", type=int, default=None)
     p.add_argument("--out", default=None, help="directory for fused-<platform>.{json,md}")
@@ -230,7 +235,7 @@ def main(argv=None):
     # without a GPU the kernels run in Pallas' interpreter: a correctness run, not a timing
     pallas = "pallas" if backend == "gpu" else "pallas_interpret"
     results = []
-    for case in cases(a.quick, set(a.ops.split(","))):
+    for case in cases(a.quick, set(a.ops.split(",")), a.cpu):
         variants = {k: v for k, v in case.variants.items()}
         if pallas != "pallas":
             variants = {k: v for k, v in variants.items() if k != "pallas"}

@@ -64,9 +64,21 @@ def _as_rows(x: jax.Array, axis: int):
 
 
 def _shifted(xf: jax.Array, axis: int) -> jax.Array:
-    """x - max(x), where a fully masked (all -inf) row is shifted by 0 instead of -inf."""
+    """x - max(x), where a fully masked (all -inf) row is shifted by the lowest finite
+    value instead of -inf (so it stays -inf, not NaN).
+
+    ``maximum``, not ``where(isneginf(m), 0, m)``: on XLA CPU (jax 0.10.2) a ``where`` here
+    or on the row sum stopped the exp from fusing into the reductions (softmax's forward
+    took 5x as long and wrote a temporary of x's size; ``benchmarks/results/fused-cpu.md``).
+    """
     m = jnp.max(xf, axis=axis, keepdims=True)
-    return xf - jax.lax.stop_gradient(jnp.where(jnp.isneginf(m), jnp.zeros_like(m), m))
+    return xf - jax.lax.stop_gradient(jnp.maximum(m, jnp.finfo(xf.dtype).min))
+
+
+def _row_sum_or_one(total: jax.Array) -> jax.Array:
+    """The sum of ``exp(x - max)`` over a row is >= 1 (its maximum contributes exp(0) = 1),
+    except in a fully masked row, where it is 0: there it becomes 1."""
+    return jnp.maximum(total, 1.0)
 
 
 # ------------------------------------------------------------------------------- Softmax
@@ -107,7 +119,7 @@ def softmax(x: ArrayLike, *, axis: int = -1) -> jax.Array:
     """
     e = jnp.exp(_shifted(upcast(x), axis))
     total = jnp.sum(e, axis=axis, keepdims=True)
-    return (e / jnp.where(total == 0, jnp.ones_like(total), total)).astype(x.dtype)
+    return (e / _row_sum_or_one(total)).astype(x.dtype)
 
 
 @softmax.defgrad
@@ -177,7 +189,7 @@ def log_softmax(x: ArrayLike, *, axis: int = -1) -> jax.Array:
     """
     shifted = _shifted(upcast(x), axis)
     total = jnp.sum(jnp.exp(shifted), axis=axis, keepdims=True)
-    lse = jnp.log(jnp.where(total == 0, jnp.ones_like(total), total))
+    lse = jnp.log(_row_sum_or_one(total))
     return (shifted - lse).astype(x.dtype)
 
 
