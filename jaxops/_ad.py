@@ -26,7 +26,6 @@ from typing import Any
 
 import jax
 import jax.extend.core
-from jax._src import dispatch  # private: see the registration below
 from jax.interpreters import ad, batching, mlir
 
 __all__ = ["linear_pair", "with_twin_derivative"]
@@ -51,41 +50,47 @@ _pair_p = jax.extend.core.Primitive("jaxops_linear")
 _pair_p.multiple_results = True
 
 
-def _abstract_eval(*avals, apply, transpose, twin, twin_t, num_res):
-    outs = jax.eval_shape(apply.fn, *avals)
-    return [jax.core.ShapedArray(o.shape, o.dtype) for o in outs]
+def _bind(*args, apply, transpose, twin, twin_t, num_res):
+    """Bind the pair with ``apply`` traced at these operands: the equation carries its
+    jaxpr, so JAX sees what the lowering will hold (a kernel under automatic sharding is a
+    ``custom_partitioning`` call, whose lowering needs the device assignment)."""
+    jaxpr = jax.make_jaxpr(lambda *a: tuple(apply.fn(*a)))(*args)
+    return _pair_p.bind(*args, jaxpr=jaxpr, apply=apply, transpose=transpose, twin=twin,
+                        twin_t=twin_t, num_res=num_res)
 
 
-def _impl(*args, apply, transpose, twin, twin_t, num_res):
+def _abstract_eval(*avals, jaxpr, **fns):
+    return [jax.core.ShapedArray(o.shape, o.dtype) for o in jaxpr.out_avals]
+
+
+def _impl(*args, apply, **params):
     return list(jax.jit(apply.fn)(*args))
 
 
-def _lower(ctx, *args, apply, **params):
-    return mlir.lower_fun(lambda *a: list(apply.fn(*a)), multiple_results=True)(ctx, *args)
+def _lower(ctx, *args, jaxpr, **fns):
+    return mlir.lower_fun(jax.extend.core.jaxpr_as_fun(jaxpr), multiple_results=True)(
+        ctx, *args)
 
 
-def _transpose_rule(cts, *args, apply, transpose, twin, twin_t, num_res):
-    res, lin = args[:num_res], args[num_res:]
+def _transpose_rule(cts, *args, jaxpr, apply, transpose, twin, twin_t, num_res):
+    res = args[:num_res]
     assert not any(ad.is_undefined_primal(r) for r in res), "residuals must be known"
-    out_avals = _abstract_eval(*(jax.typeof(r) for r in res),
-                               *(x.aval for x in lin), apply=apply, transpose=transpose,
-                               twin=twin, twin_t=twin_t, num_res=num_res)
     cts = [jax.numpy.zeros(a.shape, a.dtype) if type(c) is ad.Zero else c
-           for c, a in zip(cts, out_avals, strict=True)]
-    lin_cts = _pair_p.bind(*res, *cts, apply=transpose, transpose=apply, twin=twin_t,
-                           twin_t=twin, num_res=num_res)
+           for c, a in zip(cts, jaxpr.out_avals, strict=True)]
+    lin_cts = _bind(*res, *cts, apply=transpose, transpose=apply, twin=twin_t, twin_t=twin,
+                    num_res=num_res)
     return [None] * num_res + list(lin_cts)
 
 
-def _jvp_rule(primals, tangents, apply, transpose, twin, twin_t, num_res):
-    params = dict(apply=apply, transpose=transpose, twin=twin, twin_t=twin_t, num_res=num_res)
+def _jvp_rule(primals, tangents, jaxpr, apply, transpose, twin, twin_t, num_res):
+    fns = dict(apply=apply, transpose=transpose, twin=twin, twin_t=twin_t, num_res=num_res)
     res, lin = primals[:num_res], primals[num_res:]
     t_res, t_lin = tangents[:num_res], tangents[num_res:]
-    out = _pair_p.bind(*primals, **params)
+    out = _pair_p.bind(*primals, jaxpr=jaxpr, **fns)
     t_out = None
     if not all(type(t) is ad.Zero for t in t_lin):  # the linear part: the pair itself
         t_lin = [ad.instantiate_zeros(t) for t in t_lin]
-        t_out = _pair_p.bind(*res, *t_lin, **params)
+        t_out = _bind(*res, *t_lin, **fns)
     if not all(type(t) is ad.Zero for t in t_res):  # through the residuals: the twin
         t_res = [ad.instantiate_zeros(t) for t in t_res]
         _, t_twin = jax.jvp(lambda *r: tuple(twin(*r, *lin)), tuple(res), tuple(t_res))
@@ -96,7 +101,7 @@ def _jvp_rule(primals, tangents, apply, transpose, twin, twin_t, num_res):
     return out, t_out
 
 
-def _batch_rule(args, dims, apply, transpose, twin, twin_t, num_res):
+def _batch_rule(args, dims, jaxpr, apply, transpose, twin, twin_t, num_res):
     # every operand batched on axis 0, so each function's transpose stays its transpose
     size = next(a.shape[d] for a, d in zip(args, dims, strict=True) if d is not None)
     args = [jax.numpy.broadcast_to(a, (size, *a.shape)) if d is None
@@ -105,8 +110,8 @@ def _batch_rule(args, dims, apply, transpose, twin, twin_t, num_res):
     def batched(f):
         return _Fn(jax.vmap(f.fn), f"vmap({f.name})")
 
-    outs = _pair_p.bind(*args, apply=batched(apply), transpose=batched(transpose),
-                        twin=batched(twin), twin_t=batched(twin_t), num_res=num_res)
+    outs = _bind(*args, apply=batched(apply), transpose=batched(transpose),
+                 twin=batched(twin), twin_t=batched(twin_t), num_res=num_res)
     return outs, [0] * len(outs)
 
 
@@ -116,11 +121,6 @@ mlir.register_lowering(_pair_p, _lower)
 ad.primitive_jvps[_pair_p] = _jvp_rule
 ad.primitive_transposes[_pair_p] = _transpose_rule
 batching.primitive_batchers[_pair_p] = _batch_rule
-# The functions are traced at lowering, so JAX cannot see that they may hold a
-# custom_partitioning call (a kernel under automatic sharding, jaxops.kernels.sharding),
-# whose lowering needs the device assignment; JAX's own primitives of that kind register
-# here (jax._src.cudnn).  A program with a pair is then lowered with its devices.
-dispatch.prim_requires_devices_during_lowering.add(_pair_p)
 
 
 def linear_pair(
@@ -145,7 +145,7 @@ def linear_pair(
 
     @functools.wraps(apply)
     def call(res: tuple, lin: tuple) -> tuple[jax.Array, ...]:
-        return tuple(_pair_p.bind(*res, *lin, num_res=len(res), **fns))
+        return tuple(_bind(*res, *lin, num_res=len(res), **fns))
 
     return call
 

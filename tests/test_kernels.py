@@ -466,6 +466,20 @@ def test_batch_norm_kernels_lower_for_cuda(shape, dtype):
     assert count(jax.value_and_grad(loss, (0, 1))) == 2
 
 
+def test_vmapped_batch_norm_kernels_lower_for_cuda():
+    """Under vmap the reductions run Pallas' batching rule on each shard: one more grid axis
+    (grid_z = the batch), the whole batch in one kernel."""
+    s = jax.ShapeDtypeStruct
+    f = jax.vmap(jax.grad(lambda x, scale: jnp.sum(jo.batch_norm(
+        x, scale, scale, scale, scale, training=True, implementation="pallas")[0].astype(
+            jnp.float32)), (0, 1)))
+    text = jax.export.export(jax.jit(f), platforms=["cuda"], disabled_checks=_CHECKS)(
+        s((3, 64, 32, 49), jnp.bfloat16), s((3, 32), jnp.float32)).mlir_module()
+    calls = [line for line in text.splitlines() if "__gpu$xla.gpu.triton" in line]
+    assert len(calls) == 2
+    assert all("grid_z = 3" in c and "tensor<3x64x32x49xbf16>" in c for c in calls)
+
+
 # --------------------------------------------------------------------- sharded inputs
 # Explicit sharding (jax.make_mesh's default axis type): each device runs the kernel on its
 # shard under shard_map (jaxops.kernels.sharding).
@@ -664,10 +678,11 @@ def test_row_kernels_under_automatic_sharding(op, shardy, kernel_shapes):
     stacked = _sharded(mesh, jnp.stack([x0, 2 * x0]), "model", "data")
     with _partitioner(shardy):
         v, g = jax.jit(jax.value_and_grad(loss(PALLAS)))(x)
-        assert (12, 40) in _first_operands(kernel_shapes)
+        # the forward kernel (x) and the backward one (y, dy), each on 12 of 48 rows
+        assert {((12, 40),), ((12, 40), (12, 40))} <= set(kernel_shapes)
         _fresh(kernel_shapes)
         batched = jax.jit(jax.vmap(jax.grad(loss(PALLAS))))(stacked)
-        assert (12, 40) in _first_operands(kernel_shapes)
+        assert {((12, 40),), ((12, 40), (12, 40))} <= set(kernel_shapes)
         tangent = jax.jit(lambda x: jax.jvp(loss(PALLAS), (x,), (x,))[1])(x)
     v_ref, g_ref = jax.value_and_grad(loss("xla"))(x0)
     _close(v, v_ref, 1e-5)
@@ -714,13 +729,24 @@ def test_cross_entropy_kernels_under_automatic_sharding(kernel_shapes):
 
 
 @EIGHT
-@pytest.mark.parametrize("spec,local", [(("data", "model"), (4, 3, 10)),
-                                        (("data", None, "model"), (4, 6, 5))], ids=str)
-def test_batch_norm_kernels_under_automatic_sharding(spec, local, kernel_shapes):
+@pytest.mark.parametrize("spec,local,shardy", [
+    (("data", "model"), (4, 3, 10), True), (("data", None, "model"), (4, 6, 5), True),
+    (("data", "model"), (4, 3, 10), False)], ids=["NC", "NS", "NC-gspmd"])
+def test_batch_norm_kernels_under_automatic_sharding(spec, local, shardy, kernel_shapes,
+                                                     monkeypatch):
     """Each device reduces its shard, combined over the axes that split N and the spatial
     axis; vmap over a sharded batch axis keeps it sharded; an N that the partitioner splits
     unevenly (a slice of 10 of 16 rows over 4 devices) is gathered, not padded into the
     sums."""
+    from jaxops.kernels import sharding
+
+    per_shard, blocks = sharding._per_shard, []  # each per-shard call's x, batch axes included
+
+    def spy(local, batch, axes):
+        fn = per_shard(local, batch, axes)
+        return lambda x, *args: (blocks.append(x.shape), fn(x, *args))[1]
+
+    monkeypatch.setattr(sharding, "_per_shard", spy)
     mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=AUTO)
     xs0 = _bn_inputs((16, 6, 10), jnp.float32)
     probe = jax.random.normal(jax.random.key(3), xs0[0].shape)
@@ -734,7 +760,9 @@ def test_batch_norm_kernels_under_automatic_sharding(spec, local, kernel_shapes)
 
     x = _sharded(mesh, xs0[0], *spec)
     for rows in (16, 10):
-        v, grads = jax.jit(jax.value_and_grad(loss(PALLAS, rows), range(5)))(x, *xs0[1:])
+        with _partitioner(shardy):
+            v, grads = jax.jit(jax.value_and_grad(loss(PALLAS, rows), range(5)))(
+                x, *xs0[1:])
         v_ref, grads_ref = jax.value_and_grad(loss("xla", rows), range(5))(*xs0)
         # a sum of 960 float32 terms of size ~1 in another order (measured: 1.2e-5 apart;
         # y itself is within 1 ulp of the XLA op's)
@@ -745,9 +773,11 @@ def test_batch_norm_kernels_under_automatic_sharding(spec, local, kernel_shapes)
         _fresh(kernel_shapes)  # N=10: whole, the other axes split
 
     stacked = jnp.stack([xs0[0], 3 * xs0[0] + 1])
-    got = jax.jit(jax.vmap(jax.grad(loss(PALLAS)), (0, None, None, None, None)))(
-        _sharded(mesh, stacked, "model", "data"), *xs0[1:])
-    assert (4, 6, 10) in _first_operands(kernel_shapes)  # a batch of 1, 16 / 4 rows
+    with _partitioner(shardy):
+        got = jax.jit(jax.vmap(jax.grad(loss(PALLAS)), (0, None, None, None, None)))(
+            _sharded(mesh, stacked, "model", "data"), *xs0[1:])
+    assert (4, 6, 10) in _first_operands(kernel_shapes)
+    assert (1, 4, 6, 10) in blocks  # per device: a batch of 1 (of 2), 16 / 4 rows
     _close(got, jax.vmap(jax.grad(loss("xla")), (0, None, None, None, None))(
         stacked, *xs0[1:]), 1e-5)
 
@@ -774,3 +804,15 @@ def test_sharded_kernels_lower_for_cuda_per_shard():
         x, scale).mlir_module()
     calls = [line for line in text.splitlines() if "__gpu$xla.gpu.triton" in line]
     assert len(calls) == 2 and all("tensor<8x32x49xbf16>" in c for c in calls)
+
+
+def test_explicitly_sharded_kernels_lower_without_devices():
+    """AOT lowering for an AbstractMesh (no devices): the gradient pair's equation does not
+    ask for devices unless it holds a custom_partitioning call (automatic sharding)."""
+    mesh = jax.sharding.AbstractMesh((8,), ("data",),
+                                     axis_types=(jax.sharding.AxisType.Explicit,))
+    x = jax.ShapeDtypeStruct((64, 1000), jnp.float32,
+                             sharding=NamedSharding(mesh, PartitionSpec("data")))
+    f = jax.jit(jax.grad(lambda x: jnp.sum(jo.log_softmax(x, implementation="pallas"))))
+    text = f.trace(x).lower(lowering_platforms=("cuda",)).as_text()
+    assert text.count("__gpu$xla.gpu.triton") == 2  # forward and backward kernels

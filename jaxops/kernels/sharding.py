@@ -21,12 +21,16 @@ independent per row: rows stay split as an operand's rows are, every other axis 
 reductions (:func:`per_channel_reduction`) reduce each shard and combine the partial
 results over the mesh axes that split the reduced axes.
 
-Both also batch under ``vmap`` without Pallas' own batching rule (which cannot handle a
-sharded batch axis in the interpreter, and ``custom_partitioning`` has no batching rule):
-a row kernel takes the stacked rows, a reduction keeps the batch axes as leading axes of
-its per-shard function.  ``jax.export`` cannot serialize a ``custom_partitioning`` call
-(it is a Python callback at compile time), so exporting a multi-device program with
-automatic sharding through a kernel fails in ``jax.export``; explicit sharding exports.
+Under ``vmap`` (``custom_vmap``: ``custom_partitioning`` has no batching rule, and Pallas'
+own rule fails in the interpreter on a sharded batch axis) the batch axes stay leading axes,
+split as the operands' are, and the per-shard function takes them: a row kernel folds its
+(batch, rows) block into rows, a reduction vmaps its per-shard function (there Pallas'
+batching rule runs, on unsharded shards: one more grid axis).
+
+Limits of ``custom_partitioning``: ``jax.export`` cannot serialize it (it is a Python
+callback at compile time), so a multi-device program with automatic sharding through a
+kernel does not export; and it needs the devices at lowering, so such a program cannot be
+lowered for an ``AbstractMesh``.  Explicit sharding and single-device programs do both.
 """
 
 from __future__ import annotations
