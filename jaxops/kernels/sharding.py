@@ -45,10 +45,11 @@ import jax.numpy as jnp
 from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-__all__ = ["per_channel_reduction", "per_row_shard", "row_axes", "sharded_axes"]
+__all__ = ["padded_spec", "per_channel_reduction", "per_row_shard", "row_axes",
+           "sharded_axes"]
 
 
-def _spec(x) -> tuple:
+def padded_spec(x) -> tuple:
     """``x``'s partition spec (padded to its rank): from its type, or from a
     ``jax.ShapeDtypeStruct``'s sharding (custom_partitioning's callbacks)."""
     sharding = getattr(x, "sharding", None) if isinstance(x, jax.ShapeDtypeStruct) else \
@@ -64,12 +65,12 @@ def _names(entry) -> tuple[str, ...]:
 
 def row_axes(x) -> tuple[str, ...]:
     """Mesh axes sharding the first axis of ``x`` in its type (explicit sharding)."""
-    return _names(_spec(x)[0]) if x.ndim else ()
+    return _names(padded_spec(x)[0]) if x.ndim else ()
 
 
 def sharded_axes(x) -> tuple[str, ...]:
     """Mesh axes sharding any axis of ``x`` in its type."""
-    return tuple(a for entry in _spec(x) for a in _names(entry))
+    return tuple(a for entry in padded_spec(x) for a in _names(entry))
 
 
 def _mode(arrays) -> tuple[str, jax.sharding.AbstractMesh]:
@@ -147,7 +148,7 @@ def _rows(kernel, lead, *arrays):
     # already are).  Replicated operands under an explicit mesh also run in shard_map,
     # whole on every device: Pallas' interpreter cannot trace them outside it there.
     sharded = any(sharded_axes(a) for a in arrays)
-    lead_spec = _leading([_spec(a) for a in arrays], lead)
+    lead_spec = _leading([padded_spec(a) for a in arrays], lead)
     specs = [P(*lead_spec, *(None,) * (a.ndim - lead)) for a in arrays]
     if sharded:
         arrays = [jax.sharding.reshard(a, NamedSharding(mesh, s))
@@ -162,7 +163,7 @@ def _auto_rows(fn, lead, arrays):
     operand with any of them sharded, every other axis whole."""
 
     def shardings(mesh, arg_shapes, result_shape):
-        lead_spec = _leading([_spec(s) for s in arg_shapes], lead)
+        lead_spec = _leading([padded_spec(s) for s in arg_shapes], lead)
 
         def split(shape):
             return NamedSharding(mesh, P(*lead_spec, *(None,) * (len(shape.shape) - lead)))
@@ -238,7 +239,7 @@ def _reduce(local, batch, x, *operands):
     shapes = [a.shape for a in (x, *operands)]
     if mode == "auto":
         return _auto_reduce(local, batch, x, operands, shapes)
-    spec, vector, specs, axes = _reduce_specs(_spec(x), batch, x.ndim, shapes)
+    spec, vector, specs, axes = _reduce_specs(padded_spec(x), batch, x.ndim, shapes)
     operands = [jax.sharding.reshard(a, NamedSharding(mesh, s))
                 for a, s in zip(operands, specs, strict=True)]
     return jax.shard_map(_per_shard(local, batch, axes), mesh=mesh,
@@ -248,7 +249,7 @@ def _reduce(local, batch, x, *operands):
 
 def _auto_reduce(local, batch, x, operands, shapes):
     def shardings(mesh, arg_shapes, result_shape):
-        spec, vector, specs, axes = _reduce_specs(_spec(arg_shapes[0]), batch, x.ndim,
+        spec, vector, specs, axes = _reduce_specs(padded_spec(arg_shapes[0]), batch, x.ndim,
                                                   shapes, dict(mesh.shape))
         ins = tuple(NamedSharding(mesh, s) for s in (spec, *specs))
         return ins, jax.tree.map(lambda _: NamedSharding(mesh, vector), result_shape), axes

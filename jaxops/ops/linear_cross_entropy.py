@@ -40,6 +40,7 @@ from jaxops._ad import linear_pair, with_twin_derivative
 from jaxops._numerics import upcast
 from jaxops._op import defop
 from jaxops.kernels import triton
+from jaxops.kernels.sharding import padded_spec, row_axes
 from jaxops.ops.cross_entropy import (
     _IGNORE_INDEX,
     _LABELLED_TYPES,
@@ -68,10 +69,7 @@ def _chunk(h, v: int, chunk_size: int | None) -> int:
     if chunk_size is None:
         chunk_size = max(8, _CHUNK_BYTES // (4 * max(v, 1)))
     chunk = max(1, min(chunk_size, h.shape[0]))
-    sharding = jax.typeof(h).sharding
-    axes = sharding.spec[0] if len(sharding.spec) else None
-    shards = math.prod(sharding.mesh.shape[a] for a in (
-        () if axes is None else axes if isinstance(axes, tuple) else (axes,)))
+    shards = math.prod(jax.typeof(h).sharding.mesh.shape[a] for a in row_axes(h))
     return -(-chunk // shards) * shards
 
 
@@ -132,18 +130,18 @@ def _strided(x, chunk, fill):
     n = x.shape[0]
     chunks = -(-n // chunk)
     x = jnp.pad(x, [(0, chunks * chunk - n)] + [(0, 0)] * (x.ndim - 1), constant_values=fill)
-    sharding = jax.typeof(x).sharding
-    spec = tuple(sharding.spec) + (None,) * (x.ndim - len(sharding.spec))
-    out = None if spec[0] is None else NamedSharding(sharding.mesh, P(spec[0], None, *spec[1:]))
+    spec = padded_spec(x)
+    out = None if spec[0] is None else NamedSharding(jax.typeof(x).sharding.mesh,
+                                                     P(spec[0], None, *spec[1:]))
     return jnp.swapaxes(jax.lax.reshape(x, (chunk, chunks, *x.shape[1:]), out_sharding=out),
                         0, 1)
 
 
 def _unchunk(rows, n):
     rows = jnp.swapaxes(rows, 0, 1)
-    sharding = jax.typeof(rows).sharding
-    spec = tuple(sharding.spec) + (None,) * (rows.ndim - len(sharding.spec))
-    out = None if spec[0] is None else NamedSharding(sharding.mesh, P(spec[0], *spec[2:]))
+    spec = padded_spec(rows)
+    out = None if spec[0] is None else NamedSharding(jax.typeof(rows).sharding.mesh,
+                                                     P(spec[0], *spec[2:]))
     return jax.lax.reshape(rows, (rows.shape[0] * rows.shape[1], *rows.shape[2:]),
                            out_sharding=out)[:n]
 
