@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-slow lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,11 @@ demo: $(VENV)/.installed
 	$(PY) examples/train_classifier.py --out train_classifier.png
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -n auto
+	$(PY) -m pytest -n auto -m "not slow"
+
+# the long runs (fuzzing, exhaustive transform matrix); CI runs them after `make test`
+test-slow: $(VENV)/.installed
+	$(PY) -m pytest -n auto -m slow || [ $$? -eq 5 ]  # 5: none marked slow
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check jaxops tests examples
