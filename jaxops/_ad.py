@@ -49,22 +49,42 @@ class _Fn:
 _pair_p = jax.extend.core.Primitive("jaxops_linear")
 _pair_p.multiple_results = True
 
+# Symbolic zeros.  A linear input whose tangent or cotangent is JAX's symbolic zero is not
+# materialized: the pair's functions receive ``None`` for it (and must read None as zero),
+# and the equation binds only the present ones (``lin_mask``).  Outputs nobody asked for are
+# not returned (``out_mask``; None: all), so XLA drops their computation.  Instantiating the zeros
+# instead costs a full matmul against a zero matrix for every closed-over input (the h @ tw
+# of linear_cross_entropy's tangent), and XLA CPU (jax 0.10.2) miscompiles a dot against a
+# broadcast zero constant, returning uninitialized memory (docs/design.md).
 
-def _bind(*args, apply, transpose, twin, twin_t, num_res):
+
+def _expand(lin, lin_mask):
+    """The present linear operands as the full list, None where absent."""
+    it = iter(lin)
+    return [next(it) if m else None for m in lin_mask]
+
+
+def _call(fn, args, num_res, lin_mask, out_mask):
+    res, lin = args[:num_res], _expand(args[num_res:], lin_mask)
+    outs = list(fn(*res, *lin))
+    return outs if out_mask is None else [o for o, k in zip(outs, out_mask, strict=True) if k]
+
+
+def _bind(*args, apply, transpose, twin, twin_t, num_res, lin_mask, out_mask):
     """Bind the pair with ``apply`` traced at these operands: the equation carries its
     jaxpr, so JAX sees what the lowering will hold (a kernel under automatic sharding is a
     ``custom_partitioning`` call, whose lowering needs the device assignment)."""
-    jaxpr = jax.make_jaxpr(lambda *a: tuple(apply.fn(*a)))(*args)
+    jaxpr = jax.make_jaxpr(lambda *a: _call(apply.fn, a, num_res, lin_mask, out_mask))(*args)
     return _pair_p.bind(*args, jaxpr=jaxpr, apply=apply, transpose=transpose, twin=twin,
-                        twin_t=twin_t, num_res=num_res)
+                        twin_t=twin_t, num_res=num_res, lin_mask=lin_mask, out_mask=out_mask)
 
 
 def _abstract_eval(*avals, jaxpr, **fns):
     return [jax.core.ShapedArray(o.shape, o.dtype) for o in jaxpr.out_avals]
 
 
-def _impl(*args, apply, **params):
-    return list(jax.jit(apply.fn)(*args))
+def _impl(*args, jaxpr, **params):
+    return list(jax.jit(jax.extend.core.jaxpr_as_fun(jaxpr))(*args))
 
 
 def _lower(ctx, *args, jaxpr, **fns):
@@ -72,28 +92,40 @@ def _lower(ctx, *args, jaxpr, **fns):
         ctx, *args)
 
 
-def _transpose_rule(cts, *args, jaxpr, apply, transpose, twin, twin_t, num_res):
+def _transpose_rule(cts, *args, jaxpr, apply, transpose, twin, twin_t, num_res, lin_mask,
+                    out_mask):
     res = args[:num_res]
     assert not any(ad.is_undefined_primal(r) for r in res), "residuals must be known"
-    cts = [jax.numpy.zeros(a.shape, a.dtype) if type(c) is ad.Zero else c
-           for c, a in zip(cts, jaxpr.out_avals, strict=True)]
-    lin_cts = _bind(*res, *cts, apply=transpose, transpose=apply, twin=twin_t, twin_t=twin,
-                    num_res=num_res)
+    present = [c for c in cts if type(c) is not ad.Zero]
+    if not present:
+        return [None] * len(args)
+    # the cotangents, placed among all of apply's outputs (None: zero or not returned)
+    it = iter(cts)
+    full = list(cts) if out_mask is None else [next(it) if k else None for k in out_mask]
+    full = [None if c is None or type(c) is ad.Zero else c for c in full]
+    lin_cts = _bind(*res, *(c for c in full if c is not None), apply=transpose,
+                    transpose=apply, twin=twin_t, twin_t=twin, num_res=num_res,
+                    lin_mask=tuple(c is not None for c in full), out_mask=lin_mask)
     return [None] * num_res + list(lin_cts)
 
 
-def _jvp_rule(primals, tangents, jaxpr, apply, transpose, twin, twin_t, num_res):
+def _jvp_rule(primals, tangents, jaxpr, apply, transpose, twin, twin_t, num_res, lin_mask,
+              out_mask):
     fns = dict(apply=apply, transpose=transpose, twin=twin, twin_t=twin_t, num_res=num_res)
     res, lin = primals[:num_res], primals[num_res:]
     t_res, t_lin = tangents[:num_res], tangents[num_res:]
-    out = _pair_p.bind(*primals, jaxpr=jaxpr, **fns)
+    out = _pair_p.bind(*primals, jaxpr=jaxpr, lin_mask=lin_mask, out_mask=out_mask, **fns)
     t_out = None
-    if not all(type(t) is ad.Zero for t in t_lin):  # the linear part: the pair itself
-        t_lin = [ad.instantiate_zeros(t) for t in t_lin]
-        t_out = _bind(*res, *t_lin, **fns)
+    nonzero = tuple(type(t) is not ad.Zero for t in t_lin)
+    if any(nonzero):  # the linear part: the pair itself, at the nonzero tangents
+        mask = tuple(_expand(nonzero, lin_mask))
+        t_out = _bind(*res, *(t for t in t_lin if type(t) is not ad.Zero), **fns,
+                      lin_mask=tuple(bool(m) for m in mask), out_mask=out_mask)
     if not all(type(t) is ad.Zero for t in t_res):  # through the residuals: the twin
         t_res = [ad.instantiate_zeros(t) for t in t_res]
-        _, t_twin = jax.jvp(lambda *r: tuple(twin(*r, *lin)), tuple(res), tuple(t_res))
+        _, t_twin = jax.jvp(
+            lambda *r: tuple(_call(twin.fn, (*r, *lin), num_res, lin_mask, out_mask)),
+            tuple(res), tuple(t_res))
         t_out = list(t_twin) if t_out is None else [a + b for a, b in zip(t_out, t_twin,
                                                                           strict=True)]
     if t_out is None:
@@ -101,17 +133,19 @@ def _jvp_rule(primals, tangents, jaxpr, apply, transpose, twin, twin_t, num_res)
     return out, t_out
 
 
-def _batch_rule(args, dims, jaxpr, apply, transpose, twin, twin_t, num_res):
+def _batch_rule(args, dims, jaxpr, apply, transpose, twin, twin_t, num_res, lin_mask,
+                out_mask):
     # every operand batched on axis 0, so each function's transpose stays its transpose
     size = next(a.shape[d] for a, d in zip(args, dims, strict=True) if d is not None)
     args = [jax.numpy.broadcast_to(a, (size, *a.shape)) if d is None
             else jax.numpy.moveaxis(a, d, 0) for a, d in zip(args, dims, strict=True)]
 
-    def batched(f):
+    def batched(f):  # None operands (symbolic zeros) and outputs are empty pytrees to vmap
         return _Fn(jax.vmap(f.fn), f"vmap({f.name})")
 
     outs = _bind(*args, apply=batched(apply), transpose=batched(transpose),
-                 twin=batched(twin), twin_t=batched(twin_t), num_res=num_res)
+                 twin=batched(twin), twin_t=batched(twin_t), num_res=num_res,
+                 lin_mask=lin_mask, out_mask=out_mask)
     return outs, [0] * len(outs)
 
 
@@ -136,7 +170,10 @@ def linear_pair(
 
     ``twin``/``twin_transpose`` compute the same maps as ``apply``/``transpose`` in ordinary
     differentiable JAX (default: the functions themselves); they give derivatives with
-    respect to ``res``.  Every function takes and returns tuples of arrays.
+    respect to ``res``.  Every function takes arrays and returns a tuple of arrays.  A linear
+    operand that is zero (a symbolic zero tangent or cotangent, or None in ``lin``) is passed
+    as ``None``: a function with several linear operands must read None as zero and skip its
+    term.  An all-zero ``lin`` is never passed.
     """
     name = name or getattr(apply, "__name__", "linear")
     fns = dict(apply=_Fn(apply, name), transpose=_Fn(transpose, f"{name}_transpose"),
@@ -145,7 +182,8 @@ def linear_pair(
 
     @functools.wraps(apply)
     def call(res: tuple, lin: tuple) -> tuple[jax.Array, ...]:
-        return tuple(_bind(*res, *lin, num_res=len(res), **fns))
+        return tuple(_bind(*res, *(x for x in lin if x is not None), num_res=len(res),
+                           lin_mask=tuple(x is not None for x in lin), out_mask=None, **fns))
 
     return call
 

@@ -24,6 +24,7 @@ from typing import Any
 import jax
 import jax.extend.core
 import numpy as np
+from jax.custom_derivatives import SymbolicZero
 from jax.interpreters import ad, batching, mlir
 
 from jaxops.schema import OpSchema
@@ -296,22 +297,49 @@ def defop(schema: OpSchema) -> Callable[[Callable[..., Any]], Callable[..., Any]
             forward.__name__ = forward.__qualname__ = impl.__name__  # custom_jvp_call[name=]
             fn = jax.custom_jvp(forward)
 
-            @fn.defjvp
+            # Symbolic zeros: an input that is not differentiated (closed over, or not an
+            # argument of jvp/grad) arrives as a SymbolicZero and stays one.  Only the
+            # differentiated inputs' cotangents are transposed, so no zero tangent is
+            # materialized and multiplied into the result: that would cost work (a matmul
+            # per closed-over matrix), turn 0 * inf into NaN, and hit an XLA CPU miscompile
+            # of dots against zero constants (docs/design.md, "Symbolic zeros").
+            @functools.partial(fn.defjvp, symbolic_zeros=True)
             def jvp(primals, tangents):
+                tangents = [None if t is None or isinstance(t, SymbolicZero) else t
+                            for t in tangents]
+                _refuse_nondifferentiable(tangents)
                 if jvp_override is not None:  # a fused kernel's own linearization
                     return jvp_override(primals, tangents)
                 y = fn(*primals)
+                present = [i for i in differentiable if primals[i] is not None]
+                wrt = [k for k, i in enumerate(present) if tangents[i] is not None]
 
                 def vjp(dy):
                     with _state_set("implementation", choice):  # gradient ops: the same
                         cts = registered["vjp"](*primals, y, dy, **attrs)
-                    return cts if isinstance(cts, tuple) else (cts,)
+                    cts = cts if isinstance(cts, tuple) else (cts,)
+                    return tuple(cts[k] for k in wrt)
 
-                present = tuple(i for i in differentiable if primals[i] is not None)
-                (t_out,) = jax.linear_transpose(vjp, y)(tuple(tangents[i] for i in present))
+                (t_out,) = jax.linear_transpose(vjp, y)(
+                    tuple(tangents[present[k]] for k in wrt))
                 return y, t_out
 
             return fn
+
+        def _refuse_nondifferentiable(tangents):
+            """A float input the registered gradient does not cover is refused when it is
+            differentiated, never given a silent zero derivative."""
+            for i, t in enumerate(tangents):
+                param = schema.inputs[i]
+                if t is not None and i not in differentiable and jax.numpy.issubdtype(
+                        jax.typeof(t).dtype, jax.numpy.inexact):
+                    raise TypeError(
+                        f"jaxops.{schema.function}: input {param.name!r} is not "
+                        f"differentiable ({schema.name} has no derivative with respect to "
+                        "it, as in PyTorch), but it was differentiated: a tangent reached it "
+                        "in jvp/grad. Differentiate with respect to the other inputs only "
+                        f"(argnums=...), or pass jax.lax.stop_gradient({param.name}) to "
+                        "treat it as a constant.")
 
         def unavailable(arrays, attrs):
             avals = [None if a is None else jax.typeof(a) for a in arrays]

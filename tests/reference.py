@@ -414,12 +414,12 @@ def _loss_cases():
                lambda lp, lq: ((z(lq), -np.exp(lq)), (-np.exp(lq), np.exp(lq) * (lq - lp + 2))),
                kl_log_sample)
 
-    # targets are non-differentiable (Caffe2, ONNX): their partials are 0
+    # targets are differentiable (as in optax, PyTorch): the loss is linear in them
     yield Case("binary_cross_entropy", jo.binary_cross_entropy, none,
                lambda x, t: np.maximum(x, 0) - x * t + np.log1p(np.exp(-np.abs(x))),
-               lambda x, t: (_sigmoid(x) - t, z(x)),
-               lambda x, t: ((_sigmoid(x) * (1 - _sigmoid(x)), z(x)), (z(x), z(x))),
-               two(-6, 6, 0, 1), fixed=(1,))
+               lambda x, t: (_sigmoid(x) - t, -x),
+               lambda x, t: ((_sigmoid(x) * (1 - _sigmoid(x)), -one(x)), (-one(x), z(x))),
+               two(-6, 6, 0, 1))
 
 
 def _gradient_cases():
@@ -587,17 +587,18 @@ def _cross_entropy_cases():
                 return loss if reduction == "none" else loss.mean()
 
             def vjp(x, t, wout, fl=from_logits, reduction=reduction):
+                # the loss is linear in the targets: d/dt = -log p (as optax, PyTorch)
                 wo = wout[..., None] if reduction == "none" else np.ravel(wout)[0] / (
                     x.size // x.shape[-1])
                 if fl:
-                    e = np.exp(x - np.max(x.real, -1, keepdims=True))
-                    p = e / e.sum(-1, keepdims=True)
-                    return ((p * t.sum(-1, keepdims=True) - t) * wo,)
-                return (np.where(t == 0, 0.0, -t / x) * wo,)
+                    s = x - np.max(x.real, -1, keepdims=True)
+                    logp = s - np.log(np.sum(np.exp(s), -1, keepdims=True))
+                    return (np.exp(logp) * t.sum(-1, keepdims=True) - t) * wo, -logp * wo
+                return np.where(t == 0, 0.0, -t / x) * wo, -np.log(x) * wo
 
             yield Case("cross_entropy", jo.cross_entropy,
                        {"from_logits": from_logits, "reduction": reduction}, ref, None, None,
-                       sample, constant=(1,), rowwise=reduction == "none", vjp_ref=vjp)
+                       sample, rowwise=reduction == "none", vjp_ref=vjp)
 
 
 def _bn_axes(x):

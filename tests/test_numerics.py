@@ -218,8 +218,14 @@ def test_clip_bounds_are_scalars_and_min_above_max_gives_max():
     np.testing.assert_array_equal(jax.grad(lambda x: jo.clip(x).sum())(x), 1.0)
     g = jax.grad(lambda x: jo.clip(x, -1.0, 1.0).sum())(jnp.array([-1.0, 1.0, 0.0]))
     np.testing.assert_array_equal(g, [0.0, 0.0, 1.0])  # 0 at both bounds
-    # min/max are non-differentiable inputs, as ONNX marks them
-    assert jax.grad(lambda m: jo.clip(x, m, 2.0).sum())(0.0) == 0.0
+    # min/max are differentiable, as in jnp.clip / torch.clamp: each sums dy over the
+    # entries clipped to it (x = -3..3: four at min = 0, counting x = 0; two at max = 2)
+    assert jax.grad(lambda m: jo.clip(x, m, 2.0).sum())(0.0) == 4.0
+    assert jax.grad(lambda m: jo.clip(x, 0.0, m).sum())(2.0) == 2.0
+    assert jax.jvp(lambda m: jo.clip(x, m, 2.0), (0.0,), (1.0,))[1].tolist() == [1.0] * 4 + [0.0] * 3
+    # min > max: every entry is max, so d/dmax = 7 and d/dmin = 0; min = max goes to max
+    assert jax.grad(lambda lo, hi: jo.clip(x, lo, hi).sum(), (0, 1))(1.0, -1.0) == (0.0, 7.0)
+    assert jax.grad(lambda lo, hi: jo.clip(x, lo, hi).sum(), (0, 1))(0.5, 0.5) == (0.0, 7.0)
     with pytest.raises(ValueError, match=r"jaxops.clip: input 'min' must be a scalar"):
         jo.clip(x, jnp.zeros(7), 1.0)
     with pytest.raises(TypeError, match=r"input 'max' has dtype float16, but an earlier input"):

@@ -445,10 +445,8 @@ def _clip_mask(y, lo, hi):
 
 
 _BOUNDS = (
-    Parameter("min", doc="lower bound; omitted: none", optional=True, differentiable=False,
-              scalar=True),
-    Parameter("max", doc="upper bound; omitted: none", optional=True, differentiable=False,
-              scalar=True),
+    Parameter("min", doc="lower bound; omitted: none", optional=True, scalar=True),
+    Parameter("max", doc="upper bound; omitted: none", optional=True, scalar=True),
 )
 
 CLIP = schema.register(OpSchema(
@@ -470,8 +468,10 @@ def clip(x: ArrayLike, min: ArrayLike | None = None, max: ArrayLike | None = Non
 
     The derivative is 0 at both bounds (``jnp.clip`` gives 0.5 at a tie).  When
     ``min > max`` every output is ``max`` (ONNX Clip-13) and the derivative is 0.  ``min`` and
-    ``max`` are inputs, as in ONNX: scalars (Python floats take ``x``'s dtype), ``None`` for
-    no bound, and non-differentiable (ONNX marks them so; their gradient is 0).  NaN
+    ``max`` are inputs, as in ONNX: scalars (Python floats take ``x``'s dtype) or ``None`` for
+    no bound.  They are differentiable, as in ``jnp.clip`` and ``torch.clamp`` (ONNX marks
+    them non-differentiable): ``d/dmin`` sums ``dy`` over the entries at ``min`` (``x <=
+    min``), ``d/dmax`` over those at ``max``, so the three derivatives add up to ``dy``.  NaN
     propagates.
 
     Example:
@@ -492,7 +492,25 @@ def clip(x: ArrayLike, min: ArrayLike | None = None, max: ArrayLike | None = Non
 
 @clip.defgrad
 def _clip_vjp(x, lo, hi, y, dy):
-    return clip_gradient(y, dy, lo, hi)
+    # The bounds are differentiable, as in jnp.clip and torch.clamp: an output clipped to a
+    # bound moves with it.  Entries at a bound (x = min included, where d/dx is 0) go to that
+    # bound, so dx + dmin + dmax = dy everywhere; with min >= max every entry is max.
+    cts = [clip_gradient(y, dy, lo, hi)]
+    at_hi = None if hi is None else y == jnp.asarray(hi, y.dtype)
+    if lo is not None:
+        at_lo = y == jnp.asarray(lo, y.dtype)
+        if at_hi is not None:
+            at_lo = at_lo & ~at_hi
+        cts.append(_bound_cotangent(dy, at_lo, lo))
+    if hi is not None:
+        cts.append(_bound_cotangent(dy, at_hi, hi))
+    return tuple(cts)
+
+
+def _bound_cotangent(dy, at_bound, bound):
+    """Sum of ``dy`` over the entries clipped to a scalar bound, in the bound's dtype."""
+    total = jnp.sum(jnp.where(at_bound, upcast(dy), 0.0))
+    return total.astype(jnp.result_type(bound)).reshape(jnp.shape(bound))
 
 
 CLIP_GRADIENT = schema.register(OpSchema(

@@ -508,7 +508,7 @@ CROSS_ENTROPY = schema.register(OpSchema(
     doc="loss = -sum(targets * log(p), axis) with 0 log 0 = 0; p = softmax(inputs) if "
         "from_logits else inputs.",
     inputs=(Parameter("inputs", doc="probabilities (or logits with from_logits)"),
-            Parameter("targets", doc="target distribution, same shape", differentiable=False)),
+            Parameter("targets", doc="target distribution, same shape")),
     outputs=(Parameter("loss", doc="per example for 'none', else a scalar"),),
     attributes=(_FROM_LOGITS, _AXIS, _REDUCTION), elementwise=False,
     identical_type_and_shape=False, gradient="CrossEntropyGradient", infer_fn=_ce_infer,
@@ -566,9 +566,25 @@ def cross_entropy(
     return loss.astype(inputs.dtype)
 
 
+def _spread(dloss, x, axis, reduction):
+    """d total / d loss_n per example, broadcastable against ``x`` along ``axis``."""
+    g = upcast(dloss)
+    if reduction == "mean":
+        g = g / max(math.prod(x.shape) // x.shape[axis], 1)
+    g = jnp.broadcast_to(g, x.shape[:axis % x.ndim] + x.shape[axis % x.ndim + 1:])
+    return jnp.expand_dims(g, axis)
+
+
 @cross_entropy.defgrad
-def _cross_entropy_vjp(inputs, targets, loss, dloss, **attrs):
-    return cross_entropy_gradient(inputs, targets, dloss, **attrs)
+def _cross_entropy_vjp(inputs, targets, loss, dloss, *, from_logits, axis, reduction):
+    # d loss / d targets = -log p (the loss is linear in the targets), as optax and PyTorch
+    # differentiate it; inf where p = 0
+    x = upcast(inputs)
+    logp = log_softmax(x, axis=axis) if from_logits else jnp.log(x)
+    dtargets = -logp * _spread(dloss, x, axis, reduction)
+    return (cross_entropy_gradient(inputs, targets, dloss, from_logits=from_logits, axis=axis,
+                                   reduction=reduction),
+            dtargets.astype(targets.dtype))
 
 
 CROSS_ENTROPY_GRADIENT = schema.register(OpSchema(
@@ -576,7 +592,7 @@ CROSS_ENTROPY_GRADIENT = schema.register(OpSchema(
     doc="dinputs = -targets / inputs * dloss (0 where targets = 0), or with from_logits "
         "(softmax(inputs) * sum(targets) - targets) * dloss; dloss spread over the reduction.",
     inputs=(Parameter("inputs", doc="the forward inputs"),
-            Parameter("targets", doc="target distribution", differentiable=False),
+            Parameter("targets", doc="target distribution"),
             Parameter("dloss", doc="gradient w.r.t. the loss")),
     outputs=(Parameter("dinputs", doc="gradient w.r.t. the inputs"),),
     attributes=(_FROM_LOGITS, _AXIS, _REDUCTION), elementwise=False,
@@ -598,16 +614,13 @@ def cross_entropy_gradient(
       ...                               jnp.float32(1.0))
       Array([[-2.,  0.]], dtype=float32)
     """
-    x, t = upcast(inputs), jax.lax.stop_gradient(upcast(targets))
-    g = upcast(dloss)
-    if reduction == "mean":
-        g = g / max(math.prod(x.shape) // x.shape[axis], 1)
-    g = jnp.expand_dims(jnp.broadcast_to(g, x.shape[:axis % x.ndim] + x.shape[axis % x.ndim + 1:]),
-                        axis)
+    x, t = upcast(inputs), upcast(targets)
+    g = _spread(dloss, x, axis, reduction)
     if from_logits:
         p = jnp.exp(log_softmax(x, axis=axis))
         dx = p * jnp.sum(t, axis=axis, keepdims=True) - t
     else:
-        empty = t == 0
-        dx = jnp.where(empty, 0.0, -t / jnp.where(empty, 1.0, x))
+        # -t / x is linear in t (its t-derivative -1 / x is needed at t = 0 too); only 0 / 0
+        # at t = x = 0 is kept out, giving 0
+        dx = -t / jnp.where((t == 0) & (x == 0), 1.0, x)
     return (dx * g).astype(inputs.dtype)

@@ -263,17 +263,19 @@ def _linear_cross_entropy_vjp(h, w, labels, weights, loss, dloss, **attrs):
 # -------------------------------------------------------------- LinearCrossEntropyLossGradient
 
 def _tangent_scan(h, w, labels, th, tw, *, ignore_index, chunk_size):
-    """Per-row <G_n, th_n w + h_n tw>: the tangent of each row's loss."""
+    """Per-row <G_n, th_n w + h_n tw>: the tangent of each row's loss.  A tangent that is
+    None (a symbolic zero: that input is not differentiated) has no term and no matmul."""
     n = h.shape[0]
     chunk = _chunk(h, w.shape[1], chunk_size)
     hc, lc = _chunks(h, labels, chunk)
-    tc, _ = _chunks(th, labels, chunk)
+    tc = None if th is None else _chunks(th, labels, chunk)[0]
 
     def body(carry, xs):
         hx, lx, tx = xs
         _, g = _cross_entropy_rows_xla(_logits(hx, w), lx, ignore_index=ignore_index)
-        tz = _logits(tx, w) + _logits(hx, tw)
-        return carry, jnp.sum(g * tz, axis=1)
+        tz = [_logits(tx, w) if tx is not None else None,
+              _logits(hx, tw) if tw is not None else None]
+        return carry, sum(jnp.sum(g * t, axis=1) for t in tz if t is not None)
 
     _, rows = jax.lax.scan(body, None, (hc, lc, tc))
     return _unchunk(rows, n)
@@ -353,7 +355,8 @@ def _linear_cross_entropy_pallas(h, w, labels, weights=None, *, ignore_index, re
 def _linear_cross_entropy_pallas_jvp(primals, tangents, *, ignore_index, reduction,
                                      chunk_size, interpret):
     """(loss, dh, dw) in one pass per chunk (the fused kernel writes G), differentiated as
-    the XLA scan; the tangent is <dh, th> + <dw, tw>, which reverse mode only scales."""
+    the XLA scan; the tangent is <dh, th> + <dw, tw>, which reverse mode only scales.  The
+    mechanism calls it only when th or tw is nonzero (None: a symbolic zero)."""
     h, w, labels, weights = primals
     coef, _ = _loss_coefficient(labels, weights, jnp.ones((), upcast(h).dtype), w.shape[1],
                                 ignore_index=ignore_index, reduction=reduction)
@@ -365,8 +368,9 @@ def _linear_cross_entropy_pallas_jvp(primals, tangents, *, ignore_index, reducti
     loss, dh, dw = fused(h, w, labels, jnp.broadcast_to(coef, labels.shape))
     y = _reduce_entries(loss, labels, weights, w.shape[1], ignore_index=ignore_index,
                         reduction=reduction).astype(h.dtype)
-    th, tw = tangents[:2]
-    t_y = jnp.sum(upcast(dh) * upcast(th)) + jnp.sum(upcast(dw) * upcast(tw))
+    # None: a symbolic zero tangent (that input is not differentiated): no term
+    t_y = sum(jnp.sum(upcast(g) * upcast(t)) for g, t in zip((dh, dw), tangents[:2])
+              if t is not None)
     return y, t_y.astype(h.dtype)
 
 

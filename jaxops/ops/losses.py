@@ -239,7 +239,7 @@ def kl_divergence(
 
 _LOGITS_TARGETS = (
     Parameter("logits", doc="unnormalized log-odds"),
-    Parameter("targets", doc="probabilities in [0, 1], same shape", differentiable=False),
+    Parameter("targets", doc="probabilities in [0, 1], same shape"),
 )
 
 BCE = _loss_schema(
@@ -261,8 +261,9 @@ def binary_cross_entropy(
 
     The right-hand form never overflows (finite at ``|z| = 1e4``).  The registered gradient
     op (Caffe2's SigmoidCrossEntropyWithLogitsGradient) computes ``sigma(z) - t`` directly.
-    Targets are non-differentiable (as in Caffe2); same per-element values as
-    ``optax.sigmoid_binary_cross_entropy``.
+    Targets are differentiable, ``d loss / d t = -z`` (as in optax and PyTorch; Caffe2's
+    gradient op returns dlogits only, so that derivative is plain JAX); same per-element
+    values as ``optax.sigmoid_binary_cross_entropy``.
 
     Example:
       >>> import jax.numpy as jnp, jaxops
@@ -277,7 +278,13 @@ def binary_cross_entropy(
 
 @binary_cross_entropy.defgrad
 def _bce_vjp(logits, targets, loss, dloss, *, reduction):
-    return binary_cross_entropy_gradient(logits, targets, dloss, reduction=reduction)
+    # d loss / d targets = -logits (the loss is linear in the targets), as optax and PyTorch
+    z, g = upcast(logits), upcast(dloss)
+    if reduction == "mean":
+        g = g / max(math.prod(z.shape), 1)
+    dtargets = -z * jnp.broadcast_to(g, z.shape)
+    return (binary_cross_entropy_gradient(logits, targets, dloss, reduction=reduction),
+            dtargets.astype(targets.dtype))
 
 
 def _bce_gradient_infer(s: OpSchema, in_avals, *, reduction):
@@ -313,8 +320,7 @@ def binary_cross_entropy_gradient(
       ...                                      jnp.float32(1.0), reduction="sum")
       Array([-0.5,  0.5], dtype=float32)
     """
-    # targets are non-differentiable: also in this op's own derivative (second order)
-    z, t, g = upcast(logits), jax.lax.stop_gradient(upcast(targets)), upcast(dloss)
+    z, t, g = upcast(logits), upcast(targets), upcast(dloss)
     if reduction == "mean":
         g = g / max(math.prod(z.shape), 1)
     return ((jax.lax.logistic(z) - t) * jnp.broadcast_to(g, z.shape)).astype(logits.dtype)

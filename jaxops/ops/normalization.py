@@ -336,15 +336,21 @@ def _kernel_sums(x, dy, mu, inv, *, interpret):
 
 
 def _tangent(x, scale, mu, inv, tx, tscale, tbias):
-    """The transpose of :func:`_backward`: the tangent of y for tangents of x, scale, B."""
+    """The transpose of :func:`_backward`: the tangent of y for tangents of x, scale, B
+    (None: a symbolic zero, whose term is skipped)."""
     nd, axes = x.ndim, _reduce_axes(x)
     xhat = (upcast(x) - _per_channel(mu, nd)) * _per_channel(inv, nd)
-    t = upcast(tx)
-    centred = (t - _per_channel(jnp.mean(t, axis=axes), nd)
-               - xhat * _per_channel(jnp.mean(t * xhat, axis=axes), nd))
-    ty = (_per_channel(upcast(scale) * inv, nd) * centred + xhat * _per_channel(upcast(tscale), nd)
-          + _per_channel(upcast(tbias), nd))
-    return (ty.astype(x.dtype),)
+    terms = []
+    if tx is not None:
+        t = upcast(tx)
+        centred = (t - _per_channel(jnp.mean(t, axis=axes), nd)
+                   - xhat * _per_channel(jnp.mean(t * xhat, axis=axes), nd))
+        terms.append(_per_channel(upcast(scale) * inv, nd) * centred)
+    if tscale is not None:
+        terms.append(xhat * _per_channel(upcast(tscale), nd))
+    if tbias is not None:
+        terms.append(jnp.broadcast_to(_per_channel(upcast(tbias), nd), x.shape))
+    return (sum(terms[1:], terms[0]).astype(x.dtype),)
 
 
 @functools.cache
@@ -370,12 +376,23 @@ def _batch_norm_pallas_jvp(primals, tangents, *, epsilon, momentum, training, in
                                    _moments)
     mu, sigma2 = moments(x)
     inv = jax.lax.rsqrt(sigma2 + epsilon)
-    (ty,) = _pairs(interpret)[0]((x, scale, mu, inv), (tx, tscale, tbias))
+    # None: a symbolic zero tangent (that input is not differentiated)
+    if tx is None and tscale is None and tbias is None:
+        ty = jnp.zeros_like(x)
+    else:
+        (ty,) = _pairs(interpret)[0]((x, scale, mu, inv), (tx, tscale, tbias))
     # the running statistics' tangents (linear in tx; JAX transposes them)
-    axes, tf = _reduce_axes(x), upcast(tx)
-    t_mu = jnp.mean(tf, axis=axes)
-    t_sigma2 = 2 * jnp.mean((upcast(x) - _per_channel(mu, x.ndim)) * tf, axis=axes)
-    t_running = _running(tmean, tvar, t_mu, t_sigma2, momentum)
+    axes = _reduce_axes(x)
+    zero = jnp.zeros(mean.shape, upcast(x).dtype)
+    if tx is None:
+        t_mu = t_sigma2 = zero
+    else:
+        tf = upcast(tx)
+        t_mu = jnp.mean(tf, axis=axes)
+        t_sigma2 = 2 * jnp.mean((upcast(x) - _per_channel(mu, x.ndim)) * tf, axis=axes)
+    t_running = _running(zero.astype(mean.dtype) if tmean is None else tmean,
+                         zero.astype(var.dtype) if tvar is None else tvar,
+                         t_mu, t_sigma2, momentum)
     return ((_normalize(x, scale, bias, mu, sigma2, epsilon),
              *_running(mean, var, mu, sigma2, momentum)), (ty, *t_running))
 
