@@ -363,9 +363,10 @@ _FOLDABLE = {"broadcast_in_dim", "convert_element_type", "reshape", "iota", "tra
              "squeeze", "expand_dims", "concatenate"}
 _FOLD_LIMIT = 1 << 20
 
+# jax.checkpoint binds "remat2" (jax 0.10, 0.11); rematerialization means nothing to ONNX
 _CALLS = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr",
           "custom_jvp_call": "call_jaxpr", "custom_vjp_call": "call_jaxpr", "remat": "jaxpr",
-          "checkpoint": "jaxpr"}
+          "remat2": "jaxpr", "checkpoint": "jaxpr"}
 
 
 def _emit_jaxpr(g: _Graph, jaxpr, consts, in_names: list[str], in_values=()) -> list[str]:
