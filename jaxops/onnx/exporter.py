@@ -1,6 +1,6 @@
 """Export a JAX function that calls jaxops ops to an ONNX model.
 
-The function is traced with :func:`jaxops._op.recording`, in which every jaxops op is one
+The function is traced with :func:`jaxops._recording.recording`, in which every jaxops op is one
 ``jaxops_op`` equation carrying its schema and attributes; that equation becomes one ONNX node
 (op_type, ONNX attribute names, the ai.onnx version the schema follows).  Ops that ONNX lacks
 become nodes in the ``ai.jaxops`` domain backed by model-local functions
@@ -25,7 +25,7 @@ import onnx
 from jax.extend import core as jex_core
 from onnx import helper, numpy_helper
 
-from jaxops._op import jaxops_op_p, recording
+from jaxops._recording import jaxops_op_p, recording
 from jaxops.onnx import functions
 from jaxops.schema import JAXOPS_DOMAIN
 
