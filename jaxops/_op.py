@@ -27,19 +27,13 @@ import numpy as np
 from jax.custom_derivatives import SymbolicZero
 from jax.interpreters import ad, batching, mlir
 
+from jaxops._recording import is_recording, record
 from jaxops.schema import OpSchema
 
-__all__ = ["defop", "recording"]
+__all__ = ["defop"]
 
-# ------------------------------------------------------------------------- export recording
-# An exporter (jaxops.onnx) needs each op call as one node with its schema and attributes; in
-# an ordinary trace an op is a ``jit`` whose static attributes are baked in.  Inside
-# ``recording()`` the public ops bind ``jaxops_op`` instead: a primitive carrying the op's
-# schema and attributes, whose abstract evaluation is the schema's ``infer`` and whose
-# implementation is the op itself, so a recorded function still runs.  Each recorded call is
-# a ``jax.custom_vjp`` whose backward calls the registered gradient op, recorded in turn, so
-# ``jax.grad`` of a recorded function exports as a graph of ops and gradient ops.
-
+# Trace-time state: the implementation an op's gradient ops inherit (``choose``).  Export
+# recording is not here but in jaxops._recording: its mode must be part of JAX's cache keys.
 _STATE = threading.local()
 
 
@@ -52,15 +46,6 @@ def _state_set(name: str, value: Any):
         yield
     finally:
         setattr(_STATE, name, previous)
-
-
-def recording():
-    """Within this context, jaxops ops trace to one ``jaxops_op`` equation each."""
-    return _state_set("recording", True)
-
-
-def _not_recording():
-    return _state_set("recording", False)
 
 
 # --------------------------------------------------------------- per-platform implementations
@@ -136,94 +121,6 @@ class _Kernel:
 
     def __init__(self, fn, jvp, supports):
         self.fn, self.jvp, self.supports = fn, jvp, supports
-
-
-class _ByIdentity:
-    """A hashable handle on an unhashable value (a schema): equation params must hash."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value):
-        self.value = value
-
-    def __hash__(self):
-        return id(self.value)
-
-    def __eq__(self, other):
-        return isinstance(other, _ByIdentity) and other.value is self.value
-
-    def __repr__(self):
-        return getattr(self.value, "name", repr(self.value))
-
-
-jaxops_op_p = jax.extend.core.Primitive("jaxops_op")
-jaxops_op_p.multiple_results = True
-
-
-def _recorded_abstract_eval(*avals, schema, attrs, present, run):
-    it = iter(avals)
-    full = [next(it) if p else None for p in present]
-    return [jax.core.ShapedArray(a.shape, a.dtype)
-            for a in schema.value.infer(*full, **dict(attrs))]
-
-
-def _recorded_impl(*arrays, schema, attrs, present, run):
-    it = iter(arrays)
-    with _not_recording():  # the op's own trace is the ordinary one
-        out = run.value(*(next(it) if p else None for p in present), **dict(attrs))
-    return list(out) if isinstance(out, tuple) else [out]
-
-
-jaxops_op_p.def_abstract_eval(_recorded_abstract_eval)
-jaxops_op_p.def_impl(_recorded_impl)
-mlir.register_lowering(jaxops_op_p, mlir.lower_fun(_recorded_impl, multiple_results=True))
-
-
-def _recorded_call(schema, run, attrs, present, vjp, differentiable):
-    """The recorded form of one op call: a ``jaxops_op`` equation inside a ``jax.custom_vjp``
-    whose backward calls the op's registered gradient (recorded too: ``jax.grad`` of a
-    recorded function records its gradient ops as equations), or, for an op without one, is
-    JAX's own derivative of the implementation (plain primitives).  Forward mode is not
-    recorded: the exporter writes inference and reverse-mode training graphs."""
-
-    def bind(*xs):
-        outs = jaxops_op_p.bind(*xs, schema=_ByIdentity(schema), attrs=attrs, present=present,
-                                run=_ByIdentity(run))
-        return outs[0] if len(outs) == 1 else tuple(outs)
-
-    def full(xs):
-        it = iter(xs)
-        return [next(it) if p else None for p in present]
-
-    call = jax.custom_vjp(bind)
-
-    def fwd(*xs):
-        y = bind(*xs)
-        return y, (xs, y)
-
-    def bwd(res, dy):
-        xs, y = res
-        slots = [i for i, p in enumerate(present) if p]  # argument index of each of xs
-        wrt = [k for k, i in enumerate(slots) if i in differentiable]
-        if vjp is not None:
-            cts = vjp(*full(xs), y, dy, **dict(attrs))
-            cts = cts if isinstance(cts, tuple) else (cts,)
-        else:
-            def of_wrt(*d):
-                args = list(xs)
-                for k, v in zip(wrt, d, strict=True):
-                    args[k] = v
-                return run(*full(args), **dict(attrs))
-
-            with _not_recording():
-                _, pull = jax.vjp(of_wrt, *(xs[k] for k in wrt))
-                cts = pull(dy)
-        by_slot = dict(zip(wrt, cts, strict=True))
-        # one cotangent per present input: None for labels and other non-differentiables
-        return tuple(by_slot.get(k) for k in range(len(xs)))
-
-    call.defvjp(fwd, bwd)
-    return call
 
 
 def _aval(schema: OpSchema, param, value: Any) -> jax.ShapeDtypeStruct | None:
@@ -397,18 +294,9 @@ def defop(schema: OpSchema) -> Callable[[Callable[..., Any]], Callable[..., Any]
                 values = [None if a is None else np.asarray(a) for a in arrays]
                 if (problem := schema.value_check(*values, **attrs)) is not None:
                     raise ValueError(f"jaxops.{schema.function}: {problem}")
-            if getattr(_STATE, "recording", False):
-                present = tuple(a is not None for a in arrays)
-                call = _recorded_call(schema, jitted, tuple(attrs.items()), present,
-                                      registered.get("vjp"), differentiable)
-                # a Python scalar takes the dtype of its type parameter's arrays, as in jnp
-                strong = {p.type_param: v.dtype for p, v in zip(schema.inputs, avals,
-                                                                 strict=True)
-                          if v is not None and not v.weak_type}
-                return call(*(jax.numpy.asarray(a, strong.get(p.type_param) if v.weak_type
-                                                else None)
-                              for p, a, v in zip(schema.inputs, arrays, avals, strict=True)
-                              if a is not None))
+            if is_recording():  # export: one jaxops_op equation (jaxops/_recording.py)
+                return record(schema, jitted, registered.get("vjp"), differentiable, arrays,
+                              avals, attrs)
             return jitted(*arrays, implementation=choose(implementation, attrs), **attrs)
 
         def choose(implementation: str | None, attrs: dict) -> str | None:

@@ -1,6 +1,6 @@
 """Export a JAX function that calls jaxops ops to an ONNX model.
 
-The function is traced with :func:`jaxops._op.recording`, in which every jaxops op is one
+The function is traced with :func:`jaxops._recording.recording`, in which every jaxops op is one
 ``jaxops_op`` equation carrying its schema and attributes; that equation becomes one ONNX node
 (op_type, ONNX attribute names, the ai.onnx version the schema follows).  Ops that ONNX lacks
 become nodes in the ``ai.jaxops`` domain backed by model-local functions
@@ -25,7 +25,7 @@ import onnx
 from jax.extend import core as jex_core
 from onnx import helper, numpy_helper
 
-from jaxops._op import jaxops_op_p, recording
+from jaxops._recording import jaxops_op_p, recording
 from jaxops.onnx import functions
 from jaxops.schema import JAXOPS_DOMAIN
 
@@ -363,9 +363,10 @@ _FOLDABLE = {"broadcast_in_dim", "convert_element_type", "reshape", "iota", "tra
              "squeeze", "expand_dims", "concatenate"}
 _FOLD_LIMIT = 1 << 20
 
+# jax.checkpoint binds "remat2" (jax 0.10, 0.11); rematerialization means nothing to ONNX
 _CALLS = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr",
           "custom_jvp_call": "call_jaxpr", "custom_vjp_call": "call_jaxpr", "remat": "jaxpr",
-          "checkpoint": "jaxpr"}
+          "remat2": "jaxpr", "checkpoint": "jaxpr"}
 
 
 def _emit_jaxpr(g: _Graph, jaxpr, consts, in_names: list[str], in_values=()) -> list[str]:
@@ -448,20 +449,113 @@ def _unused_running_statistics(nodes, graph_outputs) -> None:
                 n.attribute.append(helper.make_attribute("momentum", 1.0))
 
 
+_DYNAMIC_AXES_FORMS = (
+    "dynamic_axes maps a graph input (its position among the flattened example arguments, or "
+    "its name in input_names) to its dynamic axes, either {axis: name} or a list of axes "
+    "(each then gets its own name): dynamic_axes={0: {0: 'batch'}} or {'input_0': [0]}. "
+    "One name on several inputs is one size: {0: {0: 'batch'}, 1: {0: 'batch'}}. An output "
+    "name may label its output's dynamic axes (PyTorch's form): {'output_0': {0: 'batch'}}."
+)
+
+
+def _axes_of(key, axes, shape, where: str) -> dict[int, str | None]:
+    """One entry of ``dynamic_axes``: ``{axis: name}`` or a list of axes, as ``{axis in
+    0..rank-1: name}`` (None: the list form, named by the caller)."""
+    if isinstance(axes, dict):
+        items = list(axes.items())
+    elif isinstance(axes, (list, tuple)):
+        items = [(a, None) for a in axes]
+    else:
+        hint = (f" A name alone does not say which axis: for axis 0, {{{key!r}: {{0: "
+                f"{axes!r}}}}}; for axis 0 of every input, one such entry per input."
+                if isinstance(axes, str) else "")
+        raise TypeError(f"jaxops.onnx.export: dynamic_axes[{key!r}] is {axes!r}; "
+                        f"{_DYNAMIC_AXES_FORMS}{hint}")
+    out: dict[int, str | None] = {}
+    rank = len(shape)
+    for axis, symbol in items:
+        if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
+            raise TypeError(f"jaxops.onnx.export: dynamic_axes[{key!r}] names axis {axis!r}; "
+                            f"axes are ints. {_DYNAMIC_AXES_FORMS}")
+        if not -rank <= axis < rank:
+            raise ValueError(f"jaxops.onnx.export: dynamic_axes[{key!r}] names axis {axis}, "
+                             f"but {where} has shape {tuple(shape)}.")
+        if symbol is not None and not (isinstance(symbol, str) and symbol.isidentifier()):
+            raise ValueError(f"jaxops.onnx.export: dynamic_axes[{key!r}][{axis}] must be a "
+                             f"name like 'batch', got {symbol!r}.")
+        axis = int(axis) % rank
+        if axis in out:
+            raise ValueError(f"jaxops.onnx.export: dynamic_axes[{key!r}] names axis {axis} "
+                             "twice.")
+        out[axis] = symbol
+    return out
+
+
+def _dynamic_input_axes(dynamic_axes, flat_args, in_names):
+    """``dynamic_axes`` as ``{input index: {axis: symbol}}`` and the entries that name
+    outputs (``{name: axes}``, checked once the outputs are known)."""
+    if dynamic_axes is None:
+        return {}, {}
+    if not isinstance(dynamic_axes, dict):
+        raise TypeError(f"jaxops.onnx.export: dynamic_axes is {dynamic_axes!r}; "
+                        f"{_DYNAMIC_AXES_FORMS}")
+    inputs: dict[int, dict[int, str]] = {}
+    outputs: dict[str, Any] = {}
+    for key, axes in dynamic_axes.items():
+        if isinstance(key, str) and key not in in_names:
+            outputs[key] = axes
+            continue
+        if isinstance(key, str):
+            i = in_names.index(key)
+        elif isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+            i = int(key)
+            if not 0 <= i < len(flat_args):
+                raise ValueError(f"jaxops.onnx.export: dynamic_axes names input {key}, but "
+                                 f"the function has {len(flat_args)} array inputs.")
+        else:
+            raise TypeError(f"jaxops.onnx.export: dynamic_axes has the key {key!r}; "
+                            f"{_DYNAMIC_AXES_FORMS}")
+        if i in inputs:
+            raise ValueError(f"jaxops.onnx.export: dynamic_axes names input {i} "
+                             f"({in_names[i]!r}) twice, by position and by name.")
+        shape = np.shape(flat_args[i])
+        where = f"input {i}" if isinstance(key, int) else f"input {i} ({key!r})"
+        # the list form: a name per (input, axis), as PyTorch does; a legal identifier
+        stem = "".join(c if c.isalnum() or c == "_" else "_" for c in in_names[i])
+        stem = stem if stem[:1].isalpha() or stem[:1] == "_" else f"input_{stem}"
+        inputs[i] = {axis: symbol or f"{stem}_dim{axis}"
+                     for axis, symbol in _axes_of(key, axes, shape, where).items()}
+    return inputs, outputs
+
+
+def _output_labels(outputs, out_names, out_avals, in_names) -> dict[tuple[int, int], str]:
+    """The dim_params that ``dynamic_axes`` gives outputs: ``{(output, axis): label}``.  An
+    output axis is dynamic only through the inputs, so a static one is refused."""
+    labels = {}
+    for key, axes in outputs.items():
+        if key not in out_names:
+            raise ValueError(f"jaxops.onnx.export: dynamic_axes names {key!r}, which is "
+                             f"neither an input ({', '.join(map(repr, in_names))}) nor an "
+                             f"output ({', '.join(map(repr, out_names))}). "
+                             f"{_DYNAMIC_AXES_FORMS}")
+        j = out_names.index(key)
+        shape = out_avals[j].shape
+        where = f"output {key!r}"
+        for axis, label in _axes_of(key, axes, shape, where).items():
+            if _is_int(shape[axis]):
+                raise ValueError(
+                    f"jaxops.onnx.export: dynamic_axes[{key!r}] makes axis {axis} of {where} "
+                    f"(shape {tuple(shape)}) dynamic, but its size does not depend on a "
+                    "dynamic input axis. Outputs follow from the inputs: make the input axis "
+                    "it comes from dynamic.")
+            labels[(j, axis)] = label or str(shape[axis])
+    return labels
+
+
 def _symbolic_specs(flat_args, dynamic_axes, in_names):
-    """The example inputs as ShapeDtypeStructs, the dynamic axes as JAX symbolic dimensions
-    (one scope: a symbol named twice is one size), and where each symbol can be read."""
-    for i, axes in dynamic_axes.items():
-        if not 0 <= i < len(flat_args):
-            raise ValueError(f"jaxops.onnx.export: dynamic_axes names input {i}, but the "
-                             f"function has {len(flat_args)} array inputs.")
-        for axis, symbol in axes.items():
-            if not 0 <= axis < np.ndim(flat_args[i]):
-                raise ValueError(f"jaxops.onnx.export: dynamic_axes[{i}] names axis {axis}, "
-                                 f"but input {i} has shape {np.shape(flat_args[i])}.")
-            if not (isinstance(symbol, str) and symbol.isidentifier()):
-                raise ValueError(f"jaxops.onnx.export: dynamic_axes[{i}][{axis}] must be a "
-                                 f"name like 'batch', got {symbol!r}.")
+    """The example inputs as ShapeDtypeStructs, the dynamic axes (``{input index: {axis:
+    symbol}}``) as JAX symbolic dimensions (one scope: a symbol named twice is one size), and
+    where each symbol can be read."""
     scope = jax.export.SymbolicScope()
     specs, sources = [], {}
     for i, x in enumerate(flat_args):
@@ -505,7 +599,7 @@ def supported_exports(opset: int = DEFAULT_OPSET) -> dict[str, dict[str, int]]:
 
 def export(fn: Callable[..., Any], *example_args, opset: int | None = None,
            input_names: list[str] | None = None, output_names: list[str] | None = None,
-           dynamic_axes: dict[int, dict[int, str]] | None = None,
+           dynamic_axes: dict[int | str, dict[int, str] | list[int]] | None = None,
            model_name: str = "jaxops") -> onnx.ModelProto:
     """Trace ``fn`` on ``example_args`` (arrays or pytrees of arrays) and return the ONNX
     model computing it.
@@ -516,10 +610,20 @@ def export(fn: Callable[..., Any], *example_args, opset: int | None = None,
       example_args: arrays (or ShapeDtypeStructs) fixing the input shapes and dtypes.
       opset: the ai.onnx opset to import (``DEFAULT_OPSET``, 22).
       input_names, output_names: graph input and output names (``input_0``..., ``output_0``).
-      dynamic_axes: ``{input index: {axis: symbol}}``: those input dimensions are traced as
-        JAX symbolic dimensions and exported as ONNX ``dim_param``s (e.g. a batch axis);
-        reshapes, broadcasts and sizes used as values (``jnp.mean`` over the batch) compute
-        them from the input's shape at run time.  One symbol on several inputs is one size.
+      dynamic_axes: the input dimensions whose size the model takes at run time (e.g. a
+        batch axis).  Keys are graph inputs, by position among the flattened
+        ``example_args`` or by name (``input_names``, else ``input_0``...); values are
+        ``{axis: symbol}`` or, as in ``torch.onnx.export``, a list of axes, each then named
+        ``<input>_dim<axis>``: ``{0: {0: "batch"}}``, ``{"x": {0: "batch"}}``,
+        ``{"x": [0]}``.  Negative axes count from the end.  One symbol on several inputs is
+        one size (``{0: {0: "batch"}, 1: {0: "batch"}}``); distinct symbols are independent
+        sizes, which JAX refuses to broadcast together.  The axes are traced as JAX symbolic
+        dimensions and exported as ONNX ``dim_param``s; reshapes, broadcasts and sizes used
+        as values (``jnp.mean`` over the batch) compute them from the input's shape at run
+        time.  A key naming an output (``output_names``, else ``output_0``...) labels that
+        output's axes, which must follow from a dynamic input axis; outputs carry their
+        symbolic size (``batch``, ``2*batch``) without one.  A bare symbol
+        (``{0: "batch"}``) is refused: it does not say which input or which axis.
       model_name: the graph's name.
 
     Returns:
@@ -528,8 +632,8 @@ def export(fn: Callable[..., Any], *example_args, opset: int | None = None,
     opset = DEFAULT_OPSET if opset is None else opset
     flat_args, tree = jax.tree.flatten(example_args)
     in_names = input_names or [f"input_{i}" for i in range(len(flat_args))]
-    dynamic_axes = dynamic_axes or {}
-    specs, sources = _symbolic_specs(flat_args, dynamic_axes, in_names)
+    input_axes, output_axes = _dynamic_input_axes(dynamic_axes, flat_args, in_names)
+    specs, sources = _symbolic_specs(flat_args, input_axes, in_names)
     with recording():
         try:
             closed = jax.make_jaxpr(fn)(*jax.tree.unflatten(tree, specs))
@@ -559,14 +663,20 @@ def export(fn: Callable[..., Any], *example_args, opset: int | None = None,
     g.initializers = [t for t in g.initializers if t.name in {i for n in g.nodes for i in n.input}]
     _unused_running_statistics(g.nodes, out_names)
 
-    def value_info(name, aval):
-        shape = [d if _is_int(d) else str(d) for d in aval.shape]  # dim_param: "batch"
+    labels = _output_labels(output_axes, out_names, [v.aval for v in closed.jaxpr.outvars],
+                            in_names)
+
+    def value_info(name, aval, j=None):
+        shape = [d if _is_int(d) else labels.get((j, k), str(d))  # dim_param: "batch"
+                 for k, d in enumerate(aval.shape)]
         return helper.make_tensor_value_info(name, _tensor_type(aval.dtype), shape)
 
     graph = helper.make_graph(
         g.nodes, model_name,
         [value_info(n, v.aval) for n, v in zip(in_names, closed.jaxpr.invars, strict=True)],
-        [value_info(n, v.aval) for n, v in zip(out_names, closed.jaxpr.outvars, strict=True)],
+        [value_info(n, v.aval, j) for j, (n, v) in enumerate(zip(out_names,
+                                                                 closed.jaxpr.outvars,
+                                                                 strict=True))],
         initializer=g.initializers,
     )
     opsets = [helper.make_opsetid("", opset)]
