@@ -222,7 +222,8 @@ def test_clip_bounds_are_scalars_and_min_above_max_gives_max():
     # entries clipped to it (x = -3..3: four at min = 0, counting x = 0; two at max = 2)
     assert jax.grad(lambda m: jo.clip(x, m, 2.0).sum())(0.0) == 4.0
     assert jax.grad(lambda m: jo.clip(x, 0.0, m).sum())(2.0) == 2.0
-    assert jax.jvp(lambda m: jo.clip(x, m, 2.0), (0.0,), (1.0,))[1].tolist() == [1.0] * 4 + [0.0] * 3
+    t_y = jax.jvp(lambda m: jo.clip(x, m, 2.0), (0.0,), (1.0,))[1]
+    assert t_y.tolist() == [1.0] * 4 + [0.0] * 3
     # min > max: every entry is max, so d/dmax = 7 and d/dmin = 0; min = max goes to max
     assert jax.grad(lambda lo, hi: jo.clip(x, lo, hi).sum(), (0, 1))(1.0, -1.0) == (0.0, 7.0)
     assert jax.grad(lambda lo, hi: jo.clip(x, lo, hi).sum(), (0, 1))(0.5, 0.5) == (0.0, 7.0)

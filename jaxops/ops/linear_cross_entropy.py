@@ -369,8 +369,8 @@ def _linear_cross_entropy_pallas_jvp(primals, tangents, *, ignore_index, reducti
     y = _reduce_entries(loss, labels, weights, w.shape[1], ignore_index=ignore_index,
                         reduction=reduction).astype(h.dtype)
     # None: a symbolic zero tangent (that input is not differentiated): no term
-    t_y = sum(jnp.sum(upcast(g) * upcast(t)) for g, t in zip((dh, dw), tangents[:2])
-              if t is not None)
+    t_y = sum(jnp.sum(upcast(g) * upcast(t)) for g, t in zip((dh, dw), tangents[:2],
+                                                               strict=True) if t is not None)
     return y, t_y.astype(h.dtype)
 
 
