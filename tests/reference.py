@@ -51,14 +51,32 @@ class Case:
     unbatched: tuple[int, ...] = ()  # inputs shared by every row under vmap/scan (weights)
     rowwise: bool = True  # output row k depends on input row k only (same under vmap)
     shape: tuple[int, ...] | None = None  # input shape to sample (default: the tests')
+    batching: bool = True  # the op takes a row of its inputs (vmap, scan over the rows)
+    wrt: tuple[int, ...] | None = None  # differentiate these alone, the others closed over
 
     def __call__(self, *xs):
         return self.op(*xs, **self.attrs)
 
     @property
-    def diff(self) -> tuple[int, ...]:
-        """The inputs the matrix differentiates."""
+    def differentiable(self) -> tuple[int, ...]:
+        """Every input the op differentiates."""
         return tuple(i for i in range(self.arity) if i not in self.constant + self.ints)
+
+    @property
+    def diff(self) -> tuple[int, ...]:
+        """The inputs the matrix differentiates (``wrt``, else every differentiable one)."""
+        return self.differentiable if self.wrt is None else self.wrt
+
+    def alone(self, wrt: tuple[int, ...]) -> Case:
+        """This case differentiated with respect to ``wrt`` only: the other inputs are
+        closed over, so JAX gives them symbolic zero tangents."""
+        assert set(wrt) < set(self.differentiable), (self, wrt)
+        return dataclasses.replace(self, wrt=tuple(wrt))
+
+    def _pick(self, per_input):
+        """The entries of a per-differentiable-input sequence that ``diff`` selects."""
+        per_input = tuple(per_input)
+        return tuple(per_input[self.differentiable.index(i)] for i in self.diff)
 
     @property
     def arity(self) -> int:
@@ -69,10 +87,10 @@ class Case:
         if self.vjp_ref is not None:
             return tuple(_complex_step(self.ref, xs, i).T for i in self.diff)
         if self.jac_row is None:
-            return tuple(np.diag(d.ravel()) for d in self.d1(*xs))
+            return self._pick(np.diag(d.ravel()) for d in self.d1(*xs))
         per_row = [self.jac_row(*rows) for rows in zip(*(x.reshape(-1, x.shape[-1]) for x in xs),
                                                          strict=True)]
-        return tuple(_block_diag([r[i] for r in per_row]) for i in range(len(xs)))
+        return self._pick(_block_diag([r[i] for r in per_row]) for i in range(len(xs)))
 
     def hess_w(self, xs, w) -> list[list[np.ndarray]]:
         """d2 sum(w * out) / d input_i d input_j as (size_i, size_j) matrices (diff inputs)."""
@@ -81,14 +99,15 @@ class Case:
             ends = np.cumsum(sizes)[:-1]
 
             def flat_vjp(*a):  # every diff input's w^T J at once: one pass per perturbation
-                return np.concatenate([np.ravel(g) for g in self.vjp_ref(*a, w)])
+                return np.concatenate([np.ravel(g) for g in self._pick(self.vjp_ref(*a, w))])
 
             # columns of input j: rows of the (size_j, sum of sizes) complex-step matrix
             per_j = [np.split(_complex_step(flat_vjp, xs, j), ends, axis=1) for j in self.diff]
             return [[per_j[b][a].T for b in range(len(self.diff))]
                     for a in range(len(self.diff))]
         w = np.ravel(w)
-        return [[np.einsum("o,oab->ab", w, h) for h in row] for row in self.hessians(*xs)]
+        return [[np.einsum("o,oab->ab", w, h) for h in self._pick(row)]
+                for row in self._pick(self.hessians(*xs))]
 
     def hessians(self, *xs) -> tuple[Arrays, ...]:
         """H[i][j]: d2 vec(out) / d vec(input i) d vec(input j), float64."""
@@ -102,7 +121,8 @@ class Case:
 
     def __str__(self):
         attrs = ",".join(f"{k}={v}" for k, v in self.attrs.items())
-        return f"{self.name}({attrs})" if attrs else self.name
+        name = f"{self.name}({attrs})" if attrs else self.name
+        return name if self.wrt is None else f"{name}[wrt={','.join(map(str, self.wrt))}]"
 
 
 def _complex_step(f, xs, i, h=1e-30) -> np.ndarray:
@@ -566,6 +586,58 @@ def _labelled_cases():
                unbatched=(2,), rowwise=False, shape=_STRUCT_SHAPE, vjp_ref=sce_both_vjp)
 
 
+def _linear_cross_entropy_cases():
+    n, hidden, v = 6, 3, 5
+
+    def sample(rng, shape):  # (h, w, labels, class weights); the shape is the op's own
+        labels = rng.integers(0, v, size=(n,))
+        labels[:2] = (1, 1)  # ignore_index=1 occurs
+        return (rng.uniform(-2, 2, (n, hidden)), rng.uniform(-2, 2, (hidden, v)), labels,
+                rng.uniform(0.5, 2, (v,)))
+
+    for reduction, ignore, weighted in (("mean", 1, True), ("sum", None, False)):
+        wsel = (lambda w: w) if weighted else (lambda w: None)
+
+        def lce(h, w, t, wts, reduction=reduction, ignore=ignore, wsel=wsel):
+            return jo.linear_cross_entropy(h, w, t, wsel(wts), ignore_index=ignore,
+                                           reduction=reduction, chunk_size=4)
+
+        def lce_ref(h, w, t, wts, reduction=reduction, ignore=ignore, wsel=wsel):
+            ew, safe = _entry_weights(t, wsel(wts), ignore)
+            picked = np.take_along_axis(_log_softmax1(h @ w), safe[:, None], 1)[:, 0]
+            return _reduce_ref(-picked * ew, ew, reduction)
+
+        def lce_vjp(h, w, t, wts, wout, reduction=reduction, ignore=ignore, wsel=wsel):
+            coef, safe = _coef(t, wsel(wts), wout, ignore, reduction)
+            g = (np.exp(_log_softmax1(h @ w)) - _onehot1(safe, v)) * coef[:, None]
+            return g @ w.T, h.T @ g
+
+        yield Case(f"linear_cross_entropy[{'w' if weighted else ''}]", lce, {}, lce_ref,
+                   None, None, sample, ints=(2,), constant=(3,), rowwise=False,
+                   batching=False, vjp_ref=lce_vjp)
+
+
+def _clip_bounds_cases():
+    """Clip with its bounds as differentiated inputs (scalars): away from the bounds, where
+    the complex step sees one branch (the conventions at the bounds: test_numerics)."""
+    def clip_ref(x, lo, hi):
+        y = np.where(x.real < lo.real, lo, x)
+        return np.where(y.real > hi.real, hi, y)
+
+    def clip_vjp(x, lo, hi, wout):
+        below, above = x.real < lo.real, x.real > hi.real
+        return (np.where(below | above, 0.0, wout), np.sum(np.where(below, wout, 0.0)),
+                np.sum(np.where(above, wout, 0.0)))
+
+    def sample(rng, shape):
+        x = rng.uniform(-3, 3, size=shape)
+        x = np.where(np.abs(np.abs(x) - 1) < 0.05, x + 0.1, x)  # away from the bounds
+        return x, np.float64(-1.0), np.float64(1.0)
+
+    yield Case("clip[bounds]", jo.clip, {}, clip_ref, None, None, sample, rowwise=False,
+               unbatched=(1, 2), vjp_ref=clip_vjp)
+
+
 def _cross_entropy_cases():
     def probs(rng, shape):
         p = rng.uniform(0.05, 1, size=shape)
@@ -738,4 +810,5 @@ CASES: tuple[Case, ...] = (
 
 STRUCTURED: tuple[Case, ...] = (
     *_labelled_cases(), *_cross_entropy_cases(), *_batch_norm_cases(),
+    *_linear_cross_entropy_cases(), *_clip_bounds_cases(),
 )

@@ -21,7 +21,6 @@ import pytest
 from jax.test_util import check_grads
 from reference import CASES, STRUCTURED, Case
 
-DTYPES = ("float32", "bfloat16", "float16", "float64")
 TOL_ULPS = 4
 # Second derivatives of the ops whose gradient op reads Y (tanh'' = -2y(1-y^2)) inherit the
 # cancellation of 1 - y^2 near |y| = 1: measured up to 8 eps (tanh'' in float64).
@@ -333,6 +332,12 @@ def t_sharded(case, xs, xs64, w, ts):
     return [(y, case.ref(*xs64)), *_pairs(g, _vjp_ref(case, xs64, w))]
 
 
+def t_jit_jvp(case, xs, xs64, w, ts):
+    f, d = _on_diff(case, xs)
+    y, t_out = jax.jit(lambda d, ts: jax.jvp(f, d, ts))(d, ts)
+    return [(y, case.ref(*xs64)), (t_out, _jvp_ref(case, xs64, ts))]
+
+
 TRANSFORMS = {
     "jit": t_jit,
     "vmap": t_vmap,
@@ -352,13 +357,58 @@ TRANSFORMS = {
 }
 
 
-@pytest.mark.parametrize("transform", list(TRANSFORMS))
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", CASES + STRUCTURED, ids=str)
+# transforms that map the op over the rows of its inputs (an op that needs whole matrices,
+# linear_cross_entropy, takes no row)
+BATCHING = ("vmap", "vmap_grad", "grad_vmap", "scan", "sharded")
+
+
+def _matrix(cases, transforms, dtypes, slow_dtypes=()):
+    return [pytest.param(c, d, t, marks=[pytest.mark.slow] if d in slow_dtypes else [],
+                         id=f"{c}-{d}-{t}")
+            for c in cases for d in (*dtypes, *slow_dtypes) for t in transforms
+            if c.batching or t not in BATCHING]
+
+
+# The default run covers float32 and float64; the half-precision dtypes run behind the slow
+# marker (CI runs both: make test, make test-slow).
+@pytest.mark.parametrize(("case", "dtype", "transform"),
+                         _matrix(CASES + STRUCTURED, TRANSFORMS, ("float32", "float64"),
+                                 slow_dtypes=("bfloat16", "float16")))
 def test_transform_matrix(case, dtype, transform):
+    _check_transform(case, dtype, transform)
+
+
+# Each input differentiated alone (and, past two inputs, all but one), the others closed
+# over: JAX passes them symbolic zero tangents, a path the full matrix never takes
+# (linear_cross_entropy's jvp returned uninitialized memory on it).  float32 in the default
+# run; every dtype behind the slow marker.
+ALONE_TRANSFORMS = ("jvp", "jit_jvp", "linearize", "jacfwd", "grad", "jacrev", "hessian")
+
+
+def _subsets(case):
+    d = case.differentiable
+    if len(d) < 2:
+        return []
+    alone = [(i,) for i in d]
+    all_but_one = [tuple(j for j in d if j != i) for i in d] if len(d) > 2 else []
+    return alone + all_but_one
+
+
+ALONE = [c.alone(wrt) for c in CASES + STRUCTURED for wrt in _subsets(c)]
+
+
+@pytest.mark.parametrize(("case", "dtype", "transform"),
+                         _matrix(ALONE, ALONE_TRANSFORMS, ("float32",),
+                                 slow_dtypes=("bfloat16", "float16", "float64")))
+def test_each_input_alone(case, dtype, transform):
+    _check_transform(case, dtype, transform)
+
+
+def _check_transform(case, dtype, transform):
     with _context(dtype):
         xs, xs64, w, ts = _inputs(case, dtype)
-        for k, (computed, expected) in enumerate(TRANSFORMS[transform](case, xs, xs64, w, ts)):
+        run = {**TRANSFORMS, "jit_jvp": t_jit_jvp}[transform]
+        for k, (computed, expected) in enumerate(run(case, xs, xs64, w, ts)):
             assert computed.dtype == jnp.dtype(dtype), (k, computed.dtype)
             ulps = TOL_ULPS_SECOND_ORDER if transform in SECOND_ORDER else TOL_ULPS
             scale = getattr(expected, "scale", 1.0)
