@@ -871,7 +871,15 @@ class ImportedModel:
                     raise body.error
                 self._call_body(node, body, env, static)
                 return
-        out = self._handler(node)(n)
+        try:
+            out = self._handler(node)(n)
+        except Exception as e:
+            if not str(e).startswith(_PREFIX) and any(isinstance(x, _TooWide)
+                                                      for x in n.inputs):
+                n.fail("computes with an int64 constant whose values lie outside 32 bits, "
+                       "which JAX narrows while jax_enable_x64 is off. Enable it: "
+                       "jax.config.update('jax_enable_x64', True).", TypeError)
+            raise
         outs = out if isinstance(out, tuple) else (out,)
         extra = [o for o in node.output[len(outs):] if o]
         if extra:
@@ -946,17 +954,12 @@ def _same_type(got: np.dtype, declared: np.dtype) -> bool:
 
 
 class _TooWide:
-    """An int64 constant whose values int32 cannot hold while jax_enable_x64 is off.  Read
-    statically (a shape, axes) it is exact; JAX refuses this stand-in if the node computes
-    with it, and its repr says why."""
+    """Stands in for an int64 constant whose values int32 cannot hold while jax_enable_x64
+    is off: read statically (a shape, axes) it is exact, but JAX refuses to compute with this
+    stand-in, and the node's error then says why (``ImportedModel._step``)."""
 
     def __init__(self, dtype):
         self.dtype, self.shape = dtype, ()
-
-    def __repr__(self):
-        return (f"<a {self.dtype} constant with values outside 32 bits; JAX narrows it while "
-                "jax_enable_x64 is off: enable it with jax.config.update('jax_enable_x64', "
-                "True)>")
 
 
 def _to_jax(x):
