@@ -856,7 +856,8 @@ class ImportedModel:
         statics = [static.get(name) if name else None for name in node.input]
         n = _Node(node, [static.get(name, x) for name, x in zip(node.input, ins, strict=False)],
                   statics, self._version(node), self.max_tensor_bytes)
-        _check_types(n, self.opsets)
+        if k not in program.bodies:  # a function call's body nodes are checked instead
+            _check_types(n, self.opsets)
         if _domain(node) == "" and k not in program.bodies:
             value = _static_value(n)
             if value is not None:
