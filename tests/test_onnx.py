@@ -390,7 +390,10 @@ def test_flax_linen_apply_exports_for_inference_and_training():
 
 
 def test_imported_model_under_vmap_and_grad():
-    model = jonnx.export(lambda x: jo.log_softmax(jo.leaky_relu(x)), X)
+    # the batch axis is dynamic: vmap calls the model on one row, grad on all four (inputs
+    # are checked against the declared shapes)
+    model = jonnx.export(lambda x: jo.log_softmax(jo.leaky_relu(x)), X,
+                         dynamic_axes={0: {0: "batch"}})
     f = jonnx.import_model(model)
     rows = jax.vmap(lambda r: f(r[None])[0])(X)
     np.testing.assert_allclose(rows, jo.log_softmax(jo.leaky_relu(X)), rtol=1e-6)

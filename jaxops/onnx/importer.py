@@ -8,13 +8,16 @@ BatchNormalization 14/15 read ``training_mode``.  Float initializers are paramet
 in ``ImportedModel.params`` and replaceable per call (for training); integer initializers and
 ``Constant`` nodes are static (shapes, axes).
 
-Untrusted models: the importer only reads the protobuf it is given (no file paths, no external
-data, no custom code); a malformed model raises ``ValueError``.
+Models may come from anyone (docs/onnx.md, "Security model"): no file is read unless the
+caller names a directory (:mod:`jaxops.onnx.tensors`), every tensor the model makes is bounded
+before it is allocated, the model's own function bodies run as written, and every refusal is a
+``ValueError``, ``TypeError`` or ``NotImplementedError`` naming the node.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -22,15 +25,30 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+import onnx.inliner
+from onnx import AttributeProto, TensorProto, helper
 
 import jaxops as jo
+from jaxops.onnx import functions
+from jaxops.onnx.tensors import (
+    DEFAULT_MAX_TENSOR_BYTES,
+    all_tensors,
+    check_size,
+    element_type,
+    resolve_tensors,
+    to_array,
+)
 from jaxops.schema import JAXOPS_DOMAIN
 
 #: The ai.onnx opsets imported: 7 made arithmetic broadcast like numpy; 28 is the newest the
 #: tested onnx (1.23) defines.  A newer opset may bring op versions this module has not read.
 MIN_IMPORT_OPSET, MAX_IMPORT_OPSET = 7, 28
 
+#: Model-local functions are run by inlining their bodies; a body may call other functions,
+#: so a few bytes of nested calls could expand exponentially.  This bounds the expansion.
+MAX_INLINED_NODES = 100_000
+
+_PREFIX = "jaxops.onnx.import_model"
 Handler = Callable[..., Any]
 _HANDLERS: dict[tuple[str, str], Handler] = {}
 
@@ -44,24 +62,57 @@ def _op(*op_types: str, domain: str = ""):
     return register
 
 
-class _Node:
-    """A node's inputs (None for omitted optionals), static inputs, attributes, version."""
+def _describe(node) -> str:
+    out = f" (output {node.output[0]!r})" if len(node.output) and node.output[0] else ""
+    return f"{node.op_type} node {node.name!r}{out}"
 
-    def __init__(self, proto, inputs, statics, version):
+
+def _domain(node) -> str:
+    return "" if node.domain == "ai.onnx" else node.domain
+
+
+class _Node:
+    """A node's inputs (None for omitted optionals), static inputs, attributes, version, and
+    the checks every handler shares (axes, sizes), which name the node when they refuse."""
+
+    def __init__(self, proto, inputs, statics, version, max_bytes):
         self.proto, self.inputs, self.statics, self.version = proto, inputs, statics, version
+        self.max_bytes = max_bytes
         self.attrs = {a.name: helper.get_attribute_value(a) for a in proto.attribute}
+
+    def fail(self, message: str, cls: type[Exception] = ValueError):
+        raise cls(f"{_PREFIX}: {_describe(self.proto)}: {message}")
 
     def attr(self, name, default=None):
         v = self.attrs.get(name, default)
         return v.decode() if isinstance(v, bytes) else v
 
+    def has(self, i: int) -> bool:
+        return i < len(self.inputs) and self.inputs[i] is not None
+
     def static(self, i, what):
         if i >= len(self.statics) or self.statics[i] is None:
-            raise ValueError(f"jaxops.onnx.import_model: {self.proto.op_type} node "
-                             f"{self.proto.name!r}: input {i} ({what}) must be a constant "
-                             "(an initializer or Constant node); dynamic shapes are not "
-                             "supported.")
+            self.fail(f"input {i} ({what}) must be a constant (an initializer or Constant "
+                      "node); dynamic shapes are not supported.")
         return self.statics[i]
+
+    def axis(self, axis, rank: int, what: str = "axis", end: bool = False) -> int:
+        """``axis`` in [-rank, rank - 1] (to ``rank`` when ``end``), made non-negative."""
+        hi = rank if end else rank - 1
+        if axis is None or not -rank <= int(axis) <= hi:
+            self.fail(f"{what} {axis} is out of range for an input of rank {rank}; ONNX "
+                      f"allows [{-rank}, {hi}]. Fix the model's {what}.")
+        return int(axis) + rank if int(axis) < 0 else int(axis)
+
+    def axes(self, axes, rank: int, what: str = "axes") -> tuple[int, ...]:
+        out = tuple(self.axis(a, rank, what) for a in axes)
+        if len(set(out)) != len(out):
+            self.fail(f"{what} {list(axes)} repeat an axis (rank {rank}). Fix the model.")
+        return out
+
+    def bound(self, shape, dtype) -> None:
+        """Refuse an output over the size bound before it is allocated."""
+        check_size(_describe(self.proto), shape, dtype, self.max_bytes)
 
 
 # ---------------------------------------------------------------------- standard ai.onnx
@@ -98,8 +149,8 @@ def _fold(f, xs):
 
 
 @_op("Constant")
-def _constant(n):  # evaluated statically by ImportedModel.__call__, never through here
-    raise AssertionError("Constant nodes are evaluated statically")
+def _constant(n):  # evaluated once at import (ImportedModel._constant), never through here
+    raise AssertionError("Constant nodes are evaluated at import")
 
 
 @_op("LeakyRelu")
@@ -131,14 +182,13 @@ def _clip(n):
         lo, hi = n.attr("min", -np.inf), n.attr("max", np.inf)
         lo, hi = jnp.asarray(lo, x.dtype), jnp.asarray(hi, x.dtype)
     else:
-        lo = n.inputs[1] if len(n.inputs) > 1 else None
-        hi = n.inputs[2] if len(n.inputs) > 2 else None
+        lo = n.inputs[1] if n.has(1) else None
+        hi = n.inputs[2] if n.has(2) else None
     return jo.clip(x, lo, hi)
 
 
 def _flattened(f, x, axis):
     """Softmax-1/11 semantics: normalize over the flattened trailing dims from ``axis``."""
-    axis = axis % x.ndim
     shape = x.shape
     y = f(x.reshape(math.prod(shape[:axis]), math.prod(shape[axis:])), axis=-1)
     return y.reshape(shape)
@@ -149,13 +199,19 @@ def _softmax(n):
     f = jo.softmax if n.proto.op_type == "Softmax" else jo.log_softmax
     x = n.inputs[0]
     if n.version < 13:
-        return _flattened(f, x, n.attr("axis", 1))
-    return f(x, axis=n.attr("axis", -1))
+        return _flattened(f, x, n.axis(n.attr("axis", 1), x.ndim))
+    return f(x, axis=n.axis(n.attr("axis", -1), x.ndim))
+
+
+def _cast_type(n) -> np.dtype:
+    """Cast's target type (checked at import), as JAX holds it: int64 is int32 unless
+    jax_enable_x64 (float64 models are refused without it, never narrowed)."""
+    return jax.dtypes.canonicalize_dtype(element_type(n.attr("to"), _describe(n.proto)))
 
 
 @_op("Cast")
 def _cast(n):
-    return n.inputs[0].astype(helper.tensor_dtype_to_np_dtype(n.attr("to")))
+    return n.inputs[0].astype(_cast_type(n))
 
 
 @_op("CastLike")
@@ -170,16 +226,22 @@ def _where(n):
 
 @_op("MatMul")
 def _matmul(n):
-    return jnp.matmul(*n.inputs[:2])
+    a, b = n.inputs[:2]
+    if a.ndim == 0 or b.ndim == 0:
+        n.fail(f"inputs of shapes {a.shape} and {b.shape}: MatMul needs rank >= 1 (numpy's "
+               "matmul rules). Fix the model.")
+    return jnp.matmul(a, b)
 
 
 @_op("Gemm")
 def _gemm(n):
     a, b = n.inputs[:2]
+    if a.ndim != 2 or b.ndim != 2:
+        n.fail(f"A {a.shape} and B {b.shape} must be matrices. Fix the model.")
     a = a.T if n.attr("transA", 0) else a
     b = b.T if n.attr("transB", 0) else b
     y = n.attr("alpha", 1.0) * (a @ b)
-    if len(n.inputs) > 2 and n.inputs[2] is not None:
+    if n.has(2):
         y = y + n.attr("beta", 1.0) * n.inputs[2]
     return y.astype(a.dtype)
 
@@ -193,83 +255,123 @@ def _einsum(n):
 def _reshape(n):
     x, shape = n.inputs[0], [int(s) for s in n.static(1, "shape")]
     if not n.attr("allowzero", 0):
+        if any(s == 0 for s in shape[x.ndim:]):
+            n.fail(f"shape {shape} copies (0) an axis that the input of rank {x.ndim} lacks.")
         shape = [x.shape[i] if s == 0 else s for i, s in enumerate(shape)]
+    if shape.count(-1) > 1 or any(s < -1 for s in shape):
+        n.fail(f"shape {shape}: at most one -1 and no other negative size. Fix the model.")
     return x.reshape(shape)
 
 
 @_op("Expand")
 def _expand(n):
     x, shape = n.inputs[0], tuple(int(s) for s in n.static(1, "shape"))
-    return jnp.broadcast_to(x, jnp.broadcast_shapes(x.shape, shape))
+    try:
+        out = np.broadcast_shapes(x.shape, shape)
+    except ValueError:
+        n.fail(f"shape {list(shape)} does not broadcast with the input's {x.shape}.")
+    n.bound(out, x.dtype)
+    return jnp.broadcast_to(x, out)
 
 
 def _axes(n, default=None):
-    if n.version >= 13 and len(n.inputs) > 1 and n.inputs[1] is not None:
+    if n.version >= 13 and n.has(1):
         return tuple(int(a) for a in n.static(1, "axes"))
     a = n.attr("axes", default)
     return None if a is None else tuple(a)
 
 
+def _squeeze_axes(n, x):
+    axes = _axes(n)
+    axes = None if axes is None else n.axes(axes, x.ndim)
+    if axes is not None and any(x.shape[a] != 1 for a in axes):
+        n.fail(f"axes {list(axes)} of an input of shape {x.shape} are not all of size 1.")
+    return axes
+
+
+def _unsqueeze_axes(n, x):
+    axes = _axes(n)
+    if axes is None:
+        n.fail("has no axes. Give the axes (an input from opset 13, an attribute before).")
+    return n.axes(axes, x.ndim + len(axes))
+
+
 @_op("Squeeze")
 def _squeeze(n):
-    return jnp.squeeze(n.inputs[0], axis=_axes(n))
+    return jnp.squeeze(n.inputs[0], axis=_squeeze_axes(n, n.inputs[0]))
 
 
 @_op("Unsqueeze")
 def _unsqueeze(n):
-    return jnp.expand_dims(n.inputs[0], _axes(n))
+    return jnp.expand_dims(n.inputs[0], _unsqueeze_axes(n, n.inputs[0]))
 
 
 @_op("Transpose")
 def _transpose(n):
-    return jnp.transpose(n.inputs[0], n.attr("perm"))
+    x, perm = n.inputs[0], n.attr("perm")
+    if perm is not None and sorted(int(p) for p in perm) != list(range(x.ndim)):
+        n.fail(f"perm {list(perm)} is not a permutation of the {x.ndim} axes. Fix the model.")
+    return jnp.transpose(x, perm)
 
 
 @_op("Concat")
 def _concat(n):
-    return jnp.concatenate(n.inputs, axis=n.attr("axis"))
+    xs = [x for x in n.inputs if x is not None]
+    return jnp.concatenate(xs, axis=n.axis(n.attr("axis"), xs[0].ndim))
 
 
 @_op("Flatten")
 def _flatten(n):
-    x, axis = n.inputs[0], n.attr("axis", 1) % max(n.inputs[0].ndim, 1)
-    return x.reshape(math.prod(x.shape[:axis]), -1)
+    x = n.inputs[0]
+    axis = n.axis(n.attr("axis", 1), x.ndim, end=True)  # axis = rank is allowed: (N, 1)
+    return x.reshape(math.prod(x.shape[:axis]), math.prod(x.shape[axis:]))
 
 
 @_op("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd")
 def _reduce(n):
     f = {"ReduceSum": jnp.sum, "ReduceMean": jnp.mean, "ReduceMax": jnp.max,
          "ReduceMin": jnp.min, "ReduceProd": jnp.prod}[n.proto.op_type]
+    x = n.inputs[0]
     axes_as_input = n.version >= (13 if n.proto.op_type == "ReduceSum" else 18)
     if axes_as_input:
-        axes = (tuple(int(a) for a in n.static(1, "axes"))
-                if len(n.inputs) > 1 and n.inputs[1] is not None else None)
+        axes = tuple(int(a) for a in n.static(1, "axes")) if n.has(1) else None
     else:
         axes = n.attr("axes")
         axes = None if axes is None else tuple(axes)
     if not axes and n.attr("noop_with_empty_axes", 0):
-        return n.inputs[0]
-    return f(n.inputs[0], axis=axes or None, keepdims=bool(n.attr("keepdims", 1)))
+        return x
+    axes = n.axes(axes, x.ndim) if axes else None
+    return f(x, axis=axes, keepdims=bool(n.attr("keepdims", 1)))
 
 
 @_op("ArgMax", "ArgMin")
 def _argmax(n):
     f = jnp.argmax if n.proto.op_type == "ArgMax" else jnp.argmin
-    return f(n.inputs[0], axis=n.attr("axis", 0), keepdims=bool(n.attr("keepdims", 1)))
+    x = n.inputs[0]
+    axis, keep = n.axis(n.attr("axis", 0), x.ndim), bool(n.attr("keepdims", 1))
+    if x.shape[axis] == 0:
+        n.fail(f"axis {axis} of the input {x.shape} is empty; there is no extremum.")
+    if n.attr("select_last_index", 0):  # the first extremum of the reversed axis
+        index = x.shape[axis] - 1 - f(jnp.flip(x, axis), axis=axis, keepdims=keep)
+    else:
+        index = f(x, axis=axis, keepdims=keep)
+    return index.astype(jax.dtypes.canonicalize_dtype(np.int64))
 
 
 @_op("BatchNormalization")
 def _batch_norm(n):
     n_out = len([o for o in n.proto.output if o])
     if n.version < 14 and n_out > 1:
-        raise ValueError(
-            f"jaxops.onnx.import_model: BatchNormalization-{n.version} with {n_out} outputs is "
-            "training mode by output count (mean, var, saved_mean, saved_var); only its "
-            "inference form (one output) is imported. Opset 14 and later say training_mode.")
+        n.fail(f"BatchNormalization-{n.version} with {n_out} outputs is training mode by output "
+               "count (mean, var, saved_mean, saved_var); only its inference form (one output) "
+               "is imported. Opset 14 and later say training_mode.")
     if n.attr("spatial", 1) == 0:
-        raise ValueError("jaxops.onnx.import_model: BatchNormalization with spatial=0 "
-                         "(statistics per element, not per channel) is not supported.")
+        n.fail("spatial=0 (statistics per element, not per channel) is not supported.")
     training = bool(n.attr("training_mode", 0)) if n.version >= 14 else False
+    if not training and n_out > 1:
+        n.fail(f"in inference mode (training_mode=0) BatchNormalization has one output, Y; the "
+               f"node asks for {n_out}. Set training_mode=1 for the running statistics, or "
+               "drop the extra outputs.")
     y, m, v = jo.batch_norm(*n.inputs[:5], epsilon=n.attr("epsilon", 1e-5),
                             momentum=n.attr("momentum", 0.9), training=training)
     return (y, m, v) if training else y
@@ -277,7 +379,7 @@ def _batch_norm(n):
 
 @_op("SoftmaxCrossEntropyLoss")
 def _sce(n):
-    weights = n.inputs[2] if len(n.inputs) > 2 else None
+    weights = n.inputs[2] if n.has(2) else None
     n_out = len([o for o in n.proto.output if o])
     return jo.softmax_cross_entropy(
         n.inputs[0], n.inputs[1], weights, ignore_index=n.attr("ignore_index"),
@@ -286,14 +388,28 @@ def _sce(n):
 
 @_op("NegativeLogLikelihoodLoss")
 def _nll(n):
-    weight = n.inputs[2] if len(n.inputs) > 2 else None
+    weight = n.inputs[2] if n.has(2) else None
     return jo.nll_loss(n.inputs[0], n.inputs[1], weight, ignore_index=n.attr("ignore_index"),
                        reduction=n.attr("reduction", "mean"))
 
 
+def _check_indices(n, indices, size: int) -> None:
+    """ONNX Gather: indices in [-size, size - 1]; out-of-range is an error, not a fill."""
+    indices = np.asarray(indices)
+    if indices.size and (indices.min() < -size or indices.max() >= size):
+        n.fail(f"indices from {indices.min()} to {indices.max()} are out of range for an axis "
+               f"of size {size}; ONNX allows [{-size}, {size - 1}]. Fix the model's indices.")
+
+
 @_op("Gather")
 def _gather(n):
-    return jnp.take(n.inputs[0], jnp.asarray(n.inputs[1]), axis=n.attr("axis", 0))
+    x, indices = n.inputs[:2]
+    axis = n.axis(n.attr("axis", 0), x.ndim)
+    if n.statics[1] is not None:
+        _check_indices(n, n.statics[1], x.shape[axis])
+    # indices known only at run time cannot raise under jit: out-of-range ones give NaN for
+    # floats (jnp.take's "fill"), documented in docs/onnx.md
+    return jnp.take(x, indices, axis=axis)
 
 
 @_op("Slice")
@@ -304,19 +420,23 @@ def _slice(n):
         steps = None
     else:
         starts, ends = n.static(1, "starts"), n.static(2, "ends")
-        axes = n.static(3, "axes") if len(n.inputs) > 3 and n.inputs[3] is not None else None
-        steps = n.static(4, "steps") if len(n.inputs) > 4 and n.inputs[4] is not None else None
-    return x[_slice_index(x.ndim, starts, ends, axes, steps)]
+        axes = n.static(3, "axes") if n.has(3) else None
+        steps = n.static(4, "steps") if n.has(4) else None
+    return x[_slice_index(n, x.ndim, starts, ends, axes, steps)]
 
 
-def _slice_index(ndim, starts, ends, axes=None, steps=None) -> tuple:
+def _slice_index(n, ndim, starts, ends, axes=None, steps=None) -> tuple:
     """ONNX Slice's parameters as a Python index (which clamps out-of-range bounds as ONNX
     does)."""
-    axes = range(len(starts)) if axes is None else axes
-    steps = [1] * len(starts) if steps is None else steps
+    starts, ends = [int(s) for s in np.ravel(starts)], [int(e) for e in np.ravel(ends)]
+    axes = range(len(starts)) if axes is None else n.axes(np.ravel(axes), ndim)
+    steps = [1] * len(starts) if steps is None else [int(k) for k in np.ravel(steps)]
+    if not len(starts) == len(ends) == len(axes) == len(steps) or 0 in steps:
+        n.fail(f"starts {starts}, ends {ends}, axes {list(axes)} and steps {steps} must have "
+               "one entry per sliced axis, and no step may be 0. Fix the model.")
     index = [slice(None)] * ndim
     for a, b, e, k in zip(axes, starts, ends, steps, strict=True):
-        index[int(a)] = slice(int(b), int(e), int(k))
+        index[a] = slice(b, e, k)
     return tuple(index)
 
 
@@ -328,27 +448,45 @@ def _pad(n):
         axes = None
     else:
         pads = n.static(1, "pads")
-        value = n.inputs[2] if len(n.inputs) > 2 and n.inputs[2] is not None else 0
-        axes = n.static(3, "axes") if len(n.inputs) > 3 and n.inputs[3] is not None else None
-    axes = list(range(x.ndim)) if axes is None else [int(a) % x.ndim for a in axes]
+        value = n.inputs[2] if n.has(2) else 0
+        axes = n.static(3, "axes") if n.has(3) else None
+    axes = list(range(x.ndim)) if axes is None else n.axes(np.ravel(axes), x.ndim)
+    pads = [int(p) for p in np.ravel(pads)]
+    if len(pads) != 2 * len(axes):
+        n.fail(f"pads {pads} must have two entries per padded axis ({len(axes)} axes).")
     config = [(0, 0)] * x.ndim
     for k, a in enumerate(axes):
-        config[a] = (int(pads[k]), int(pads[k + len(axes)]))
+        config[a] = (pads[k], pads[k + len(axes)])
+    out = [d + lo + hi for d, (lo, hi) in zip(x.shape, config, strict=True)]
+    if any(d < 0 for d in out):
+        n.fail(f"pads {pads} crop more than the input's {x.shape} has. Fix the model.")
+    n.bound(out, x.dtype)
     mode = n.attr("mode", "constant")
     if mode == "constant":  # lax.pad: negative pads crop, as in ONNX
         return jax.lax.pad(x, jnp.asarray(value, x.dtype).reshape(()),
                            [(lo, hi, 0) for lo, hi in config])
     if any(lo < 0 or hi < 0 for lo, hi in config) or mode not in ("reflect", "edge", "wrap"):
-        raise ValueError(f"jaxops.onnx.import_model: Pad mode {mode!r} with pads {config}.")
-    return jnp.pad(x, config, mode={"reflect": "reflect", "edge": "edge", "wrap": "wrap"}[mode])
+        n.fail(f"mode {mode!r} with pads {config} is not supported (reflect, edge and wrap "
+               "take non-negative pads).", NotImplementedError)
+    if mode == "reflect" and any(max(lo, hi) >= d for d, (lo, hi) in
+                                 zip(x.shape, config, strict=True) if lo or hi):
+        n.fail(f"reflect pads {config} must be smaller than the input's sizes {x.shape}.")
+    if mode in ("edge", "wrap") and any(d == 0 for d, (lo, hi) in
+                                        zip(x.shape, config, strict=True) if lo or hi):
+        n.fail(f"{mode} padding of an empty axis (input {x.shape}).")
+    return jnp.pad(x, config, mode=mode)
 
 
 @_op("ConstantOfShape")
 def _constant_of_shape(n):
+    shape = tuple(int(d) for d in np.ravel(n.static(0, "shape")))
     value = n.attr("value")
-    value = (_to_array(value, "ConstantOfShape value") if value is not None
-             else np.zeros(1, np.float32))
-    return jnp.full(tuple(int(d) for d in n.static(0, "shape")), value.reshape(()))
+    value = (to_array(value, _describe(n.proto) + " value", n.max_bytes)
+             if value is not None else np.zeros(1, np.float32))
+    if value.size != 1:
+        n.fail(f"value has {value.size} elements; ONNX requires one.")
+    n.bound(shape, value.dtype)
+    return jnp.full(shape, value.reshape(()))
 
 
 @_op("Shape", "Size")
@@ -356,51 +494,73 @@ def _shape(n):  # evaluated statically (shapes are static under jit), never thro
     raise AssertionError("Shape and Size are evaluated statically")
 
 
-def _static_value(node, ins, version):
+def _static_value(n: _Node):
     """The numpy value of a shape computation whose inputs are known at trace time (shapes,
-    integer constants), else None.  Under ``jit`` these must stay numpy, not traced."""
-    t, attrs = node.op_type, {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    integer constants), else None.  Under ``jit`` these must stay numpy, not traced.  Each
+    result is bounded before numpy allocates it."""
+    t, ins = n.proto.op_type, n.inputs
     if t == "Shape":
         shape = np.asarray(np.shape(ins[0]), np.int64)
-        return shape[attrs.get("start", 0):attrs.get("end", None)]
+        return shape[n.attr("start", 0):n.attr("end", None)]
     if t == "Size":
         return np.asarray(np.size(ins[0]), np.int64)
-    if any(not isinstance(x, np.ndarray) for x in ins if x is not None):
+    if not ins or any(not isinstance(x, np.ndarray) for x in ins if x is not None):
         return None
     if t == "Gather":
-        return np.take(ins[0], ins[1], axis=attrs.get("axis", 0))
-    if t in ("Squeeze", "Unsqueeze"):
-        axes = tuple(int(a) for a in (ins[1] if len(ins) > 1 and version >= 13
-                                       else attrs.get("axes", ())))
-        if t == "Squeeze":
-            return np.squeeze(ins[0], axis=axes or None)
-        return np.expand_dims(ins[0], axes)
+        axis = n.axis(n.attr("axis", 0), ins[0].ndim)
+        _check_indices(n, ins[1], ins[0].shape[axis])
+        n.bound(ins[0].shape[:axis] + ins[1].shape + ins[0].shape[axis + 1:], ins[0].dtype)
+        return np.take(ins[0], ins[1], axis=axis)
+    if t == "Squeeze":
+        return np.squeeze(ins[0], axis=_squeeze_axes(n, ins[0]))
+    if t == "Unsqueeze":
+        return np.expand_dims(ins[0], _unsqueeze_axes(n, ins[0]))
     if t == "Concat":
-        return np.concatenate(ins, axis=attrs["axis"])
+        axis = n.axis(n.attr("axis"), ins[0].ndim)
+        if any(x.ndim != ins[0].ndim for x in ins):
+            n.fail(f"inputs of ranks {[x.ndim for x in ins]} cannot be concatenated.")
+        shape = list(ins[0].shape)
+        shape[axis] = sum(x.shape[axis] for x in ins)
+        n.bound(shape, np.result_type(*ins))
+        return np.concatenate(ins, axis=axis)
     if t == "Cast":
-        return ins[0].astype(helper.tensor_dtype_to_np_dtype(attrs["to"]))
-    if t in ("Add", "Sub", "Mul") and all(np.issubdtype(x.dtype, np.integer) for x in ins):
+        dtype = element_type(n.attr("to"), _describe(n.proto))
+        n.bound(ins[0].shape, dtype)
+        return ins[0].astype(dtype)
+    if t in ("Add", "Sub", "Mul", "Div") and all(np.issubdtype(x.dtype, np.integer)
+                                                 for x in ins):
+        try:
+            shape = np.broadcast_shapes(*(x.shape for x in ins))
+        except ValueError:
+            n.fail(f"inputs of shapes {[x.shape for x in ins]} do not broadcast.")
+        n.bound(shape, np.result_type(*ins))
+        if t == "Div":
+            if np.any(ins[1] == 0):
+                n.fail("divides an integer by zero. Fix the model's constants.")
+            return np.trunc(np.divide(*ins)).astype(np.result_type(*ins))
         return {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply}[t](*ins)
-    if t == "Div" and all(np.issubdtype(x.dtype, np.integer) for x in ins):
-        return np.trunc(np.divide(*ins)).astype(np.result_type(*ins))
     if t == "Identity":
         return ins[0]
-    if t == "Slice" and version >= 10:  # Shape -> Slice -> Reshape, as exporters write it
+    if t == "Slice" and n.version >= 10:  # Shape -> Slice -> Reshape, as exporters write it
         optional = [*ins[3:5], None, None]
-        return ins[0][_slice_index(ins[0].ndim, ins[1], ins[2], optional[0], optional[1])]
+        return ins[0][_slice_index(n, ins[0].ndim, ins[1], ins[2], optional[0], optional[1])]
     return None
 
 
 # ------------------------------------------------------------------------ ai.jaxops ops
 
-def _jaxops_domain_op(n):
-    schema = jo.schema.get(n.proto.op_type)
+def _jaxops_attrs(n, schema) -> dict:
     attrs = {a.name: n.attr(a.onnx_name or a.name, a.default) for a in schema.attributes
              if a.onnx}
     for a in schema.attributes:
         if a.type == "bool" and attrs.get(a.name) is not None:
             attrs[a.name] = bool(attrs[a.name])
-    return getattr(jo, schema.function)(*n.inputs, **attrs)
+    return attrs
+
+
+def _jaxops_domain_op(n):
+    schema = jo.schema.get(n.proto.op_type)
+    return getattr(jo, schema.function)(*n.inputs, **_jaxops_attrs(n, schema))
 
 
 for _s in jo.schema.all_schemas():
@@ -408,114 +568,493 @@ for _s in jo.schema.all_schemas():
         _HANDLERS[(JAXOPS_DOMAIN, _s.name)] = _jaxops_domain_op
 
 
-def _to_array(t: onnx.TensorProto, what: str) -> np.ndarray:
+def _is_canonical_body(n, fn: onnx.FunctionProto, opset: int) -> bool:
+    """Whether ``fn``, the model's own body for an ai.jaxops node, is what jaxops' exporter
+    writes for this call (apart from the overload's name, which records jaxops-only
+    attributes such as ``chunk_size`` that change no value).  Only then may the jaxops op,
+    with its registered gradient, stand in for the body."""
     try:
-        return numpy_helper.to_array(t)
-    except Exception as e:  # an unknown data type, data of the wrong length, ...
-        raise ValueError(f"jaxops.onnx.import_model: {what} is not a valid tensor "
-                         f"({type(e).__name__}: {e})") from None
+        schema = jo.schema.get(n.proto.op_type)
+        if schema.domain != JAXOPS_DOMAIN or schema.name not in functions.BODIES:
+            return False
+        attrs = schema.canonical_attributes(_jaxops_attrs(n, schema))
+        ins = [*n.inputs, *[None] * (len(schema.inputs) - len(n.inputs))]
+        in_avals = [None if x is None else jax.ShapeDtypeStruct(x.shape, x.dtype) for x in ins]
+        out_avals = schema.infer(*in_avals, **attrs)
+        want = functions.function_proto(schema, attrs, opset, in_avals, out_avals)
+    except Exception:  # noqa: BLE001 -- any mismatch with jaxops' form means "not canonical"
+        return False
+    want.overload = fn.overload
+    return want.SerializeToString(deterministic=True) == fn.SerializeToString(deterministic=True)
 
 
 # --------------------------------------------------------------------------- the model
+
+_CONSTANT_VALUES = ("value", "value_float", "value_floats", "value_int", "value_ints",
+                    "value_string", "value_strings", "sparse_value")
+
+
+class _Program:
+    """A list of nodes ready to run: Constant values evaluated and, for each node that calls
+    a model-local function, that function's body inlined (by position in ``nodes``)."""
+
+    def __init__(self, nodes):
+        self.nodes = list(nodes)
+        self.constants: dict[int, np.ndarray] = {}
+        self.bodies: dict[int, tuple[onnx.FunctionProto, _Program]] = {}
+        self.error: Exception | None = None  # why the nodes cannot run, found at import
+
 
 class ImportedModel:
     """An ONNX graph as a JAX function: ``model(*inputs, params=None)``.
 
     ``params`` maps the float initializers' names to arrays (``model.params`` by default);
     pass a modified dict to train them (``jax.grad`` w.r.t. ``params`` works).  One output is
-    returned as an array, several as a tuple.
+    returned as an array, several as a tuple.  Inputs are checked against the graph's
+    declared element types, ranks and sizes (a ``dim_param`` binds one size across inputs).
     """
 
-    def __init__(self, model: onnx.ModelProto):
+    def __init__(self, model: onnx.ModelProto, max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES):
         self.model = model
+        self.max_tensor_bytes = max_tensor_bytes
         graph = model.graph
         self.opsets = {o.domain or "": o.version for o in model.opset_import}
+        self._needs_x64 = _float64_site(model)
+        self._check_x64()
+        if len(graph.sparse_initializer):
+            raise NotImplementedError(
+                f"{_PREFIX}: sparse initializer {graph.sparse_initializer[0].values.name!r}: "
+                "sparse tensors are not imported. Store it as a dense initializer.")
         self.params: dict[str, jax.Array] = {}
         self.statics: dict[str, np.ndarray] = {}
         for t in graph.initializer:
-            if t.data_location == onnx.TensorProto.EXTERNAL:
-                raise ValueError(f"jaxops.onnx.import_model: initializer {t.name!r} uses "
-                                 "external data; only self-contained models are imported.")
-            value = _to_array(t, f"initializer {t.name!r}")
+            value = to_array(t, f"initializer {t.name!r}", max_tensor_bytes)
             if jax.dtypes.issubdtype(value.dtype, np.floating):  # bfloat16 too
                 self.params[t.name] = jnp.asarray(value)
             else:
                 self.statics[t.name] = value
         init_names = {t.name for t in graph.initializer}
-        self.input_names = [i.name for i in graph.input if i.name not in init_names]
+        self._inputs = [_input_spec(i) for i in graph.input if i.name not in init_names]
+        self.input_names = [name for name, _, _ in self._inputs]
         self.output_names = [o.name for o in graph.output]
-        for node in graph.node:
-            self._handler(node)  # unknown ops fail here, before any call
+        self._functions = {(f.domain, f.name, f.overload): f for f in model.functions}
+        self._program = self._prepare(graph.node, inline=True)
+        produced = {*self.input_names, *init_names,
+                    *(o for node in graph.node for o in node.output if o)}
+        for name in self.output_names:
+            if name not in produced:
+                raise ValueError(f"{_PREFIX}: graph output {name!r} is produced by no node, "
+                                 "input or initializer. Fix the model.")
+        self._checked: set = set()
+        if all(dtype is not None and dims is not None and
+               all(isinstance(d, int) for d in dims) for _, dtype, dims in self._inputs):
+            # every size is known: shape errors and oversized tensors surface now, not at
+            # the first call (abstractly: nothing is allocated)
+            self._check_abstract([jax.ShapeDtypeStruct(dims, jax.dtypes.canonicalize_dtype(
+                dtype)) for _, dtype, dims in self._inputs], self.params)
+
+    # ---------------------------------------------------------------- import-time checks
+
+    def _check_x64(self):
+        if self._needs_x64 and not jax.config.jax_enable_x64:
+            raise ValueError(
+                f"{_PREFIX}: {self._needs_x64} is float64, but jax_enable_x64 is off, so JAX "
+                "would compute in float32. Enable float64 first: "
+                "jax.config.update('jax_enable_x64', True), or import and call the model "
+                "inside `with jax.enable_x64(True):`.")
+
+    def _prepare(self, nodes, inline: bool, defer: bool = False) -> _Program:
+        program = _Program(nodes)
+        budget = [MAX_INLINED_NODES]
+        for k, node in enumerate(program.nodes):
+            key = (node.domain, node.op_type, node.overload)
+            if inline and key in self._functions:
+                fn = self._functions[key]
+                budget[0] -= _expanded_size(self._functions, key)
+                if budget[0] < 0:
+                    raise ValueError(
+                        f"{_PREFIX}: {_describe(node)}: the model-local functions expand to "
+                        f"more than {MAX_INLINED_NODES:,} nodes when inlined. Fix the model.")
+                jaxops_op = (_domain(node), node.op_type) in _HANDLERS
+                # jaxops' own bodies use ops the importer lacks (Range): a body that may
+                # never run is refused only when it has to (not jaxops' canonical body)
+                body = self._prepare(self._inline(node), inline=False, defer=jaxops_op)
+                program.bodies[k] = (fn, body)
+                if not jaxops_op:
+                    if body.error is not None:
+                        raise body.error
+                    continue  # only the body can run this node
+            try:
+                self._check_node(program, k, node)
+            except (ValueError, TypeError, NotImplementedError) as e:
+                if not defer:
+                    raise
+                program.error = program.error or e
+        return program
+
+    def _check_node(self, program: _Program, k: int, node) -> None:
+        if node.op_type == "Constant" and _domain(node) == "":
+            program.constants[k] = self._constant(node)
+        self._handler(node)  # unknown ops fail here, before any call
+        if node.op_type == "Cast" and _domain(node) == "":
+            to = [a.i for a in node.attribute if a.name == "to"]
+            element_type(to[0] if to else 0, f"{_describe(node)} (attribute 'to')")
+
+    def _inline(self, node) -> list:
+        """The nodes of the function ``node`` calls, inlined with onnx's own inliner (which
+        substitutes attribute references and renames the body's values)."""
+        names = list(dict.fromkeys(i for i in node.input if i))
+        graph = helper.make_graph(
+            [node], "call", [helper.make_value_info(i, onnx.TypeProto()) for i in names],
+            [helper.make_value_info(o, onnx.TypeProto()) for o in node.output if o])
+        call = helper.make_model(graph, opset_imports=self.model.opset_import,
+                                 functions=self.model.functions, ir_version=self.model.ir_version)
+        try:
+            return list(onnx.inliner.inline_local_functions(call).graph.node)
+        except Exception as e:  # noqa: BLE001 -- onnx's inliner reports in its own types
+            raise ValueError(f"{_PREFIX}: {_describe(node)}: its model-local function cannot "
+                             f"be inlined ({type(e).__name__}: {e}). Fix the model.") from None
+
+    def _constant(self, node) -> np.ndarray:
+        given = [a for a in node.attribute if a.name in _CONSTANT_VALUES]
+        where = _describe(node)
+        if len(given) != 1 or len(node.attribute) != 1:
+            raise ValueError(
+                f"{_PREFIX}: {where} has attributes {[a.name for a in node.attribute]}; ONNX "
+                f"requires exactly one of {', '.join(_CONSTANT_VALUES)}. Fix the model.")
+        a = given[0]
+        expected = {"value": AttributeProto.TENSOR, "value_float": AttributeProto.FLOAT,
+                    "value_floats": AttributeProto.FLOATS, "value_int": AttributeProto.INT,
+                    "value_ints": AttributeProto.INTS}
+        if a.name not in expected:
+            raise NotImplementedError(f"{_PREFIX}: {where}: {a.name} (strings and sparse "
+                                      "tensors) is not imported. Use a dense numeric value.")
+        if a.type != expected[a.name]:
+            raise ValueError(f"{_PREFIX}: {where}: attribute {a.name!r} has type "
+                             f"{AttributeProto.AttributeType.Name(a.type)}. Fix the model.")
+        if a.name == "value":
+            return to_array(a.t, f"{where} value", self.max_tensor_bytes)
+        if a.name in ("value_float", "value_floats"):  # ONNX float attributes are float32
+            return np.asarray(a.f if a.name == "value_float" else list(a.floats), np.float32)
+        return np.asarray(a.i if a.name == "value_int" else list(a.ints), np.int64)
 
     def _handler(self, node) -> Handler:
-        domain = node.domain if node.domain not in ("ai.onnx",) else ""
+        domain = _domain(node)
         key = (domain, node.op_type)
         if key not in _HANDLERS:
             known = sorted(f"{d + '.' if d else ''}{t}" for d, t in _HANDLERS)
-            raise ValueError(f"jaxops.onnx.import_model: unsupported op {node.op_type!r} in "
-                             f"domain {node.domain or 'ai.onnx'!r}. Supported: "
+            raise ValueError(f"{_PREFIX}: {_describe(node)}: unsupported op {node.op_type!r} "
+                             f"in domain {node.domain or 'ai.onnx'!r}. Supported: "
                              f"{', '.join(known)}.")
         if domain == "":
             version = self.opsets.get("", 1)
             if not MIN_IMPORT_OPSET <= version <= MAX_IMPORT_OPSET:
                 raise ValueError(
-                    f"jaxops.onnx.import_model: the model imports ai.onnx opset {version}; "
-                    f"supported: {MIN_IMPORT_OPSET} to {MAX_IMPORT_OPSET} (before "
-                    f"{MIN_IMPORT_OPSET}, arithmetic broadcast by attributes, not numpy rules).")
+                    f"{_PREFIX}: the model imports ai.onnx opset {version}; supported: "
+                    f"{MIN_IMPORT_OPSET} to {MAX_IMPORT_OPSET} (before {MIN_IMPORT_OPSET}, "
+                    "arithmetic broadcast by attributes, not numpy rules).")
             try:
                 onnx.defs.get_schema(node.op_type, version, "")
             except onnx.defs.SchemaError:
-                raise ValueError(f"jaxops.onnx.import_model: {node.op_type} does not exist in "
-                                 f"opset {version}.") from None
+                raise ValueError(f"{_PREFIX}: {node.op_type} does not exist in opset "
+                                 f"{version}.") from None
         return _HANDLERS[key]
 
     def _version(self, node) -> int:
-        if node.domain not in ("", "ai.onnx"):
+        if _domain(node) != "":
             return self.opsets.get(node.domain, 1)
         return onnx.defs.get_schema(node.op_type, self.opsets.get("", 1), "").since_version
 
+    # ----------------------------------------------------------------------- calling
+
     def __call__(self, *inputs, params: dict[str, Any] | None = None):
+        self._check_x64()  # x64 may have been switched off since import
+        inputs = self._check_inputs(inputs)
+        params = {**self.params, **(params or {})}
         # ONNX broadcasts like numpy, whatever the caller's jax_numpy_rank_promotion says
         with jax.numpy_rank_promotion("allow"):
+            self._check_abstract(inputs, params)  # sizes bounded before anything allocates
             return self._run(inputs, params)
 
-    def _run(self, inputs, params):
-        if len(inputs) != len(self.input_names):
-            raise TypeError(f"jaxops.onnx: the model takes {len(self.input_names)} inputs "
+    def _check_abstract(self, inputs, params):
+        """Run the graph on shapes only (nothing is allocated), once per input signature:
+        every node's output is checked against the size bound, and shape errors raise."""
+        key = tuple((tuple(x.shape), np.dtype(x.dtype)) for x in inputs) + tuple(
+            (k, tuple(jnp.shape(v)), np.dtype(v.dtype)) for k, v in sorted(params.items()))
+        if key in self._checked:
+            return
+        avals = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in inputs]
+        with jax.numpy_rank_promotion("allow"):
+            jax.eval_shape(self._run, avals, {k: jax.ShapeDtypeStruct(jnp.shape(v), v.dtype)
+                                              for k, v in params.items()})
+        self._checked.add(key)
+
+    def _check_inputs(self, inputs) -> list:
+        if len(inputs) != len(self._inputs):
+            raise TypeError(f"jaxops.onnx: the model takes {len(self._inputs)} inputs "
                             f"({', '.join(self.input_names)}), got {len(inputs)}")
-        env: dict[str, Any] = {**self.params, **(params or {})}
+        sizes: dict[str, tuple[str, int, int]] = {}  # dim_param -> (input, axis, size)
+        out = []
+        for (name, dtype, dims), x in zip(self._inputs, inputs, strict=True):
+            x = _as_input(name, dtype, x)
+            if dims is not None:
+                if len(dims) != x.ndim:
+                    raise ValueError(f"jaxops.onnx: input {name!r} has shape {x.shape}, but the "
+                                     f"model declares rank {len(dims)} ({_dims(dims)}).")
+                for axis, (d, s) in enumerate(zip(dims, x.shape, strict=True)):
+                    if isinstance(d, int) and d != s:
+                        raise ValueError(f"jaxops.onnx: input {name!r} has shape {x.shape}, "
+                                         f"but the model declares {_dims(dims)}.")
+                    if isinstance(d, str):
+                        first = sizes.setdefault(d, (name, axis, s))
+                        if first[2] != s:
+                            raise ValueError(
+                                f"jaxops.onnx: input {name!r} axis {axis} has size {s}, but "
+                                f"{d!r} is {first[2]} in input {first[0]!r} axis {first[1]}; "
+                                f"the model declares one size for {d!r}.")
+            out.append(x)
+        return out
+
+    def _run(self, inputs, params):
+        env: dict[str, Any] = dict(params)
         static: dict[str, np.ndarray] = dict(self.statics)
         env.update(static)
-        env.update(zip(self.input_names, (jnp.asarray(x) for x in inputs), strict=True))
-        for node in self.model.graph.node:
-            if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
-                raw = helper.get_attribute_value(node.attribute[0])  # value, value_float, ...
-                value = (_to_array(raw, f"Constant {node.output[0]!r}")
-                         if isinstance(raw, onnx.TensorProto)
-                         else np.asarray(raw, np.float32 if isinstance(raw, float) else None))
-                static[node.output[0]] = value
-                env[node.output[0]] = value if not jax.dtypes.issubdtype(value.dtype, np.floating) \
-                    else jnp.asarray(value)
-                continue
-            ins = [env[name] if name else None for name in node.input]
-            while ins and ins[-1] is None:
-                ins.pop()
-            if node.domain in ("", "ai.onnx"):
-                value = _static_value(node, [static.get(name, x) for name, x in
-                                             zip(node.input, ins, strict=False)],
-                                      self._version(node))
-                if value is not None:
-                    static[node.output[0]] = env[node.output[0]] = value
-                    continue
-            ins = [jnp.asarray(x) if isinstance(x, np.ndarray) else x for x in ins]
-            statics = [static.get(name) for name in node.input]
-            out = self._handler(node)(_Node(node, ins, statics, self._version(node)))
-            outs = out if isinstance(out, tuple) else (out,)
-            for name, value in zip(node.output, outs, strict=False):
-                if name:
-                    env[name] = value
+        env.update(zip(self.input_names, inputs, strict=True))
+        self._execute(self._program, env, static)
         result = tuple(env[name] for name in self.output_names)
         return result[0] if len(result) == 1 else result
+
+    def _execute(self, program: _Program, env: dict, static: dict) -> None:
+        for k, node in enumerate(program.nodes):
+            if k in program.constants:
+                value = program.constants[k]
+                static[node.output[0]] = value
+                env[node.output[0]] = (jnp.asarray(value) if
+                                       jax.dtypes.issubdtype(value.dtype, np.floating) else value)
+                continue
+            try:
+                self._step(program, k, node, env, static)
+            except Exception as e:  # noqa: BLE001 -- every failure must name its node
+                if type(e) in (ValueError, TypeError, NotImplementedError) and \
+                        str(e).startswith("jaxops.onnx"):
+                    raise
+                cls = (TypeError if isinstance(e, TypeError) else NotImplementedError
+                       if isinstance(e, NotImplementedError) else ValueError)
+                raise cls(f"{_PREFIX}: {_describe(node)} failed ({type(e).__name__}: {e}). "
+                          "The node breaks ONNX's rules for its op (shapes, types or "
+                          "attributes) or uses a form jaxops does not import; fix the model."
+                          ) from e
+
+    def _step(self, program, k, node, env, static) -> None:
+        missing = [name for name in node.input if name and name not in env]
+        if missing:
+            raise ValueError(f"{_PREFIX}: {_describe(node)} reads {missing}, which no earlier "
+                             "node, input or initializer defines. Fix the model.")
+        ins = [env[name] if name else None for name in node.input]
+        while ins and ins[-1] is None:
+            ins.pop()
+        statics = [static.get(name) if name else None for name in node.input]
+        n = _Node(node, [static.get(name, x) for name, x in zip(node.input, ins, strict=False)],
+                  statics, self._version(node), self.max_tensor_bytes)
+        if k not in program.bodies:  # a function call's body nodes are checked instead
+            _check_types(n, self.opsets)
+        if _domain(node) == "" and k not in program.bodies:
+            value = _static_value(n)
+            if value is not None:
+                static[node.output[0]] = env[node.output[0]] = value
+                return
+        n.inputs = [_to_jax(x) for x in ins]
+        if k in program.bodies:
+            fn, body = program.bodies[k]
+            if not ((_domain(node), node.op_type) in _HANDLERS and
+                    _is_canonical_body(n, fn, self.opsets.get("", 1))):
+                if body.error is not None:
+                    raise body.error
+                self._call_body(node, body, env, static)
+                return
+        try:
+            out = self._handler(node)(n)
+        except Exception as e:
+            if not str(e).startswith(_PREFIX) and any(isinstance(x, _TooWide)
+                                                      for x in n.inputs):
+                n.fail("computes with an int64 constant whose values lie outside 32 bits, "
+                       "which JAX narrows while jax_enable_x64 is off. Enable it: "
+                       "jax.config.update('jax_enable_x64', True).", TypeError)
+            raise
+        outs = out if isinstance(out, tuple) else (out,)
+        extra = [o for o in node.output[len(outs):] if o]
+        if extra:
+            n.fail(f"asks for outputs {extra}, which this op does not produce in the form the "
+                   "node describes (its attributes). Fix the model.")
+        for name, value in zip(node.output, outs, strict=False):
+            n.bound(np.shape(value), value.dtype)
+            if name:
+                env[name] = value
+
+    def _call_body(self, node, body: _Program, env: dict, static: dict) -> None:
+        """Run the inlined body in its own scope: its value names are unique only within
+        the call."""
+        local = {name: env[name] for name in node.input if name}
+        local_static = {name: static[name] for name in node.input if name in static}
+        self._execute(body, local, local_static)
+        for name in node.output:
+            if name:
+                env[name] = local[name]
+                if name in local_static:
+                    static[name] = local_static[name]
+
+
+def _dims(dims) -> str:
+    return "(" + ", ".join("?" if d is None else str(d) for d in dims) + ")"
+
+
+def _input_spec(vi) -> tuple[str, np.dtype | None, list | None]:
+    """(name, dtype, dims) of a graph input: dims are ints, dim_param names or None (unknown);
+    dims is None when the rank is not declared."""
+    t = vi.type
+    if t.WhichOneof("value") != "tensor_type":
+        raise NotImplementedError(f"{_PREFIX}: graph input {vi.name!r} is a "
+                                  f"{t.WhichOneof('value')}, not a tensor; only tensor inputs "
+                                  "are imported.")
+    tt = t.tensor_type
+    dtype = element_type(tt.elem_type, f"graph input {vi.name!r}") if tt.elem_type else None
+    if not tt.HasField("shape"):
+        return vi.name, dtype, None
+    dims = [d.dim_value if d.HasField("dim_value") else d.dim_param if d.HasField("dim_param")
+            else None for d in tt.shape.dim]
+    return vi.name, dtype, dims
+
+
+def _as_input(name, dtype, x):
+    """A call's input as an array of the declared element type: arrays must have it (ONNX
+    does not convert), Python numbers and lists are converted to it."""
+    if not hasattr(x, "dtype") or not hasattr(x, "shape"):
+        try:
+            x = np.asarray(x, dtype)
+        except (TypeError, ValueError, OverflowError) as e:
+            raise TypeError(f"jaxops.onnx: input {name!r} cannot be made an array of "
+                            f"{dtype} ({e}).") from None
+    if dtype is not None and not _same_type(np.dtype(x.dtype), dtype):
+        raise TypeError(f"jaxops.onnx: input {name!r} has dtype {np.dtype(x.dtype).name}, but the "
+                        f"model declares {dtype.name}. Cast it (ONNX does not convert inputs).")
+    if isinstance(x, np.ndarray) and x.dtype in (np.int64, np.uint64) and x.size and \
+            not jax.config.jax_enable_x64:
+        info = np.iinfo(jax.dtypes.canonicalize_dtype(x.dtype))
+        if x.min() < info.min or x.max() > info.max:
+            raise ValueError(f"jaxops.onnx: input {name!r} has {x.dtype.name} values outside "
+                             f"{info.dtype.name}, which JAX uses while jax_enable_x64 is off. "
+                             "Enable it: jax.config.update('jax_enable_x64', True).")
+    return x if isinstance(x, jax.Array | jax.core.Tracer) else jnp.asarray(x)
+
+
+def _same_type(got: np.dtype, declared: np.dtype) -> bool:
+    # without x64 JAX holds 64-bit integers in 32 bits: an int64 input may arrive as int32
+    return got == declared or (jax.dtypes.canonicalize_dtype(got) ==
+                               jax.dtypes.canonicalize_dtype(declared) and
+                               jnp.issubdtype(got, jnp.integer))
+
+
+class _TooWide:
+    """Stands in for an int64 constant whose values int32 cannot hold while jax_enable_x64
+    is off: read statically (a shape, axes) it is exact, but JAX refuses to compute with this
+    stand-in, and the node's error then says why (``ImportedModel._step``)."""
+
+    def __init__(self, dtype):
+        self.dtype, self.shape = dtype, ()
+
+
+def _to_jax(x):
+    if not isinstance(x, np.ndarray):
+        return x
+    if x.dtype in (np.int64, np.uint64) and x.size and not jax.config.jax_enable_x64:
+        info = np.iinfo(jax.dtypes.canonicalize_dtype(x.dtype))
+        if x.min() < info.min or x.max() > info.max:
+            return _TooWide(x.dtype)
+    return jnp.asarray(x)
+
+
+def _onnx_type(dtype) -> str:
+    return f"tensor({TensorProto.DataType.Name(helper.np_dtype_to_tensor_dtype(dtype)).lower()})"
+
+
+def _check_types(n: _Node, opsets: dict) -> None:
+    """ONNX's type constraints: the inputs sharing a type parameter (``T`` of Add) have one
+    element type, and it is one the op allows.  ONNX never promotes."""
+    domain = _domain(n.proto)
+    try:
+        schema = onnx.defs.get_schema(n.proto.op_type, opsets.get(domain, 1), domain)
+    except onnx.defs.SchemaError:
+        return  # a model-local function: its body's nodes are checked
+    allowed = {c.type_param_str: c.allowed_type_strs for c in schema.type_constraints}
+    formals, seen = schema.inputs, {}
+    for i, x in enumerate(n.inputs):
+        if x is None or not formals or (i >= len(formals) and formals[-1].option !=
+                                        onnx.defs.OpSchema.FormalParameterOption.Variadic):
+            continue
+        p = formals[min(i, len(formals) - 1)]
+        if p.type_str not in allowed:
+            continue
+        dtype = np.dtype(x.dtype)
+        wide = {np.dtype(np.int32): np.int64, np.dtype(np.uint32): np.uint64}.get(dtype)
+        if _onnx_type(dtype) not in allowed[p.type_str] and not (
+                wide is not None and not jax.config.jax_enable_x64 and
+                _onnx_type(wide) in allowed[p.type_str]):
+            n.fail(f"input {i} has element type {dtype.name}, which {n.proto.op_type}-"
+                   f"{schema.since_version} does not allow for {p.type_str} "
+                   f"({', '.join(allowed[p.type_str])}). Insert a Cast.", TypeError)
+        if p.option == onnx.defs.OpSchema.FormalParameterOption.Variadic and \
+                not p.is_homogeneous:
+            continue
+        canonical = jax.dtypes.canonicalize_dtype(dtype)
+        first = seen.setdefault(p.type_str, (i, canonical))
+        if first[1] != canonical:
+            n.fail(f"input {i} is {dtype.name} but input {first[0]} is {first[1].name}; both "
+                   f"are {p.type_str}, which must be one type (ONNX does not promote). Insert "
+                   "a Cast.", TypeError)
+
+
+def _float64_site(model: onnx.ModelProto) -> str | None:
+    """Where the model uses float64 (the first place found), else None."""
+    double = TensorProto.DOUBLE
+    for v in (*model.graph.input, *model.graph.output, *model.graph.value_info):
+        if v.type.tensor_type.elem_type == double:
+            return f"value {v.name!r}"
+    for t, what in all_tensors(model):
+        if t.data_type == double:
+            return what
+    for node in (*model.graph.node, *(n for f in model.functions for n in f.node)):
+        for a in node.attribute:
+            if node.op_type == "Cast" and a.name == "to" and a.i == double:
+                return f"the output of {_describe(node)}"
+    return None
+
+
+def _expanded_size(fns: dict, key) -> int:
+    """How many nodes calling ``key`` becomes once every nested call is inlined."""
+    sizes: dict = {}
+    stack, on_path = [key], set()
+    while stack:  # iterative: the depth of nested calls is the model's choice
+        k = stack[-1]
+        if k in sizes:
+            stack.pop()
+            continue
+        callees = [c for c in ((n.domain, n.op_type, n.overload) for n in fns[k].node)
+                   if c in fns]
+        pending = [c for c in callees if c not in sizes]
+        if pending and k not in on_path:
+            on_path.add(k)
+            for c in pending:
+                if c in on_path:
+                    raise ValueError(f"{_PREFIX}: model-local function {k[0]}.{k[1]} calls "
+                                     "itself (through others). Fix the model.")
+            stack.extend(pending)
+            continue
+        sizes[k] = min(sum(sizes.get(c, 1) if c in fns else 1 for c in
+                           ((n.domain, n.op_type, n.overload) for n in fns[k].node)),
+                       MAX_INLINED_NODES + 1)
+        on_path.discard(k)
+        stack.pop()
+    return sizes[key]
 
 
 def supported_imports() -> dict[str, dict[str, list[int]]]:
@@ -538,23 +1077,45 @@ def supported_imports() -> dict[str, dict[str, list[int]]]:
     return {d: dict(sorted(ops.items())) for d, ops in out.items()}
 
 
-def import_model(model: onnx.ModelProto | bytes) -> ImportedModel:
+def import_model(model: onnx.ModelProto | bytes, *,
+                 external_data_dir: str | os.PathLike | None = None,
+                 max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES) -> ImportedModel:
     """Turn an ONNX model (a ``ModelProto`` or its serialized bytes) into a JAX function.
 
     The result works under ``jit``, ``grad`` and ``vmap``; its float initializers are
-    ``.params``.  Raises ``ValueError`` for a malformed model, an unsupported op type or
-    version, or external data.
+    ``.params``.  The model may be untrusted (docs/onnx.md, "Security model").
+
+    Args:
+      model: the model; never a path (load files yourself with ``onnx.load``).
+      external_data_dir: the directory whose files the model's external data may name.
+        ``None`` (the default): no file is read and external data is refused.
+      max_tensor_bytes: the bound on each tensor the model makes (initializers, constants,
+        every node's output), checked before it is allocated; 2 GiB by default.
+
+    Raises:
+      ValueError, TypeError or NotImplementedError naming the node, for a malformed model,
+      an unsupported op type or version, external data, or a tensor over the bound.
     """
     if isinstance(model, (bytes, bytearray)):
         try:
             model = onnx.load_from_string(bytes(model))
         except Exception as e:  # protobuf's DecodeError and friends
-            raise ValueError(f"jaxops.onnx.import_model: not an ONNX model ({e})") from None
+            raise ValueError(f"{_PREFIX}: not an ONNX model ({e})") from None
     if not isinstance(model, onnx.ModelProto):
         raise TypeError("jaxops.onnx.import_model takes an onnx.ModelProto or its bytes, got "
                         f"{type(model).__name__} (load files yourself with onnx.load).")
+    if isinstance(max_tensor_bytes, bool) or not isinstance(max_tensor_bytes, int) or \
+            max_tensor_bytes <= 0:
+        raise ValueError(f"{_PREFIX}: max_tensor_bytes must be a positive int, got "
+                         f"{max_tensor_bytes!r}.")
+    if external_data_dir is not None and not os.path.isdir(external_data_dir):
+        raise ValueError(f"{_PREFIX}: external_data_dir {os.fspath(external_data_dir)!r} is "
+                         "not a directory.")
+    # before onnx.checker, which looks for external data files relative to the working
+    # directory even for a model in memory
+    model = resolve_tensors(model, external_data_dir, max_tensor_bytes)
     try:
         onnx.checker.check_model(model)
     except Exception as e:  # ValidationError; UnicodeDecodeError on a corrupt name; ...
-        raise ValueError(f"jaxops.onnx.import_model: invalid model: {e}") from None
-    return ImportedModel(model)
+        raise ValueError(f"{_PREFIX}: invalid model: {e}") from None
+    return ImportedModel(model, max_tensor_bytes)
