@@ -121,11 +121,17 @@ def _jvp_rule(primals, tangents, jaxpr, apply, transpose, twin, twin_t, num_res,
         mask = tuple(_expand(nonzero, lin_mask))
         t_out = _bind(*res, *(t for t in t_lin if type(t) is not ad.Zero), **fns,
                       lin_mask=tuple(bool(m) for m in mask), out_mask=out_mask)
-    if not all(type(t) is ad.Zero for t in t_res):  # through the residuals: the twin
-        t_res = [ad.instantiate_zeros(t) for t in t_res]
-        _, t_twin = jax.jvp(
-            lambda *r: tuple(_call(twin.fn, (*r, *lin), num_res, lin_mask, out_mask)),
-            tuple(res), tuple(t_res))
+    moving = [k for k, t in enumerate(t_res) if type(t) is not ad.Zero]
+    if moving:  # through the residuals: the twin, differentiated in the nonzero ones only
+
+        def of_moving(*r):
+            full = list(res)
+            for k, v in zip(moving, r, strict=True):
+                full[k] = v
+            return tuple(_call(twin.fn, (*full, *lin), num_res, lin_mask, out_mask))
+
+        _, t_twin = jax.jvp(of_moving, tuple(res[k] for k in moving),
+                            tuple(t_res[k] for k in moving))
         t_out = list(t_twin) if t_out is None else [a + b for a, b in zip(t_out, t_twin,
                                                                           strict=True)]
     if t_out is None:
