@@ -82,6 +82,10 @@ def _check_labelled(s: OpSchema, scores, labels, weights) -> int:
 def _labels_in_range(scores, labels, weights=None, *rest, ignore_index=None, **attrs):
     c = scores.shape[1]
     bad = ((labels < 0) | (labels >= c)) & (labels != ignore_index)
+    if bad.any() and c == 0:
+        return (f"'scores' has no classes (axis 1 has size 0), so every label must be "
+                f"ignore_index; got labels {np.unique(labels[bad])[:5].tolist()} with "
+                f"ignore_index={ignore_index}. Check the class axis (1) of 'scores'.")
     if bad.any():
         return (f"labels must be class indices in [0, {c}) or ignore_index={ignore_index}, "
                 f"got {np.unique(labels[bad])[:5].tolist()}.")
@@ -97,7 +101,7 @@ def _entry_weights(labels, weights, c, ignore_index, dtype):
         labels, bool)
     invalid = ((labels < 0) | (labels >= c)) & ~ignored
     safe = jnp.where(ignored | invalid, 0, labels)
-    if weights is None:
+    if weights is None or c == 0:  # no classes: every entry is ignored or invalid anyway
         w = jnp.ones_like(labels, dtype)
     else:  # the weights are replicated; each entry's weight is sharded like its label
         w = upcast(weights).at[safe].get(out_sharding=jax.typeof(safe).sharding)
@@ -105,7 +109,11 @@ def _entry_weights(labels, weights, c, ignore_index, dtype):
 
 
 def _picked(logp, safe):
-    """logp[n, label_n, d...]: the log-probability of each entry's label."""
+    """logp[n, label_n, d...]: the log-probability of each entry's label.  Without classes
+    there is nothing to pick (a gather of an empty axis is refused): 0, which the callers
+    mask, since each such entry is ignored or invalid."""
+    if logp.shape[1] == 0:
+        return jnp.zeros(safe.shape, logp.dtype)
     return jnp.take_along_axis(logp, safe[:, None], axis=1)[:, 0]
 
 
@@ -600,10 +608,11 @@ def cross_entropy_gradient(
     """
     x, t = upcast(inputs), jax.lax.stop_gradient(upcast(targets))
     g = upcast(dloss)
+    examples = x.shape[:axis % x.ndim] + x.shape[axis % x.ndim + 1:]
     if reduction == "mean":
-        g = g / max(math.prod(x.shape) // x.shape[axis], 1)
-    g = jnp.expand_dims(jnp.broadcast_to(g, x.shape[:axis % x.ndim] + x.shape[axis % x.ndim + 1:]),
-                        axis)
+        # the mean over no examples is NaN, but then dinputs is empty: any divisor will do
+        g = g / max(math.prod(examples), 1)
+    g = jnp.expand_dims(jnp.broadcast_to(g, examples), axis)
     if from_logits:
         p = jnp.exp(log_softmax(x, axis=axis))
         dx = p * jnp.sum(t, axis=axis, keepdims=True) - t
