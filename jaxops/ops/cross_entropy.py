@@ -11,6 +11,11 @@ Shared semantics of the labelled losses (ONNX's, with two choices where ONNX is 
   entries whose label is not ``ignore_index`` (plain mean without weights).  When every entry
   is ignored the sum of weights is 0: jaxops returns 0 with zero gradients (ONNX's reference
   and PyTorch give 0/0 = NaN), so an all-padding batch cannot poison a training run.
+* An empty batch (N = 0, or no spatial positions) has no weight either, so its mean is 0 by
+  the same rule (``jnp.mean`` of no losses would be NaN); its sum is 0.  Scores without
+  classes (C = 0) have no valid label: every label must be ``ignore_index``.
+* ``ignore_index`` must be an int32 value (``ValueError`` otherwise): labels are int32, or
+  int64 under x64, and no label could equal a value outside that range.
 * A label outside ``[0, C)`` that is not ``ignore_index`` is a value error: outside ``jit`` it
   raises ``ValueError``; inside ``jit`` its loss is NaN (ONNX leaves it undefined; indexing
   would crash), and NaN propagates through the reductions, where a checked loop can see it.
@@ -47,12 +52,30 @@ from jaxops.schema import (
 
 _INDEX_TYPES = ("int32", "int64")
 _LABELLED_TYPES = {"T": FLOAT_TYPES, "Tind": _INDEX_TYPES}
-_IGNORE_INDEX = Attribute("ignore_index", "int", None,
+_INT32 = np.iinfo(np.int32)
+
+
+def _int32_label(value: int) -> str | None:
+    """Labels are int32 (int64 only with x64): an ``ignore_index`` no int32 label can equal
+    is a mistake, and comparing labels with it would overflow at trace time.  The int32
+    range lies inside both label dtypes, so checking it here covers either."""
+    if _INT32.min <= value <= _INT32.max:
+        return None
+    return (f"must be an int32 label value, in [{_INT32.min}, {_INT32.max}] (no label can "
+            "equal it otherwise). Use the value your padding labels hold, e.g. -100.")
+
+
+_IGNORE_INDEX = Attribute("ignore_index", "int", None, check=_int32_label,
                           doc="label value that contributes neither loss nor weight")
 
 
-def _labels(name: str = "labels") -> Parameter:
-    return Parameter(name, "Tind", doc="class indices, shape (N, d1, ...)", differentiable=False)
+# float labels are usually one-hot or soft targets, which cross_entropy takes as they are
+_FLOAT_TARGETS = ", or use cross_entropy for one-hot/probability targets"
+
+
+def _labels(name: str = "labels", dtype_advice: str = _FLOAT_TARGETS) -> Parameter:
+    return Parameter(name, "Tind", doc="class indices, shape (N, d1, ...)", differentiable=False,
+                     dtype_advice=dtype_advice)
 
 
 def _weights(name: str = "weights") -> Parameter:
