@@ -123,10 +123,24 @@ class _Kernel:
         self.fn, self.jvp, self.supports = fn, jvp, supports
 
 
+def _takes_ints(schema: OpSchema, param) -> bool:
+    return any(np.dtype(d).kind in "iu" for d in schema.type_constraints[param.type_param])
+
+
 def _aval(schema: OpSchema, param, value: Any) -> jax.ShapeDtypeStruct | None:
     """Shape and (canonical) dtype of an argument, None for an omitted optional input, or a
-    TypeError.  Python scalars are weakly typed: they take the dtype of the arrays they meet,
-    as in ``jnp``."""
+    TypeError naming the dtype the user passed (an ``np.int64`` array is reported as int64,
+    not as the int32 JAX would make of it).
+
+    Python scalars are weakly typed: they take the dtype of the arrays they meet, as in
+    ``jnp``.  A Python int for an input that takes floats only is a weakly typed *float*
+    (``sigmoid(0)`` is ``sigmoid(0.0)``; ``jnp.exp(0)``, ``jnp.tanh(0)`` and ``1.5 * 2`` do
+    the same), and :func:`_int_as_float` converts its value to match; an int beyond the float
+    range is a ValueError.  A Python bool is refused: jax.nn is inconsistent about bools
+    (``sigmoid``, ``silu``, ``log_sigmoid`` and optax's losses refuse them; ``soft_sign``
+    takes them), and True is far more often a mistaken argument than an activation.
+    Integer and bool *arrays* (NumPy scalars included) keep their dtype, and are refused
+    by the type constraints."""
     if value is None:
         if param.optional:
             return None
@@ -135,14 +149,43 @@ def _aval(schema: OpSchema, param, value: Any) -> jax.ShapeDtypeStruct | None:
         aval = jax.typeof(value)
         return jax.ShapeDtypeStruct(aval.shape, aval.dtype, weak_type=aval.weak_type)
     if isinstance(value, (np.ndarray, np.generic)):
-        return jax.ShapeDtypeStruct(np.shape(value), jax.dtypes.canonicalize_dtype(value.dtype))
-    if isinstance(value, (bool, int, float)):
+        dtype = jax.dtypes.canonicalize_dtype(value.dtype)
+        if dtype.name not in schema.type_constraints[param.type_param]:
+            raise schema.dtype_error(param, value.dtype)
+        return jax.ShapeDtypeStruct(np.shape(value), dtype)
+    if isinstance(value, bool):
+        allowed = ", ".join(schema.type_constraints[param.type_param])
+        example = "1 or 0" if _takes_ints(schema, param) else "1.0 or 0.0"
+        raise TypeError(
+            f"jaxops.{schema.function}: input {param.name!r} is a Python bool ({value}), but "
+            f"{schema.name} accepts {param.type_param} in {{{allowed}}}. Pass a number "
+            f"({example}), or an array of an accepted dtype."
+        )
+    if isinstance(value, int) and not _takes_ints(schema, param):
+        try:
+            value = float(value)
+        except OverflowError:
+            raise ValueError(
+                f"jaxops.{schema.function}: input {param.name!r} is a Python int of "
+                f"{len(str(abs(value)))} digits, beyond the float range; pass a float "
+                "(float('inf') if that is what you mean)."
+            ) from None
+    if isinstance(value, (int, float)):
         dtype = jax.dtypes.canonicalize_dtype(np.result_type(value))
-        return jax.ShapeDtypeStruct((), dtype, weak_type=not isinstance(value, bool))
+        return jax.ShapeDtypeStruct((), dtype, weak_type=True)
     raise TypeError(
         f"jaxops.{schema.function}: input {param.name!r} must be a JAX or NumPy array or a "
         f"Python float, got {type(value).__name__}. Wrap it with jnp.asarray(...)."
     )
+
+
+def _int_as_float(schema: OpSchema, param, value: Any) -> Any:
+    """A Python int for a float-only input as the Python float :func:`_aval` typed it as,
+    so that ``jit`` traces a weak float, not a weak int32."""
+    if isinstance(value, int) and not isinstance(value, bool) and not _takes_ints(schema,
+                                                                                  param):
+        return float(value)
+    return value
 
 
 def defop(schema: OpSchema) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -286,6 +329,8 @@ def defop(schema: OpSchema) -> Callable[[Callable[..., Any]], Callable[..., Any]
             bound.apply_defaults()  # omitted optional inputs are None
             arrays = [bound.arguments[n] for n in input_names]
             avals = [_aval(schema, p, a) for p, a in zip(schema.inputs, arrays, strict=True)]
+            arrays = [_int_as_float(schema, p, a) for p, a in zip(schema.inputs, arrays,
+                                                                    strict=True)]
             attrs = schema.canonical_attributes({n: bound.arguments[n] for n in attr_names})
             schema.infer(*avals, **attrs)  # type constraints and shapes, at trace time
             if schema.value_check is not None and not any(

@@ -14,10 +14,17 @@ Policies:
   its dtype.  Each output leaf has its input leaf's dtype.
 - Norms accumulate in float32 (float64 when a leaf is float64), whatever the leaf dtypes, and
   a rescaled leaf is computed in that dtype and rounded once to its own dtype.
+- Norms are scaled (as LAPACK's nrm2): the entries are multiplied by a power of two near
+  the largest |entry| before squaring and the root is multiplied back, so any norm that is
+  finite in the accumulation dtype comes out finite and right, also where the squares
+  overflow (1e20 in float32) or underflow (1e-30).  The scaling is exact, so ordinary trees
+  get the same norm, to the bit, as the plain sum of squares; derivatives are formed from
+  the scaled values and stay finite and right at such magnitudes too.
 - Norm clipping: a norm below ``max_norm`` leaves the gradients unchanged, bit for bit.  An
   all-zero tree has norm 0 and is returned unchanged, with finite derivatives (no 0/0).
-- A non-finite norm (an entry is NaN or ±inf, or the float32 sum of squares overflows,
-  entries beyond ~1.8e19) makes every entry it would rescale NaN.  This is TensorFlow's
+- A non-finite norm (an entry is NaN or ±inf, or the norm itself exceeds the largest value
+  of the accumulation dtype, ~3.4e38 in float32) makes every entry it would rescale NaN,
+  and its derivatives NaN.  This is TensorFlow's
   documented ``tf.clip_by_global_norm`` policy ("to signal that an error occurred"): a step
   check such as ``optax.apply_if_finite`` or ``jnp.isfinite`` rejects it.  optax and
   PyTorch's ``clip_grad_norm_`` give NaN for the ±inf entries too, but silently scale the
@@ -97,11 +104,35 @@ def _accumulation_dtype(leaves: list[jax.Array]) -> np.dtype:
     return np.dtype(jnp.float64 if wide else jnp.float32)
 
 
-def _sum_of_squares(leaves: list[jax.Array], acc: np.dtype) -> jax.Array:
+def _power_of_two_scale(leaves: list[jax.Array], acc: np.dtype) -> jax.Array:
+    """The exponent k (an int32 scalar) of a power of two near the largest |entry|, so that
+    the entries times 2**-k are below ~4 and their squares neither overflow nor (for the
+    largest ones) underflow; 0 when the tree is all zero or holds a NaN or ±inf, whose norm
+    needs no scaling (it is 0, NaN or inf).
+
+    Why a power of two, not the maximum itself (LAPACK's classic nrm2 divides by the
+    maximum): scaling by 2**-k is exact, so the sum of squares rounds exactly as the
+    unscaled one does wherever that one does not overflow or underflow; the norm of an
+    ordinary tree is the same to the bit, and only the extreme trees change (from inf or 0
+    to their true norm).  k is clamped so that 2**k and 2**-k are normal numbers.
+    """
+    finfo = jnp.finfo(acc)
+    biggest = jnp.zeros((), acc)
+    for leaf in leaves:
+        biggest = jnp.maximum(biggest, jnp.max(jnp.abs(leaf.astype(acc)), initial=0))
+    biggest = jax.lax.stop_gradient(biggest)  # a constant factor: norm(c x) = c norm(x)
+    usable = jnp.isfinite(biggest) & (biggest > 0)
+    _, exponent = jnp.frexp(jnp.where(usable, biggest, jnp.ones_like(biggest)))
+    exponent = jnp.clip(exponent, finfo.minexp + 2, finfo.maxexp - 2)
+    return jnp.where(usable, exponent, jnp.zeros_like(exponent))
+
+
+def _sum_of_squares(leaves: list[jax.Array], acc: np.dtype, unscale: jax.Array) -> jax.Array:
+    """The sum of (entry * unscale)**2 over all leaves, in ``acc``."""
     # leaf by leaf, left to right from 0: optax.tree.norm's order, so float32 sums agree
     total = jnp.zeros((), acc)
     for leaf in leaves:
-        total = total + jnp.sum(jnp.square(leaf.astype(acc)))
+        total = total + jnp.sum(jnp.square(leaf.astype(acc) * unscale))
     return total
 
 
@@ -111,39 +142,68 @@ def _safe_sqrt(s: jax.Array) -> jax.Array:
     return jnp.where(zero, jnp.zeros_like(s), jnp.sqrt(jnp.where(zero, jnp.ones_like(s), s)))
 
 
-def _scale(norm: jax.Array, max_norm: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(norm < max_norm, max_norm / norm), the factor being NaN when the norm is not finite.
+@jax.custom_jvp
+def _shrink(x: jax.Array, max_norm: jax.Array, norm: jax.Array) -> jax.Array:
+    """``x * (max_norm / norm)``, the factor formed once (``t * (m / n)`` rounds twice, as
+    optax's ``t / n * m`` does; XLA rewrites a per-entry ``t / n`` into ``t * (1 / n)``
+    anyway).
 
-    The denominator is masked to 1 wherever the factor is not used ("double where"): at
-    norm = 0 the unused branch would otherwise send 0 * (1/0) = NaN into the derivative.
-    The factor is formed once per tree (or leaf), not once per entry: ``t * (m / n)`` rounds
-    twice, as optax's ``t / n * m`` does, and XLA rewrites a per-entry ``t / n`` into
-    ``t * (1 / n)`` anyway.
+    Its own derivative because autodiff of ``m / n`` forms ``m / n**2``: at a norm of 2e20
+    (float32) n**2 overflows and the derivative loses its ``-x (x . dx) m / n**3`` term,
+    at 1e-30 it underflows and gives inf.  Written as ``c (dx - u dn)`` with ``c = m / n``,
+    ``u = x / n`` and ``dn = u . dx`` (from the norm), no intermediate leaves the range.
     """
+    return x * (max_norm / norm)
+
+
+@_shrink.defjvp
+def _shrink_jvp(primals, tangents):
+    x, max_norm, norm = primals
+    dx, dmax, dnorm = tangents
+    factor = max_norm / norm
+    unit = x / norm
+    return x * factor, factor * (dx - unit * dnorm) + unit * dmax
+
+
+def _rescale(tree: PyTree, norm: jax.Array, max_norm: jax.Array) -> PyTree:
+    """Each leaf unchanged where ``norm < max_norm``, else times ``max_norm / norm`` in the
+    norm's dtype and rounded once to its own dtype; all NaN where the norm is not finite.
+
+    The factor's operands are masked to 1 wherever the factor is not used ("double
+    where"): at norm = 0, or max_norm = inf, the unused branch would otherwise send
+    0 * inf = NaN into reverse mode.  A non-finite norm uses a NaN numerator, so the
+    derivatives are NaN too (TensorFlow's "signal an error" policy)."""
     below = norm < max_norm
     finite = jnp.isfinite(norm)
-    safe_norm = jnp.where(below | ~finite, jnp.ones_like(norm), norm)
-    scale = jnp.where(finite, max_norm / safe_norm, jnp.full_like(norm, jnp.nan))
-    return below, scale
+    one = jnp.ones_like(norm)
+    numerator = jnp.where(below, one, jnp.where(finite, max_norm, jnp.full_like(norm, jnp.nan)))
+    denominator = jnp.where(below | ~finite, one, norm)
 
+    def leaf_fn(leaf):
+        shrunk = _shrink(leaf.astype(norm.dtype), numerator, denominator)
+        return jnp.where(below, leaf, shrunk.astype(leaf.dtype))
 
-def _rescale(leaf: jax.Array, below: jax.Array, scale: jax.Array) -> jax.Array:
-    """``leaf`` unchanged if ``below``, else ``leaf * scale`` rounded once to its dtype."""
-    return jnp.where(below, leaf, (leaf.astype(scale.dtype) * scale).astype(leaf.dtype))
+    return jax.tree.map(leaf_fn, tree)
 
 
 @jax.jit
 def _global_norm(tree: PyTree) -> jax.Array:
-    """The norm of all leaves together, in the accumulation dtype."""
+    """The norm of all leaves together, in the accumulation dtype: 2**k sqrt(sum((x 2**-k)**2))
+    with 2**k near the largest |entry|, so any norm that is finite in that dtype comes out
+    finite and right (1e20 entries in float32, whose squares overflow; 1e-30 entries, whose
+    squares underflow).  k is a constant to autodiff (the norm is homogeneous), so the
+    derivative x / norm is formed from the scaled entries and never overflows either."""
     leaves = jax.tree.leaves(tree)
-    return _safe_sqrt(_sum_of_squares(leaves, _accumulation_dtype(leaves)))
+    acc = _accumulation_dtype(leaves)
+    k = _power_of_two_scale(leaves, acc)
+    one = jnp.ones((), acc)
+    return jnp.ldexp(_safe_sqrt(_sum_of_squares(leaves, acc, jnp.ldexp(one, -k))), k)
 
 
 def _clip_to(tree: PyTree, max_norm: ArrayLike) -> PyTree:
     """``tree`` rescaled by one factor so that its norm is at most ``max_norm``."""
     norm = _global_norm(tree)
-    below, scale = _scale(norm, jnp.asarray(max_norm).astype(norm.dtype))
-    return jax.tree.map(lambda leaf: _rescale(leaf, below, scale), tree)
+    return _rescale(tree, norm, jnp.asarray(max_norm).astype(norm.dtype))
 
 
 @jax.jit
@@ -166,8 +226,10 @@ def global_norm(tree: PyTree) -> jax.Array:
     Same value as ``optax.global_norm`` / ``optax.tree.norm``, but the sum of squares is
     accumulated in float32 (float64 when a leaf is float64) for every leaf dtype, where optax
     sums bfloat16 leaves in bfloat16.  Its derivative at an all-zero tree is 0 (a
-    subgradient), not NaN.  NaN entries give NaN, ±inf entries +inf; so does a float32 sum of
-    squares that overflows.
+    subgradient), not NaN.  NaN entries give NaN, ±inf entries +inf; so does a norm beyond the
+    accumulation dtype's range.  Squares never overflow or underflow on the way: the entries
+    are scaled by a power of two first (module docstring), so 1e20 or 1e-30 entries in
+    float32 give their true norm.
 
     Args:
       tree: a pytree of float16, bfloat16, float32 or float64 arrays.
@@ -205,7 +267,7 @@ def clip_by_global_norm(tree: PyTree, max_norm: ArrayLike) -> PyTree:
 
     Policies: below ``max_norm`` the tree is returned unchanged, bit for bit; an all-zero tree
     is returned as is, with finite derivatives; a non-finite global norm (a NaN or ±inf entry
-    anywhere, or an overflowed sum of squares) makes *every* entry of the result NaN, as
+    anywhere, or a norm beyond the accumulation dtype's range) makes *every* entry NaN, as
     ``tf.clip_by_global_norm`` does (optax and PyTorch give NaN only for the ±inf entries and
     0 for the others).
 
@@ -253,7 +315,7 @@ def clip_by_norm(tree: PyTree, max_norm: ArrayLike) -> PyTree:
 
     Policies, per leaf: below ``max_norm`` a leaf is returned unchanged, bit for bit; an
     all-zero leaf is returned as is, with finite derivatives; a leaf whose norm is not finite
-    (a NaN or ±inf entry, or an overflowed sum of squares) becomes all NaN, the other leaves
+    (a NaN or ±inf entry, or a norm beyond the dtype's range) becomes all NaN, the other leaves
     being unaffected.
 
     Dtypes: each leaf's norm accumulates in float32 (float64 for a float64 leaf); the leaf is

@@ -17,6 +17,7 @@ gradient op) registers one here; :func:`get` and :func:`all_schemas` read the re
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
@@ -83,6 +84,8 @@ class Parameter:
     optional: bool = False
     differentiable: bool = True
     scalar: bool = False  # ONNX's "tensor of empty shape" (Clip's min and max)
+    # appended to the advice of a dtype error, e.g. the float-target alternative to labels
+    dtype_advice: str = ""
 
 
 #: The inputs and output of a Caffe2 gradient op, shared by every op family: it reads the
@@ -299,13 +302,8 @@ class OpSchema:
                 dtype = np.dtype(a.dtype)
                 if not strong and p.type_param in bound:
                     continue  # a Python scalar next to arrays: takes their dtype
-                allowed = self.type_constraints[p.type_param]
-                if dtype.name not in allowed:
-                    raise TypeError(
-                        f"jaxops.{self.function}: input {p.name!r} has dtype {dtype.name}, but "
-                        f"{self.name} accepts {p.type_param} in {{{', '.join(allowed)}}}. "
-                        "Cast it first, e.g. x.astype(jnp.float32)."
-                    )
+                if dtype.name not in self.type_constraints[p.type_param]:
+                    raise self.dtype_error(p, dtype)
                 first = bound.setdefault(p.type_param, dtype)
                 if dtype != first:
                     raise TypeError(
@@ -313,6 +311,25 @@ class OpSchema:
                         f"an earlier input of type {p.type_param} is {first.name}; jaxops does "
                         "not promote silently. Cast the inputs to one dtype."
                     )
+
+    def dtype_error(self, param: Parameter, dtype: Any) -> TypeError:
+        """The TypeError for ``param`` given an array of ``dtype`` (the dtype the user
+        passed, before JAX canonicalizes it), with advice that fits: an integer dtype for
+        a float input, a float one for labels, a complex one for a real input."""
+        dtype = np.dtype(dtype)
+        allowed = self.type_constraints[param.type_param]
+        wants_ints = any(np.dtype(a).kind in "iu" for a in allowed)
+        if wants_ints:
+            advice = (f"Cast it to int32 with {param.name}.astype(jnp.int32)"
+                      f"{param.dtype_advice}.")
+        elif dtype.kind == "c":
+            advice = "Pass a real float array, e.g. jnp.real(x) or x.astype(jnp.float32)."
+        else:
+            advice = "Cast it with x.astype(jnp.float32)."
+        return TypeError(
+            f"jaxops.{self.function}: input {param.name!r} has dtype {dtype.name}, but "
+            f"{self.name} accepts {param.type_param} in {{{', '.join(allowed)}}}. {advice}"
+        )
 
     def canonical_attributes(self, attrs: Mapping[str, Any]) -> dict[str, Any]:
         """Attributes checked against the schema and converted to hashable scalars."""
@@ -379,14 +396,33 @@ def register(schema: OpSchema) -> OpSchema:
     return schema
 
 
-def get(op_type: str) -> OpSchema:
-    """The schema registered under ``op_type`` (e.g. ``"Relu"``, ``"ReluGradient"``)."""
-    try:
-        return _REGISTRY[op_type]
-    except KeyError:
-        raise KeyError(
-            f"no jaxops op {op_type!r}; registered: {', '.join(sorted(_REGISTRY))}"
-        ) from None
+def get(name: str) -> OpSchema:
+    """The schema registered under ``name``: its op_type (``"LeakyRelu"``,
+    ``"ReluGradient"``) or its Python function name (``"leaky_relu"``, ``"relu_gradient"``).
+
+    Both are accepted because users meet both: the op_type in ONNX graphs and this module,
+    the function name in their code.  The two namespaces cannot collide (op_types are
+    CamelCase, function names snake_case).  An unknown name raises ``KeyError`` suggesting
+    the closest names of either kind (``difflib``, case-insensitive).
+    """
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    for s in _REGISTRY.values():
+        if s.function == name:
+            return s
+    # suggest names of the kind asked for: op_types for CamelCase, else function names
+    camel = any(c.isupper() for c in str(name))
+    lower = {}
+    for s in _REGISTRY.values():
+        for key in (s.name, s.function):
+            lower[key.lower()] = s.name if camel else s.function
+    close = difflib.get_close_matches(str(name).lower(), lower, n=6, cutoff=0.6)
+    names = list(dict.fromkeys(lower[c] for c in close))[:3]
+    hint = (f"did you mean {', '.join(map(repr, names))}? " if names
+            else "no registered name is close. ")
+    raise KeyError(f"no jaxops op {name!r}; {hint}jaxops.schema.all_schemas() lists every op "
+                   "(get takes an op_type such as 'LeakyRelu' or a function name such as "
+                   "'leaky_relu').")
 
 
 def all_schemas() -> tuple[OpSchema, ...]:

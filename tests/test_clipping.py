@@ -221,10 +221,11 @@ def test_zero_tree_is_unchanged_with_finite_derivatives(clip_fn, dtype):
 # ---------------------------------------------------------------------------- non-finite
 
 @pytest.mark.parametrize("bad, norm", [(np.nan, np.nan), (np.inf, np.inf), (-np.inf, np.inf),
-                                       (1e20, np.inf)],  # 1e20 ** 2 overflows float32
+                                       (3e38, np.inf)],  # the norm itself > float32's max
                          ids=["nan", "inf", "-inf", "overflow"])
 def test_nonfinite_norm_makes_the_clipped_entries_nan(bad, norm):
-    tree = {"a": jnp.array([1.0, bad, 0.0]), "b": [jnp.array([3.0, 4.0])]}
+    tree = {"a": jnp.array([1.0, bad, bad if bad == 3e38 else 0.0]),
+            "b": [jnp.array([3.0, 4.0])]}
     got = float(global_norm(tree))
     assert (np.isnan(got) and np.isnan(norm)) or got == norm
     for leaf in jax.tree.leaves(clip_by_global_norm(tree, 1.0)):  # every entry of every leaf
@@ -234,8 +235,8 @@ def test_nonfinite_norm_makes_the_clipped_entries_nan(bad, norm):
     np.testing.assert_allclose(out["b"][0], [0.6, 0.8], rtol=1e-7)
 
 
-def test_bfloat16_overflow_of_the_float32_sum_is_nan_not_zero():
-    tree = {"a": jnp.array([1e30, 1.0], jnp.bfloat16)}  # finite in bfloat16
+def test_bfloat16_overflow_of_the_float32_norm_is_nan_not_zero():
+    tree = {"a": jnp.array([3e38, 3e38, 1.0], jnp.bfloat16)}  # finite in bfloat16
     assert float(global_norm(tree)) == np.inf
     assert np.all(np.isnan(np.asarray(clip_by_global_norm(tree, 1.0)["a"], np.float32)))
 
@@ -326,3 +327,109 @@ def test_traced_max_norm_is_not_checked():
     tree = {"a": jnp.array([3.0, 4.0])}
     d = jax.grad(lambda m: clip_by_global_norm(tree, m)["a"].sum())(1.0)
     np.testing.assert_allclose(d, 1.4, rtol=1e-6)  # d/dm (m * (3 + 4) / 5)
+
+
+# ------------------------------------------------------------- extreme magnitudes (scaling)
+# Norms are scaled by a power of two near the largest entry, so any norm that is finite in
+# the accumulation dtype is finite and right, however its squares would over- or underflow.
+# Per dtype: (huge entry, max_norm below its norms), (tiny entry, max_norm below its norms).
+EXTREMES = {
+    "float32": ((1e20, 1.0), (1e-30, 1e-31)),  # squares overflow / underflow float32
+    "bfloat16": ((1e30, 1.0), (1e-30, 1e-31)),  # ditto, in the float32 accumulation
+    "float16": ((2e4, 1.0), (6e-8, 1e-8)),  # 3 * 2e4 is near float16's max; 6e-8 subnormal
+    "float64": ((1e200, 1.0), (1e-200, 1e-201)),
+}
+
+
+def _extreme_tree(dtype, case):
+    if case in ("huge", "tiny"):
+        v = EXTREMES[dtype][case == "tiny"][0]
+        a, b = [v, -2 * v, 0.0, 0.5 * v], [[3 * v]]
+    else:
+        bad = {"zero": 0.0, "inf": np.inf, "nan": np.nan}[case]
+        a, b = [0.0, bad, 0.0, 0.0], [[0.0]]
+    return {"a": jnp.asarray(a, dtype), "b": [jnp.asarray(b, dtype)]}
+
+
+def _hypot(tree):
+    """The float64 norm of the (rounded) entries, scaled as math.hypot does (no overflow)."""
+    import math
+    return math.hypot(*(float(v) for x in jax.tree.leaves(tree)
+                        for v in np.asarray(x, np.float64).ravel()))
+
+
+@pytest.mark.parametrize("case", ["huge", "tiny", "zero", "inf", "nan"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_norms_of_extreme_trees_and_their_derivatives(dtype, case):
+    with _ctx(dtype):
+        tree = _extreme_tree(dtype, case)
+        max_norm = EXTREMES[dtype][case == "tiny"][1] if case in ("huge", "tiny") else 1.0
+        flat = np.concatenate([np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(tree)])
+        n = _hypot(tree)
+        acc = jnp.float64 if dtype == "float64" else jnp.float32
+        eps = float(jnp.finfo(acc).eps)
+        norm = global_norm(tree)
+        assert norm.dtype == acc
+        if np.isnan(n):
+            assert np.isnan(float(norm))
+        else:
+            np.testing.assert_allclose(float(norm), n, rtol=2 * eps)
+        # d|x| = x / |x| in IEEE arithmetic: 0 at a zero tree (the subgradient), x / inf = 0
+        # and inf / inf = NaN at an inf entry, NaN everywhere with a NaN entry
+        with np.errstate(invalid="ignore"):
+            want_grad = flat / n if n else np.zeros_like(flat)
+        grad = np.concatenate([np.asarray(g, np.float64).ravel()
+                               for g in jax.tree.leaves(jax.jit(jax.grad(global_norm))(tree))])
+        np.testing.assert_allclose(grad, want_grad, rtol=4 * float(jnp.finfo(dtype).eps),
+                                   atol=float(jnp.finfo(dtype).eps) if n else 0)
+        ones = jax.tree.map(jnp.ones_like, tree)
+        _, t_norm = jax.jit(jax.jvp, static_argnums=0)(global_norm, (tree,), (ones,))
+        with np.errstate(invalid="ignore"):
+            want_t = float(np.sum(want_grad)) if np.isfinite(n) else np.nan
+        np.testing.assert_allclose(float(t_norm), want_t, rtol=8 * eps, atol=4 * eps)
+
+        # clipping: with w the cotangent and t the tangent, d clip = c (I - u u^T) with
+        # c = max_norm / n and u = x / n when n >= max_norm; the identity below it
+        w = jax.tree.map(lambda x: jnp.asarray(
+            np.arange(1, x.size + 1, dtype=np.float64).reshape(x.shape), dtype), tree)
+        wf = np.concatenate([np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(w)])
+        for clip_fn in (clip_by_global_norm, clip_by_norm):
+            out = clip_fn(tree, max_norm)
+            assert _dtypes(out) == _dtypes(tree)
+            loss = jax.jit(lambda t, clip_fn=clip_fn: sum(
+                jnp.sum(o.astype(acc) * v.astype(acc))
+                for o, v in zip(jax.tree.leaves(clip_fn(t, max_norm)), jax.tree.leaves(w),
+                                strict=True)))
+            g = np.concatenate([np.asarray(x, np.float64).ravel()
+                                for x in jax.tree.leaves(jax.grad(loss)(tree))])
+            _, t_loss = jax.jvp(loss, (tree,), (w,))
+            if not np.isfinite(n):  # "b" (all 0) is finite on its own for clip_by_norm
+                nan_leaves = out if clip_fn is clip_by_global_norm else out["a"]
+                for leaf in jax.tree.leaves(nan_leaves):
+                    assert np.all(np.isnan(np.asarray(leaf, np.float64)))
+                assert np.all(np.isnan(g[:4])) and np.isnan(float(t_loss))
+                if clip_fn is clip_by_norm:
+                    assert _same_bits(out["b"], tree["b"]) and g[4] == wf[4]
+                else:
+                    assert np.isnan(g[4])
+                continue
+            if case == "zero":  # unchanged, and the identity's derivatives
+                assert _same_bits(out, tree)
+                np.testing.assert_array_equal(g, wf)
+                assert float(t_loss) == float(np.sum(wf * wf))
+                continue
+            if clip_fn is clip_by_norm:  # one norm per leaf: compare leaf by leaf below
+                for o, x in zip(jax.tree.leaves(out), jax.tree.leaves(tree), strict=True):
+                    nx = _hypot(x)
+                    ref = np.asarray(x, np.float64) * (max_norm / nx if nx >= max_norm else 1)
+                    assert _rel_err(o, ref) <= TOL_REF[dtype]
+                continue
+            assert n >= max_norm
+            c, u = max_norm / n, flat / n
+            assert _rel_err(out, jax.tree.map(lambda x, c=c: np.asarray(x, np.float64) * c,
+                                              tree)) <= TOL_REF[dtype]
+            want_g = c * (wf - u * np.dot(u, wf))  # symmetric: also the jvp along w
+            tol = 8 * float(jnp.finfo(dtype).eps) * c * np.max(np.abs(wf))
+            np.testing.assert_allclose(g, want_g, rtol=0, atol=tol)
+            np.testing.assert_allclose(float(t_loss), np.dot(wf, want_g), rtol=16 * eps,
+                                       atol=tol * np.sum(np.abs(wf)))

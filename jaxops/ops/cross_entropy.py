@@ -11,6 +11,11 @@ Shared semantics of the labelled losses (ONNX's, with two choices where ONNX is 
   entries whose label is not ``ignore_index`` (plain mean without weights).  When every entry
   is ignored the sum of weights is 0: jaxops returns 0 with zero gradients (ONNX's reference
   and PyTorch give 0/0 = NaN), so an all-padding batch cannot poison a training run.
+* An empty batch (N = 0, or no spatial positions) has no weight either, so its mean is 0 by
+  the same rule (``jnp.mean`` of no losses would be NaN); its sum is 0.  Scores without
+  classes (C = 0) have no valid label: every label must be ``ignore_index``.
+* ``ignore_index`` must be an int32 value (``ValueError`` otherwise): labels are int32, or
+  int64 under x64, and no label could equal a value outside that range.
 * A label outside ``[0, C)`` that is not ``ignore_index`` is a value error: outside ``jit`` it
   raises ``ValueError``; inside ``jit`` its loss is NaN (ONNX leaves it undefined; indexing
   would crash), and NaN propagates through the reductions, where a checked loop can see it.
@@ -47,12 +52,30 @@ from jaxops.schema import (
 
 _INDEX_TYPES = ("int32", "int64")
 _LABELLED_TYPES = {"T": FLOAT_TYPES, "Tind": _INDEX_TYPES}
-_IGNORE_INDEX = Attribute("ignore_index", "int", None,
+_INT32 = np.iinfo(np.int32)
+
+
+def _int32_label(value: int) -> str | None:
+    """Labels are int32 (int64 only with x64): an ``ignore_index`` no int32 label can equal
+    is a mistake, and comparing labels with it would overflow at trace time.  The int32
+    range lies inside both label dtypes, so checking it here covers either."""
+    if _INT32.min <= value <= _INT32.max:
+        return None
+    return (f"must be an int32 label value, in [{_INT32.min}, {_INT32.max}] (no label can "
+            "equal it otherwise). Use the value your padding labels hold, e.g. -100.")
+
+
+_IGNORE_INDEX = Attribute("ignore_index", "int", None, check=_int32_label,
                           doc="label value that contributes neither loss nor weight")
 
 
-def _labels(name: str = "labels") -> Parameter:
-    return Parameter(name, "Tind", doc="class indices, shape (N, d1, ...)", differentiable=False)
+# float labels are usually one-hot or soft targets, which cross_entropy takes as they are
+_FLOAT_TARGETS = ", or use cross_entropy for one-hot/probability targets"
+
+
+def _labels(name: str = "labels", dtype_advice: str = _FLOAT_TARGETS) -> Parameter:
+    return Parameter(name, "Tind", doc="class indices, shape (N, d1, ...)", differentiable=False,
+                     dtype_advice=dtype_advice)
 
 
 def _weights(name: str = "weights") -> Parameter:
@@ -82,6 +105,10 @@ def _check_labelled(s: OpSchema, scores, labels, weights) -> int:
 def _labels_in_range(scores, labels, weights=None, *rest, ignore_index=None, **attrs):
     c = scores.shape[1]
     bad = ((labels < 0) | (labels >= c)) & (labels != ignore_index)
+    if bad.any() and c == 0:
+        return (f"'scores' has no classes (axis 1 has size 0), so every label must be "
+                f"ignore_index; got labels {np.unique(labels[bad])[:5].tolist()} with "
+                f"ignore_index={ignore_index}. Check the class axis (1) of 'scores'.")
     if bad.any():
         return (f"labels must be class indices in [0, {c}) or ignore_index={ignore_index}, "
                 f"got {np.unique(labels[bad])[:5].tolist()}.")
@@ -97,7 +124,7 @@ def _entry_weights(labels, weights, c, ignore_index, dtype):
         labels, bool)
     invalid = ((labels < 0) | (labels >= c)) & ~ignored
     safe = jnp.where(ignored | invalid, 0, labels)
-    if weights is None:
+    if weights is None or c == 0:  # no classes: every entry is ignored or invalid anyway
         w = jnp.ones_like(labels, dtype)
     else:  # the weights are replicated; each entry's weight is sharded like its label
         w = upcast(weights).at[safe].get(out_sharding=jax.typeof(safe).sharding)
@@ -105,7 +132,11 @@ def _entry_weights(labels, weights, c, ignore_index, dtype):
 
 
 def _picked(logp, safe):
-    """logp[n, label_n, d...]: the log-probability of each entry's label."""
+    """logp[n, label_n, d...]: the log-probability of each entry's label.  Without classes
+    there is nothing to pick (a gather of an empty axis is refused): 0, which the callers
+    mask, since each such entry is ignored or invalid."""
+    if logp.shape[1] == 0:
+        return jnp.zeros(safe.shape, logp.dtype)
     return jnp.take_along_axis(logp, safe[:, None], axis=1)[:, 0]
 
 
@@ -569,10 +600,11 @@ def cross_entropy(
 def _spread(dloss, x, axis, reduction):
     """d total / d loss_n per example, broadcastable against ``x`` along ``axis``."""
     g = upcast(dloss)
+    examples = x.shape[:axis % x.ndim] + x.shape[axis % x.ndim + 1:]
     if reduction == "mean":
-        g = g / max(math.prod(x.shape) // x.shape[axis], 1)
-    g = jnp.broadcast_to(g, x.shape[:axis % x.ndim] + x.shape[axis % x.ndim + 1:])
-    return jnp.expand_dims(g, axis)
+        # the mean over no examples is NaN, but then dinputs is empty: any divisor will do
+        g = g / max(math.prod(examples), 1)
+    return jnp.expand_dims(jnp.broadcast_to(g, examples), axis)
 
 
 @cross_entropy.defgrad

@@ -50,6 +50,12 @@ def _reduce_axes(x) -> tuple[int, ...]:
     return (0, *range(2, x.ndim))
 
 
+def _count(x) -> int:
+    """M, the number of values each channel's statistics average: N * d1 * ... (0 for an
+    empty batch; never divided by a channel count, which may be 0 too)."""
+    return math.prod(x.shape[i] for i in _reduce_axes(x))
+
+
 def _per_channel(v, ndim):
     """A (C,) vector shaped to broadcast against (N, C, d1, ...)."""
     return v.reshape((1, -1) + (1,) * (ndim - 2))
@@ -198,7 +204,7 @@ def _batch_norm_vjp(x, scale, bias, mean, var, outs, douts, *, epsilon, momentum
     # the running statistics' own (linear) paths
     dnm, dnv = upcast(dnew_mean), upcast(dnew_var)
     if training:
-        m_count = x.size // x.shape[1]
+        m_count = _count(x)
         centered = upcast(x) - _per_channel(saved_mean, x.ndim)
         extra = (_per_channel((1 - momentum) * dnm, x.ndim)
                  + 2 * (1 - momentum) * centered * _per_channel(dnv, x.ndim)) / m_count
@@ -220,7 +226,7 @@ def _xla_sums(x, dy, mu, inv):
 
 def _backward(x, scale, mu, inv, dy, *, sums):
     """Training mode's (dx, dscale, dbias) from the batch statistics ``mu``, ``inv``."""
-    nd, m_count = x.ndim, x.size // x.shape[1]
+    nd, m_count = x.ndim, _count(x)
     sum_dy, sum_dy_xhat = sums(x, dy, mu, inv)
     xhat = (upcast(x) - _per_channel(mu, nd)) * _per_channel(inv, nd)
     dx = _per_channel(upcast(scale) * inv, nd) * (

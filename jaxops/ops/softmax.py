@@ -70,7 +70,13 @@ def _shifted(xf: jax.Array, axis: int) -> jax.Array:
     ``maximum``, not ``where(isneginf(m), 0, m)``: on XLA CPU (jax 0.10.2) a ``where`` here
     or on the row sum stopped the exp from fusing into the reductions (softmax's forward
     took 5x as long and wrote a temporary of x's size; ``benchmarks/results/fused-cpu.md``).
+
+    An empty axis has no maximum (``jnp.max`` raises) and nothing to shift: ``x`` is returned
+    as is, and the op's output is empty like ``jax.nn.softmax``'s.  Decided on the static
+    shape, so the traced program of every other shape is unchanged.
     """
+    if xf.shape[axis] == 0:
+        return xf
     m = jnp.max(xf, axis=axis, keepdims=True)
     return xf - jax.lax.stop_gradient(jnp.maximum(m, jnp.finfo(xf.dtype).min))
 
