@@ -653,6 +653,6 @@ def cross_entropy_gradient(
         dx = p * jnp.sum(t, axis=axis, keepdims=True) - t
     else:
         # -t / x is linear in t (its t-derivative -1 / x is needed at t = 0 too); only 0 / 0
-        # at t = x = 0 is kept out, giving 0
-        dx = -t / jnp.where((t == 0) & (x == 0), 1.0, x)
+        # at t = x = 0 is kept out, giving 0 (0 - t: +0, not -0, where t = 0)
+        dx = (0.0 - t) / jnp.where((t == 0) & (x == 0), 1.0, x)
     return (dx * g).astype(inputs.dtype)
