@@ -4,6 +4,8 @@ This file is the public API: every name users may import is re-exported here.
 """
 
 from jaxops import schema as schema
+from jaxops._dispatch import Implementation as Implementation
+from jaxops._op import Op as Op, defop as defop
 from jaxops.clipping import (
     clip_by_global_norm as clip_by_global_norm,
     clip_by_norm as clip_by_norm,
@@ -65,5 +67,6 @@ from jaxops.ops.softmax import (
     softmax as softmax,
     softmax_gradient as softmax_gradient,
 )
+from jaxops.schema import Attribute as Attribute, OpSchema as OpSchema, Parameter as Parameter
 
 __version__ = "0.1.0"

@@ -1,6 +1,7 @@
-"""The operator mechanism: (XLA implementation, registered gradient op, schema) -> public op.
+"""The operator mechanism: (XLA implementation, registered gradient op, schema) -> :class:`Op`.
 
-Every jaxops op is made here, by :func:`defop`, and nowhere else.
+Every jaxops op is an :class:`Op`, made by :func:`defop` -- the built-in ops and users' own
+ops alike.
 
 Why ``jax.custom_jvp`` with a rule derived from the registered VJP (docs/design.md has
 the evidence): Caffe2 registers a gradient op, i.e. a VJP ``bwd(res, dy)``.  ``jax.custom_vjp``
@@ -10,6 +11,9 @@ registered VJP is linear in ``dy``, so its transpose is the JVP: the tangent rul
 transposes it once more and so runs ``bwd`` itself, the registered gradient op, which shows up
 by name (``jit[name=relu_gradient]``) in every reverse-mode jaxpr.  Gradient ops are ordinary
 jaxops ops written in transposable ``jnp``; JAX differentiates them for second derivatives.
+
+Export recording lives in :mod:`jaxops._recording`, platform dispatch in
+:mod:`jaxops._dispatch`.
 """
 
 from __future__ import annotations
@@ -18,21 +22,21 @@ import contextlib
 import functools
 import inspect
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
-import jax.extend.core
 import numpy as np
 from jax.custom_derivatives import SymbolicZero
-from jax.interpreters import ad, batching, mlir
 
+from jaxops import schema as _schema_registry
+from jaxops._dispatch import IMPLEMENTATIONS, Implementation, Kernel, unavailable
 from jaxops._recording import is_recording, record
-from jaxops.schema import OpSchema
+from jaxops.schema import FLOAT_TYPES, Attribute, OpSchema, Parameter
 
-__all__ = ["defop"]
+__all__ = ["Op", "defop"]
 
-# Trace-time state: the implementation an op's gradient ops inherit (``choose``).  Export
+# Trace-time state: the implementation an op's gradient ops inherit (``Op._choose``).  Export
 # recording is not here but in jaxops._recording: its mode must be part of JAX's cache keys.
 _STATE = threading.local()
 
@@ -46,81 +50,6 @@ def _state_set(name: str, value: Any):
         yield
     finally:
         setattr(_STATE, name, previous)
-
-
-# --------------------------------------------------------------- per-platform implementations
-# Caffe2 registers an operator per device (REGISTER_CPU_OPERATOR / REGISTER_CUDA_OPERATOR).
-# Here an op has its XLA implementation everywhere and may register a Pallas kernel
-# (``op.defimpl("pallas")``) for the platforms its schema lists.  A call picks one by the
-# platform it is compiled for (``lax.platform_dependent``: one jitted function, exported for
-# several platforms, runs the right one on each), or as ``implementation=`` says:
-#
-# * ``"xla"``: the XLA implementation, on every platform;
-# * ``"pallas"``: the kernel; compiling the call for a platform without it raises (never a
-#   silent fallback);
-# * ``"pallas_interpret"``: the kernel run by Pallas' interpreter, on any platform (tests);
-# * None: the schema's ``default_implementation`` for the platform, else XLA.
-#
-# The gradient ops called by an op's registered gradient inherit the choice.
-
-IMPLEMENTATIONS = ("xla", "pallas", "pallas_interpret")
-
-
-_unavailable_p = jax.extend.core.Primitive("jaxops_unavailable")
-_unavailable_p.multiple_results = True
-_unavailable_p.def_abstract_eval(
-    lambda *avals, out_avals, message: [jax.core.ShapedArray(a.shape, a.dtype)
-                                        for a in out_avals])
-
-
-def _unavailable_lowering(ctx, *args, out_avals, message):
-    platforms = ", ".join(ctx.module_context.platforms)
-    raise ValueError(message.format(platform=platforms))
-
-
-mlir.register_lowering(_unavailable_p, _unavailable_lowering)
-
-
-# The unavailable branch is traced (and differentiated, batched) like the others, and is
-# only refused when lowered: its rules return more of itself.
-def _unavailable_like(arrays, avals, message):
-    return _unavailable_p.bind(*arrays, out_avals=tuple(
-        jax.ShapeDtypeStruct(a.shape, a.dtype) for a in avals), message=message)
-
-
-def _unavailable_jvp(primals, tangents, *, out_avals, message):
-    outs = _unavailable_p.bind(*primals, out_avals=out_avals, message=message)
-    # the tangents' own unavailable map (a function of the tangents, so it is transposed and
-    # lowered -- and refused -- rather than treated as a constant)
-    tangents = [ad.instantiate_zeros(t) for t in tangents]
-    return outs, _unavailable_like(tangents, [jax.typeof(o).to_tangent_aval() for o in outs],
-                                   message)
-
-
-def _unavailable_transpose(cts, *args, out_avals, message):
-    cts = [jax.numpy.zeros(a.shape, a.dtype) if type(c) is ad.Zero else c
-           for c, a in zip(cts, out_avals, strict=True)]
-    wanted = [a.aval if ad.is_undefined_primal(a) else jax.typeof(a) for a in args]
-    return list(_unavailable_like(cts, wanted, message))
-
-
-def _unavailable_batch(args, dims, *, out_avals, message):
-    size = next(a.shape[d] for a, d in zip(args, dims, strict=True) if d is not None)
-    outs = _unavailable_like(args, [jax.ShapeDtypeStruct((size, *a.shape), a.dtype)
-                                    for a in out_avals], message)
-    return outs, [0] * len(outs)
-
-
-ad.primitive_jvps[_unavailable_p] = _unavailable_jvp
-ad.primitive_transposes[_unavailable_p] = _unavailable_transpose
-batching.primitive_batchers[_unavailable_p] = _unavailable_batch
-
-
-class _Kernel:
-    """A registered non-XLA implementation (see ``op.defimpl``)."""
-
-    def __init__(self, fn, jvp, supports):
-        self.fn, self.jvp, self.supports = fn, jvp, supports
 
 
 def _takes_ints(schema: OpSchema, param) -> bool:
@@ -188,229 +117,408 @@ def _int_as_float(schema: OpSchema, param, value: Any) -> Any:
     return value
 
 
-def defop(schema: OpSchema) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Turn an XLA implementation into the public op described by ``schema``.
 
-    The decorated function is the op's XLA implementation: positional parameters are the
-    schema's inputs (arrays), keyword-only parameters its attributes (static).  The result is
-    the public op: it checks inputs and attributes against the schema at trace time, runs the
-    implementation under ``jax.jit`` (one compilation per shape, dtype and attribute values)
-    and, once ``@op.defgrad`` has registered a gradient, differentiates through that gradient
-    in both modes.  The op carries ``op.schema`` and ``op.inplace`` (a jitted variant that
-    donates the inputs the schema lets the outputs alias).
+class Op:
+    """A jaxops operator: its schema, XLA implementation, registered gradient and kernels.
+
+    Calling it runs the op: ``op(*inputs, implementation=None, **attributes)``.  Inputs are
+    arrays (positional, in the schema's order; omitted optional inputs are None);
+    attributes are static keyword arguments, checked against the schema and canonicalized
+    once per call; ``implementation`` picks ``"xla"``, ``"pallas"`` or ``"pallas_interpret"``
+    (None: the platform's benchmarked default, or the one inherited by a gradient op).  Every
+    call is checked at trace time (dtypes, shapes, attributes: clear ``TypeError`` /
+    ``ValueError`` naming the op) and runs under ``jax.jit``.
+
+    Once :meth:`defgrad` has registered a gradient, the op differentiates through it in both
+    modes (jvp, jacfwd, hessian, linearize by its transpose; grad, vjp, jacrev by the gradient
+    op itself).  An op without one (a gradient op) is differentiated by JAX.
+
+    Attributes:
+      schema: the op's :class:`jaxops.schema.OpSchema`.
+      name: its op_type (``schema.name``).
     """
 
-    def decorate(impl: Callable[..., Any]) -> Callable[..., Any]:
+    def __init__(self, impl: Callable[..., Any], schema: OpSchema):
+        self.schema, self.name = schema, schema.name
+        self._impl = impl
+        self._vjp: Callable[..., Any] | None = None
+        self._kernels: dict[str, Kernel] = {}
         sig = inspect.signature(impl)
-        input_names = [
-            p.name for p in sig.parameters.values()
-            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-        ]
-        attr_names = tuple(
-            p.name for p in sig.parameters.values() if p.kind == p.KEYWORD_ONLY
-        )
-        differentiable = tuple(i for i, p in enumerate(schema.inputs) if p.differentiable)
-        registered: dict[str, Callable[..., Any]] = {}
-
-        kernels: dict[str, _Kernel] = {}
-
-        def implementation_of(choice: str, attrs: dict) -> tuple[Callable, Callable | None]:
-            """(forward, jvp override or None) of an implementation choice."""
-            if choice == "xla":
-                return functools.partial(impl, **attrs), None
-            kernel, interpret = kernels["pallas"], choice == "pallas_interpret"
-            forward = functools.partial(kernel.fn, interpret=interpret, **attrs)
-            jvp = kernel.jvp and functools.partial(kernel.jvp, interpret=interpret, **attrs)
-            return forward, jvp
-
-        @functools.cache
-        def with_gradient(attr_items: tuple[tuple[str, Any], ...],
-                          choice: str) -> Callable[..., Any]:
-            attrs = dict(attr_items)
-            run, jvp_override = implementation_of(choice, attrs)
-            if "vjp" not in registered and jvp_override is None:
-                return run  # a gradient op: JAX differentiates its implementation
-
-            def forward(*xs):
-                return run(*xs)
-
-            forward.__name__ = forward.__qualname__ = impl.__name__  # custom_jvp_call[name=]
-            fn = jax.custom_jvp(forward)
-
-            # Symbolic zeros: an input that is not differentiated (closed over, or not an
-            # argument of jvp/grad) arrives as a SymbolicZero and stays one.  Only the
-            # differentiated inputs' cotangents are transposed, so no zero tangent is
-            # materialized and multiplied into the result: that would cost work (a matmul
-            # per closed-over matrix), turn 0 * inf into NaN, and hit an XLA CPU miscompile
-            # of dots against zero constants (docs/design.md, "Symbolic zeros").
-            @functools.partial(fn.defjvp, symbolic_zeros=True)
-            def jvp(primals, tangents):
-                tangents = [None if t is None or isinstance(t, SymbolicZero) else t
-                            for t in tangents]
-                _refuse_nondifferentiable(tangents)
-                if jvp_override is not None:  # a fused kernel's own linearization
-                    return jvp_override(primals, tangents)
-                y = fn(*primals)
-                present = [i for i in differentiable if primals[i] is not None]
-                wrt = [k for k, i in enumerate(present) if tangents[i] is not None]
-
-                def vjp(dy):
-                    with _state_set("implementation", choice):  # gradient ops: the same
-                        cts = registered["vjp"](*primals, y, dy, **attrs)
-                    cts = cts if isinstance(cts, tuple) else (cts,)
-                    return tuple(cts[k] for k in wrt)
-
-                (t_out,) = jax.linear_transpose(vjp, y)(
-                    tuple(tangents[present[k]] for k in wrt))
-                return y, t_out
-
-            return fn
-
-        def _refuse_nondifferentiable(tangents):
-            """A float input the registered gradient does not cover is refused when it is
-            differentiated, never given a silent zero derivative."""
-            for i, t in enumerate(tangents):
-                param = schema.inputs[i]
-                if t is not None and i not in differentiable and jax.numpy.issubdtype(
-                        jax.typeof(t).dtype, jax.numpy.inexact):
-                    raise TypeError(
-                        f"jaxops.{schema.function}: input {param.name!r} is not "
-                        f"differentiable ({schema.name} has no derivative with respect to "
-                        "it, as in PyTorch), but it was differentiated: a tangent reached it "
-                        "in jvp/grad. Differentiate with respect to the other inputs only "
-                        f"(argnums=...), or pass jax.lax.stop_gradient({param.name}) to "
-                        "treat it as a constant.")
-
-        def unavailable(arrays, attrs):
-            avals = [None if a is None else jax.typeof(a) for a in arrays]
-            out_avals = schema.infer(*avals, **attrs)
-            out_avals = tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in out_avals)
-            where = ", ".join(schema.implementations["pallas"])
-            message = (f"jaxops.{schema.function}: implementation='pallas' runs on {where}, "
-                       "but this call is compiled for {platform}. Use implementation='xla' "
-                       "(or no implementation=, which picks the platform's default), or "
-                       "'pallas_interpret' to run the kernel in Pallas' interpreter.")
-            outs = _unavailable_p.bind(*(a for a in arrays if a is not None),
-                                       out_avals=out_avals, message=message)
-            return outs[0] if len(outs) == 1 else tuple(outs)
-
-        @functools.wraps(impl)
-        def core(*arrays, implementation=None, **attrs):
-            items = tuple(attrs.items())
-            if implementation in ("xla", "pallas_interpret"):
-                return with_gradient(items, implementation)(*arrays)
-            if implementation == "pallas":
-                branches = {p: with_gradient(items, "pallas")
-                            for p in schema.implementations["pallas"]}
-                return jax.lax.platform_dependent(
-                    *arrays, default=lambda *xs: unavailable(xs, attrs), **branches)
-            defaults = {p: c for p, c in schema.default_implementation.items()
-                        if c != "xla" and kernels[c].supports(**attrs) is None}
-            if not defaults:
-                return with_gradient(items, "xla")(*arrays)
-            return jax.lax.platform_dependent(
-                *arrays, default=with_gradient(items, "xla"),
-                **{p: with_gradient(items, c) for p, c in defaults.items()})
-
+        self._signature = sig
+        self._input_names = [p.name for p in sig.parameters.values()
+                             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        self._attr_names = tuple(p.name for p in sig.parameters.values()
+                                 if p.kind == p.KEYWORD_ONLY)
+        self._attr_set = frozenset(self._attr_names)
+        self._differentiable = tuple(i for i, p in enumerate(schema.inputs) if p.differentiable)
+        # the implementation's parameter names are Python's (x), the schema's ONNX's (X)
+        if len(schema.inputs) != len(self._input_names) or (
+                {a.name for a in schema.attributes} != self._attr_set):
+            raise ValueError(
+                f"jaxops.defop({schema.name}): the implementation's signature {sig} does not "
+                f"match the schema (inputs {[p.name for p in schema.inputs]}, attributes "
+                f"{[a.name for a in schema.attributes]}): positional parameters are the "
+                "inputs, keyword-only parameters the attributes.")
+        functools.update_wrapper(self, impl)
         # every op takes ``implementation=`` (keyword-only, last) besides its attributes
-        public_sig = sig.replace(parameters=[
+        self.__signature__ = sig.replace(parameters=[
             *sig.parameters.values(),
             inspect.Parameter("implementation", inspect.Parameter.KEYWORD_ONLY,
-                              default=None, annotation="str | None")])
-        core.__signature__ = public_sig
-        jitted = jax.jit(core, static_argnames=(*attr_names, "implementation"))
-
-        @functools.wraps(impl)
-        def op(*args, implementation: str | None = None, **kwargs):
-            try:
-                bound = sig.bind(*args, **kwargs)
-            except TypeError as e:
-                raise TypeError(f"jaxops.{schema.function}: {e}; signature is {sig}") from None
-            bound.apply_defaults()  # omitted optional inputs are None
-            arrays = [bound.arguments[n] for n in input_names]
-            avals = [_aval(schema, p, a) for p, a in zip(schema.inputs, arrays, strict=True)]
-            arrays = [_int_as_float(schema, p, a) for p, a in zip(schema.inputs, arrays,
-                                                                    strict=True)]
-            attrs = schema.canonical_attributes({n: bound.arguments[n] for n in attr_names})
-            schema.infer(*avals, **attrs)  # type constraints and shapes, at trace time
-            if schema.value_check is not None and not any(
-                isinstance(a, jax.core.Tracer) for a in arrays
-            ):
-                values = [None if a is None else np.asarray(a) for a in arrays]
-                if (problem := schema.value_check(*values, **attrs)) is not None:
-                    raise ValueError(f"jaxops.{schema.function}: {problem}")
-            if is_recording():  # export: one jaxops_op equation (jaxops/_recording.py)
-                return record(schema, jitted, registered.get("vjp"), differentiable, arrays,
-                              avals, attrs)
-            return jitted(*arrays, implementation=choose(implementation, attrs), **attrs)
-
-        def choose(implementation: str | None, attrs: dict) -> str | None:
-            """Check an ``implementation=`` argument (None: inherited from the op whose
-            gradient this is, else the platform's default)."""
-            offered = IMPLEMENTATIONS if kernels else ("xla",)
-            if implementation is None:
-                inherited = getattr(_STATE, "implementation", None)
-                if inherited not in offered or (inherited != "xla" and
-                                                kernels["pallas"].supports(**attrs)):
-                    return None
-                return inherited
-            if implementation not in offered:
-                raise ValueError(
-                    f"jaxops.{schema.function}: implementation={implementation!r} is not "
-                    f"registered; {schema.name} has {', '.join(map(repr, offered))} "
-                    f"(platforms: {dict(schema.implementations)}).")
-            if implementation != "xla" and (why := kernels["pallas"].supports(**attrs)):
-                raise ValueError(f"jaxops.{schema.function}: implementation="
-                                 f"{implementation!r} does not support {why}; use "
-                                 "implementation='xla'.")
-            return implementation
-
-        def defimpl(name: str, *, jvp: Callable[..., Any] | None = None,
-                    supports: Callable[..., str | None] = lambda **attrs: None):
-            """Register ``fn(*inputs, interpret, **attrs)`` as the ``name`` implementation
-            (a kernel) on the platforms the schema lists for it.
-
-            ``jvp(primals, tangents, *, interpret, **attrs) -> (y, t_y)`` replaces the
-            default rule (the transpose of the registered gradient) for a fused kernel that
-            computes its own gradient in the forward pass; ``supports(**attrs)`` names
-            attribute values the kernel does not handle (None: all)."""
-            if name == "xla" or name not in schema.implementations:
-                raise ValueError(f"{schema.name}: the schema lists no {name!r} "
-                                 f"implementation ({dict(schema.implementations)})")
-
-            def register(fn):
-                kernels[name] = _Kernel(fn, jvp, supports)
-                return fn
-
-            return register
-
-        def defgrad(vjp: Callable[..., Any]) -> Callable[..., Any]:
-            """Register ``vjp(*inputs, y, dy, **attrs)`` -> cotangents of the differentiable
-            inputs that are present (a tuple, or one array for one input).  It must call the
-            gradient op."""
-            if "vjp" in registered:
-                raise ValueError(f"{schema.name} already has a registered gradient")
-            registered["vjp"] = vjp
-            return vjp
-
+                              default=None, annotation="Implementation | None")])
+        self._with_gradient = functools.cache(self._make_with_gradient)
+        statics = (*self._attr_names, "implementation")
+        self._jitted = jax.jit(self._traced_core(), static_argnames=statics)
         donate = tuple(sorted({i for i, _ in schema.allow_inplace}))
-        op.__signature__ = public_sig
-        inplace_jit = jax.jit(op, donate_argnums=donate,
-                              static_argnames=(*attr_names, "implementation"))
+        self._inplace_jit = jax.jit(self._call, donate_argnums=donate, static_argnames=statics)
+        # calls that need no eager work before the jit: all inputs given as JAX arrays, no
+        # concrete-value check; the jit's own cache then makes them as cheap as a jax.nn call
+        self._fast = schema.value_check is None
+        self._attribute_cache: dict[tuple, dict] = {}
 
-        @functools.wraps(impl)
-        def inplace(*args, **kwargs):
-            attrs = {k: v for k, v in kwargs.items() if k in attr_names}
-            kwargs.setdefault("implementation", None)
-            if (why := schema.inplace_refusal(attrs)) is not None:
-                raise ValueError(f"jaxops.{schema.function} may not run in place: {why}")
-            return inplace_jit(*args, **kwargs)
+    def __repr__(self) -> str:
+        s = self.schema
+        return f"<jaxops op {s.function} ({s.name}-{s.since_version}, {s.domain or 'ai.onnx'})>"
 
-        inplace.__signature__ = public_sig
-        op.schema = schema
-        op.defgrad = defgrad
-        op.defimpl = defimpl
-        op.inplace = inplace
-        return op
+    # ------------------------------------------------------------------------------ calling
+    def __call__(self, *inputs: Any, implementation: Implementation | None = None,
+                 **attributes: Any) -> Any:
+        if (self._fast and len(inputs) == len(self._input_names)
+                and all(isinstance(a, jax.Array) for a in inputs)
+                and (implementation is None and getattr(_STATE, "implementation", None) is None
+                     or not self._kernels and implementation == "xla")
+                and not is_recording()):
+            given = self._given_attributes(attributes)
+            if given is not None:
+                try:
+                    return self._jitted(*inputs, implementation=None, **given)
+                except (TypeError, ValueError):
+                    pass  # the full path raises the same problem eagerly, with a clean message
+        return self._call(*inputs, implementation=implementation, **attributes)
+
+    def _given_attributes(self, attributes: dict) -> dict | None:
+        """The canonical non-default attributes of a call (None: take the full path), cached
+        by the attributes as passed, so a repeated call canonicalizes nothing."""
+        if not attributes:
+            return attributes
+        try:
+            # the type too: 1 == 1.0 == True, but axis=1.0 is an error and axis=1 is not
+            key = tuple((k, type(v), v) for k, v in attributes.items())
+            return self._attribute_cache[key]
+        except TypeError:  # an unhashable value: the full path says what is wrong
+            return None
+        except KeyError:
+            pass
+        if not attributes.keys() <= self._attr_set:
+            return None
+        try:
+            attrs = self.schema.canonical_attributes(attributes)
+        except (TypeError, ValueError):
+            return None
+        if len(self._attribute_cache) > 256:  # a sweep over many values: no unbounded growth
+            self._attribute_cache.clear()
+        given = {k: v for k, v in attrs.items()
+                 if not _is_default(self.schema.attribute(k), v)}
+        self._attribute_cache[key] = given
+        return given
+
+    def _call(self, *args, implementation=None, **kwargs):
+        schema = self.schema
+        try:
+            bound = self._signature.bind(*args, **kwargs)
+        except TypeError as e:
+            raise TypeError(f"jaxops.{schema.function}: {e}; signature is "
+                            f"{self._signature}") from None
+        bound.apply_defaults()  # omitted optional inputs are None
+        arrays = [bound.arguments[n] for n in self._input_names]
+        avals = [_aval(schema, p, a) for p, a in zip(schema.inputs, arrays, strict=True)]
+        arrays = [_int_as_float(schema, p, a) for p, a in zip(schema.inputs, arrays,
+                                                                strict=True)]
+        attrs = schema.canonical_attributes({n: bound.arguments[n] for n in self._attr_names})
+        schema.infer(*avals, **attrs)  # type constraints and shapes, before anything runs
+        if schema.value_check is not None and not any(
+                isinstance(a, jax.core.Tracer) for a in arrays):
+            values = [None if a is None else np.asarray(a) for a in arrays]
+            if (problem := schema.value_check(*values, **attrs)) is not None:
+                raise ValueError(f"jaxops.{schema.function}: {problem}")
+        if is_recording():  # export: one jaxops_op equation (jaxops/_recording.py)
+            return record(schema, self._jitted, self._vjp, self._differentiable, arrays,
+                          avals, attrs)
+        # attributes at their defaults are left out, so that every spelling of a call (n=6,
+        # n=6.0, no n) shares the fast path's jit cache entry
+        given = {k: v for k, v in attrs.items() if not _is_default(schema.attribute(k), v)}
+        return self._jitted(*arrays, implementation=self._choose(implementation, attrs),
+                            **given)
+
+    def _traced_core(self):
+        """The jitted function: checks at trace time (the fast path skipped them), then the
+        implementation chosen for the platform, differentiated through the registered
+        gradient."""
+        schema = self.schema
+
+        def core(*arrays, implementation=None, **attrs):
+            attrs = schema.canonical_attributes(attrs)
+            schema.infer(*(None if a is None else _aval(schema, p, a)
+                           for p, a in zip(schema.inputs, arrays, strict=True)), **attrs)
+            items = tuple(attrs.items())
+            if implementation in ("xla", "pallas_interpret"):
+                return self._with_gradient(items, implementation)(*arrays)
+            if implementation == "pallas":
+                branches = {p: self._with_gradient(items, "pallas")
+                            for p in schema.implementations["pallas"]}
+                return jax.lax.platform_dependent(
+                    *arrays, default=lambda *xs: unavailable(schema, xs, attrs), **branches)
+            defaults = {p: c for p, c in schema.default_implementation.items()
+                        if c != "xla" and self._kernels[c].supports(**attrs) is None}
+            if not defaults:
+                return self._with_gradient(items, "xla")(*arrays)
+            return jax.lax.platform_dependent(
+                *arrays, default=self._with_gradient(items, "xla"),
+                **{p: self._with_gradient(items, c) for p, c in defaults.items()})
+
+        core.__name__ = core.__qualname__ = self._impl.__name__  # jit[name=relu]
+        core.__signature__ = self.__signature__
+        return core
+
+    def _choose(self, implementation: str | None, attrs: dict) -> str | None:
+        """Check an ``implementation=`` argument (None: inherited from the op whose gradient
+        this is, else the platform's default)."""
+        schema = self.schema
+        offered = IMPLEMENTATIONS if self._kernels else ("xla",)
+        if implementation is None:
+            inherited = getattr(_STATE, "implementation", None)
+            if inherited not in offered or (inherited != "xla" and
+                                            self._kernels["pallas"].supports(**attrs)):
+                return None
+            return inherited
+        if implementation not in offered:
+            raise ValueError(
+                f"jaxops.{schema.function}: implementation={implementation!r} is not "
+                f"registered; {schema.name} has {', '.join(map(repr, offered))} "
+                f"(platforms: {dict(schema.implementations)}).")
+        if implementation != "xla" and (why := self._kernels["pallas"].supports(**attrs)):
+            raise ValueError(f"jaxops.{schema.function}: implementation={implementation!r} "
+                             f"does not support {why}; use implementation='xla'.")
+        return implementation
+
+    def inplace(self, *args: Any, **kwargs: Any) -> Any:
+        """The op jitted with its inputs donated where the schema lets the outputs alias
+        them (``allow_inplace``): the output reuses the input's buffer."""
+        attrs = {k: v for k, v in kwargs.items() if k in self._attr_set}
+        kwargs.setdefault("implementation", None)
+        if (why := self.schema.inplace_refusal(attrs)) is not None:
+            raise ValueError(f"jaxops.{self.schema.function} may not run in place: {why}")
+        return self._inplace_jit(*args, **kwargs)
+
+    # -------------------------------------------------------------------------- registering
+    def defgrad(self, vjp: Callable[..., Any]) -> Callable[..., Any]:
+        """Register ``vjp(*inputs, y, dy, **attributes)`` -> the cotangents of the
+        differentiable inputs that are present (a tuple, or one array for one input).  It
+        should call the op's gradient op, so that reverse mode runs it by name; it must be
+        linear in ``dy`` and written in transposable ``jnp`` (forward mode transposes it)."""
+        if self._vjp is not None:
+            raise ValueError(f"{self.name} already has a registered gradient")
+        self._vjp = vjp
+        self._with_gradient.cache_clear()
+        return vjp
+
+    def defimpl(self, name: str, *, jvp: Callable[..., Any] | None = None,
+                supports: Callable[..., str | None] = lambda **attrs: None):
+        """Register ``fn(*inputs, interpret, **attributes)`` as the ``name`` implementation
+        (a kernel) on the platforms the schema lists for it.
+
+        ``jvp(primals, tangents, *, interpret, **attributes) -> (y, t_y)`` replaces the
+        default rule (the transpose of the registered gradient) for a fused kernel that
+        computes its own gradient in the forward pass; tangents of inputs not differentiated
+        are None.  ``supports(**attributes)`` names attribute values the kernel does not
+        handle (None: all)."""
+        schema = self.schema
+        if name == "xla" or name not in schema.implementations:
+            raise ValueError(f"{schema.name}: the schema lists no {name!r} "
+                             f"implementation ({dict(schema.implementations)})")
+
+        def register(fn):
+            self._kernels[name] = Kernel(fn, jvp, supports)
+            self._with_gradient.cache_clear()
+            return fn
+
+        return register
+
+    # ------------------------------------------------------------------------ differentiation
+    def _implementation_of(self, choice: str, attrs: dict):
+        """(forward, jvp override or None) of an implementation choice."""
+        if choice == "xla":
+            return functools.partial(self._impl, **attrs), None
+        kernel, interpret = self._kernels["pallas"], choice == "pallas_interpret"
+        forward = functools.partial(kernel.fn, interpret=interpret, **attrs)
+        jvp = kernel.jvp and functools.partial(kernel.jvp, interpret=interpret, **attrs)
+        return forward, jvp
+
+    def _make_with_gradient(self, attr_items: tuple[tuple[str, Any], ...],
+                            choice: str) -> Callable[..., Any]:
+        attrs = dict(attr_items)
+        run, jvp_override = self._implementation_of(choice, attrs)
+        if self._vjp is None and jvp_override is None:
+            return run  # a gradient op: JAX differentiates its implementation
+        registered_vjp, differentiable = self._vjp, self._differentiable
+
+        def forward(*xs):
+            return run(*xs)
+
+        forward.__name__ = forward.__qualname__ = self._impl.__name__  # custom_jvp_call[name=]
+        fn = jax.custom_jvp(forward)
+
+        # Symbolic zeros: an input that is not differentiated (closed over, or not an
+        # argument of jvp/grad) arrives as a SymbolicZero and stays one.  Only the
+        # differentiated inputs' cotangents are transposed, so no zero tangent is
+        # materialized and multiplied into the result: that would cost work (a matmul per
+        # closed-over matrix), turn 0 * inf into NaN, and hit an XLA CPU miscompile of dots
+        # against zero constants (docs/design.md, "Symbolic zeros").
+        @functools.partial(fn.defjvp, symbolic_zeros=True)
+        def jvp(primals, tangents):
+            tangents = [None if t is None or isinstance(t, SymbolicZero) else t
+                        for t in tangents]
+            self._refuse_nondifferentiable(tangents)
+            if jvp_override is not None:  # a fused kernel's own linearization
+                return jvp_override(primals, tangents)
+            y = fn(*primals)
+            present = [i for i in differentiable if primals[i] is not None]
+            wrt = [k for k, i in enumerate(present) if tangents[i] is not None]
+
+            def vjp(dy):
+                with _state_set("implementation", choice):  # gradient ops: the same
+                    cts = registered_vjp(*primals, y, dy, **attrs)
+                cts = cts if isinstance(cts, tuple) else (cts,)
+                return tuple(cts[k] for k in wrt)
+
+            (t_out,) = jax.linear_transpose(vjp, y)(tuple(tangents[present[k]] for k in wrt))
+            return y, t_out
+
+        return fn
+
+    def _refuse_nondifferentiable(self, tangents: Sequence[Any]) -> None:
+        """A float input the registered gradient does not cover is refused when it is
+        differentiated, never given a silent zero derivative."""
+        schema = self.schema
+        for i, t in enumerate(tangents):
+            param = schema.inputs[i]
+            if t is not None and i not in self._differentiable and jax.numpy.issubdtype(
+                    jax.typeof(t).dtype, jax.numpy.inexact):
+                raise TypeError(
+                    f"jaxops.{schema.function}: input {param.name!r} is not differentiable "
+                    f"({schema.name} has no derivative with respect to it, as in PyTorch), "
+                    "but it was differentiated: a tangent reached it in jvp/grad. "
+                    "Differentiate with respect to the other inputs only (argnums=...), or "
+                    f"pass jax.lax.stop_gradient({param.name}) to treat it as a constant.")
+
+
+def _is_default(attribute: Attribute, value: Any) -> bool:
+    default = attribute.default
+    return type(value) is type(default) and value == default
+
+
+# ------------------------------------------------------------------------------------ defop
+_ATTRIBUTE_TYPES = {bool: "bool", int: "int", float: "float", str: "string"}
+
+
+def _inferred_schema(impl: Callable[..., Any], *, name: str, domain: str, since_version: int,
+                     doc: str | None, outputs: Sequence[str], type_constraints,
+                     allow_inplace, gradient: str | None) -> OpSchema:
+    """A schema read from ``impl``'s signature: positional parameters are inputs (optional
+    when their default is None), keyword-only parameters with defaults are attributes typed
+    by their default (or annotation), every input and output of type T (the float types);
+    shapes and dtypes are inferred by tracing ``impl`` (``jax.eval_shape``)."""
+    where = f"jaxops.defop(name={name!r})"
+    inputs, attributes = [], []
+    for p in inspect.signature(impl).parameters.values():
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            if p.default not in (inspect.Parameter.empty, None):
+                raise ValueError(f"{where}: input {p.name!r} has default {p.default!r}; an "
+                                 "input's only default is None (an optional input). Make "
+                                 "it keyword-only (after *) to declare an attribute.")
+            inputs.append(Parameter(p.name, optional=p.default is None))
+        elif p.kind == p.KEYWORD_ONLY:
+            kind = type(p.default) if p.default is not inspect.Parameter.empty else None
+            if kind not in _ATTRIBUTE_TYPES:
+                kind = {"float": float, "int": int, "bool": bool, "str": str}.get(
+                    getattr(p.annotation, "__name__", p.annotation))
+            if kind not in _ATTRIBUTE_TYPES:
+                raise TypeError(f"{where}: attribute {p.name!r} needs a default (or an "
+                                "annotation) of type float, int, bool or str, got "
+                                f"default {p.default!r}; pass schema=OpSchema(...) for more.")
+            attributes.append(Attribute(p.name, _ATTRIBUTE_TYPES[kind],
+                                        None if p.default is inspect.Parameter.empty
+                                        else p.default,
+                                        required=p.default is inspect.Parameter.empty))
+        else:
+            raise TypeError(f"{where}: *args/**kwargs are not supported ({p}); list the "
+                            "inputs and attributes.")
+
+    def infer(s, in_avals, **attrs):
+        args = [None if a is None else jax.ShapeDtypeStruct(a.shape, a.dtype) for a in in_avals]
+        out = jax.eval_shape(functools.partial(impl, **attrs), *args)
+        out = out if isinstance(out, tuple) else (out,)
+        if len(out) != len(s.outputs):
+            raise ValueError(f"jaxops.{s.function}: the implementation returns {len(out)} "
+                             f"outputs, the schema declares {len(s.outputs)} "
+                             f"({[p.name for p in s.outputs]}); pass outputs=(...) to defop.")
+        return tuple(jax.ShapeDtypeStruct(o.shape, o.dtype) for o in out)
+
+    return OpSchema(
+        name=name, function=impl.__name__, domain=domain, since_version=since_version,
+        doc=doc if doc is not None else (inspect.getdoc(impl) or "").split("\n")[0],
+        inputs=tuple(inputs), outputs=tuple(Parameter(o) for o in outputs),
+        attributes=tuple(attributes),
+        type_constraints=type_constraints or {"T": FLOAT_TYPES}, elementwise=False,
+        identical_type_and_shape=False, infer_fn=infer, allow_inplace=tuple(allow_inplace),
+        gradient=gradient)
+
+
+def defop(schema: OpSchema | None = None, /, *, name: str | None = None,
+          domain: str | None = None, since_version: int = 1, doc: str | None = None,
+          outputs: Sequence[str] = ("Y",), type_constraints=None,
+          allow_inplace: Sequence[tuple[int, int]] = (),
+          gradient: str | None = None) -> Callable[[Callable[..., Any]], Op]:
+    """Make an :class:`Op` of an XLA implementation.
+
+    Either give a full :class:`jaxops.OpSchema` (``defop(SCHEMA)``: type constraints,
+    shape and cost inference, in-place pairs, kernels) or let the schema be read from the
+    implementation's signature (``defop(name="Squareplus", domain="example.ops")``):
+    positional parameters are the inputs (arrays; a default of None makes one optional),
+    keyword-only parameters with defaults the static attributes (typed by the default:
+    float, int, bool or str), every input of the float types, outputs named ``outputs``,
+    shapes and dtypes inferred by tracing the implementation.  Either way the schema is
+    registered (``jaxops.schema.get(name)``) and the op gets what a built-in op gets:
+    checks at trace time, ``jit`` with static attributes, ``vmap``, a registered gradient in
+    both AD modes (:meth:`Op.defgrad`), ONNX export as one node of its domain, Flax use.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jaxops
+      >>> @jaxops.defop(name="DocSquareplus", domain="example.ops")
+      ... def doc_squareplus(x, *, b=4.0):
+      ...     return (x + jnp.sqrt(x * x + b)) / 2
+      >>> doc_squareplus(jnp.array([0.0, 2.0]))
+      Array([1.       , 2.4142137], dtype=float32)
+    """
+    if schema is not None and name is not None:
+        raise TypeError("jaxops.defop: pass a schema or name=..., not both.")
+    if schema is None and (name is None or domain is None):
+        raise TypeError("jaxops.defop: pass name= and domain= (a user op lives in its own "
+                        "domain, e.g. domain='example.ops'), or a full OpSchema.")
+    if schema is not None and not isinstance(schema, OpSchema):
+        raise TypeError(f"jaxops.defop: expected an OpSchema, got {type(schema).__name__}; "
+                        "use @jaxops.defop(name=..., domain=...) for a schema read from the "
+                        "signature.")
+
+    def decorate(impl: Callable[..., Any]) -> Op:
+        s = schema
+        if s is None:
+            if domain in ("", "ai.onnx"):
+                raise ValueError(f"jaxops.defop(name={name!r}): the ai.onnx domain is ONNX's; "
+                                 "give your op a domain of its own (e.g. 'example.ops').")
+            s = _schema_registry.register(_inferred_schema(
+                impl, name=name, domain=domain, since_version=since_version, doc=doc,
+                outputs=outputs, type_constraints=type_constraints,
+                allow_inplace=allow_inplace, gradient=gradient))
+        return Op(impl, s)
 
     return decorate
