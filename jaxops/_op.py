@@ -398,17 +398,10 @@ class Op:
     def _refuse_nondifferentiable(self, tangents: Sequence[Any]) -> None:
         """A float input the registered gradient does not cover is refused when it is
         differentiated, never given a silent zero derivative."""
-        schema = self.schema
         for i, t in enumerate(tangents):
-            param = schema.inputs[i]
             if t is not None and i not in self._differentiable and jax.numpy.issubdtype(
                     jax.typeof(t).dtype, jax.numpy.inexact):
-                raise TypeError(
-                    f"jaxops.{schema.function}: input {param.name!r} is not differentiable "
-                    f"({schema.name} has no derivative with respect to it, as in PyTorch), "
-                    "but it was differentiated: a tangent reached it in jvp/grad. "
-                    "Differentiate with respect to the other inputs only (argnums=...), or "
-                    f"pass jax.lax.stop_gradient({param.name}) to treat it as a constant.")
+                raise self.schema.nondifferentiable_error(i)
 
 
 def _is_default(attribute: Attribute, value: Any) -> bool:

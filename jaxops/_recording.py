@@ -27,6 +27,7 @@ from typing import Any
 
 import jax
 import jax.extend.core
+from jax.custom_derivatives import SymbolicZero
 from jax.interpreters import mlir
 
 __all__ = ["is_recording", "jaxops_op_p", "record", "recording"]
@@ -108,15 +109,28 @@ def _recorded_call(schema, run, attrs, present, vjp, differentiable):
         return [next(it) if p else None for p in present]
 
     call = jax.custom_vjp(bind)
+    slots = [i for i, p in enumerate(present) if p]  # argument index of each of xs
 
-    def fwd(*xs):
+    def fwd(*primals):
+        # symbolic zeros: ``perturbed`` says which inputs are differentiated, so a float
+        # input the registered gradient does not cover is refused here, as in an ordinary
+        # trace, instead of exporting a zero derivative
+        xs = tuple(p.value for p in primals)
+        for k, p in enumerate(primals):
+            if (vjp is not None and p.perturbed and slots[k] not in differentiable
+                    and jax.numpy.issubdtype(jax.typeof(p.value).dtype, jax.numpy.inexact)):
+                raise schema.nondifferentiable_error(slots[k])
         y = bind(*xs)
         return y, (xs, y)
 
     def bwd(res, dy):
         xs, y = res
-        slots = [i for i, p in enumerate(present) if p]  # argument index of each of xs
-        wrt = [k for k, i in enumerate(slots) if i in differentiable]
+        dy = jax.tree.map(_instantiate, dy, y, is_leaf=lambda c: isinstance(c, SymbolicZero))
+        # an op without a registered gradient is differentiated by JAX in all its float
+        # inputs, as in an ordinary trace
+        wrt = [k for k, i in enumerate(slots)
+               if (i in differentiable if vjp is not None else
+                   jax.numpy.issubdtype(jax.typeof(xs[k]).dtype, jax.numpy.inexact))]
         if vjp is not None:
             cts = vjp(*full(xs), y, dy, **dict(attrs))
             cts = cts if isinstance(cts, tuple) else (cts,)
@@ -134,8 +148,12 @@ def _recorded_call(schema, run, attrs, present, vjp, differentiable):
         # one cotangent per present input: None for labels and other non-differentiables
         return tuple(by_slot.get(k) for k in range(len(xs)))
 
-    call.defvjp(fwd, bwd)
+    call.defvjp(fwd, bwd, symbolic_zeros=True)
     return call
+
+
+def _instantiate(ct, like):
+    return jax.numpy.zeros_like(like) if isinstance(ct, SymbolicZero) else ct
 
 
 def record(schema, run: Callable[..., Any], vjp: Callable[..., Any] | None,

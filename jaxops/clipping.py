@@ -142,6 +142,18 @@ def _safe_sqrt(s: jax.Array) -> jax.Array:
     return jnp.where(zero, jnp.zeros_like(s), jnp.sqrt(jnp.where(zero, jnp.ones_like(s), s)))
 
 
+def _over(a: jax.Array, norm: jax.Array) -> jax.Array:
+    """``a / norm`` for a finite nonzero norm, with both scaled by the same power of two
+    first (exact), so that no reciprocal of a huge norm is formed: XLA turns ``a / n`` into
+    ``a * (1 / n)``, and 1 / 2.8e38 is a float32 subnormal, flushed to 0 on CPU."""
+    _, e = jnp.frexp(norm)
+    # two factors, each a normal number (2**-128 alone is subnormal in float32), applied by
+    # multiplication: linear in ``a``, which may be a tangent (ldexp is not transposable)
+    one = jnp.ones((), norm.dtype)
+    first, second = jnp.ldexp(one, -(e // 2)), jnp.ldexp(one, e // 2 - e)
+    return (a * first * second) / (norm * first * second)
+
+
 @jax.custom_jvp
 def _shrink(x: jax.Array, max_norm: jax.Array, norm: jax.Array) -> jax.Array:
     """``x * (max_norm / norm)``, the factor formed once (``t * (m / n)`` rounds twice, as
@@ -153,16 +165,15 @@ def _shrink(x: jax.Array, max_norm: jax.Array, norm: jax.Array) -> jax.Array:
     at 1e-30 it underflows and gives inf.  Written as ``c (dx - u dn)`` with ``c = m / n``,
     ``u = x / n`` and ``dn = u . dx`` (from the norm), no intermediate leaves the range.
     """
-    return x * (max_norm / norm)
+    return _over(x, norm) * max_norm
 
 
 @_shrink.defjvp
 def _shrink_jvp(primals, tangents):
     x, max_norm, norm = primals
     dx, dmax, dnorm = tangents
-    factor = max_norm / norm
-    unit = x / norm
-    return x * factor, factor * (dx - unit * dnorm) + unit * dmax
+    unit = _over(x, norm)
+    return unit * max_norm, _over(max_norm * (dx - unit * dnorm), norm) + unit * dmax
 
 
 def _rescale(tree: PyTree, norm: jax.Array, max_norm: jax.Array) -> PyTree:
@@ -186,6 +197,32 @@ def _rescale(tree: PyTree, norm: jax.Array, max_norm: jax.Array) -> PyTree:
     return jax.tree.map(leaf_fn, tree)
 
 
+@jax.custom_jvp
+def _norm_of(*leaves: jax.Array) -> jax.Array:
+    acc = _accumulation_dtype(list(leaves))
+    k = _power_of_two_scale(list(leaves), acc)
+    one = jnp.ones((), acc)
+    return jnp.ldexp(_safe_sqrt(_sum_of_squares(list(leaves), acc, jnp.ldexp(one, -k))), k)
+
+
+@_norm_of.defjvp
+def _norm_of_jvp(primals, tangents):
+    """d norm = sum((x / norm) * dx): x / norm lies in [-1, 1] for any finite norm, where
+    autodiff of the scaled form multiplies factors near 2**126 and 2**-126 and overflows.
+    0 at a zero tree (as the norm's subgradient 0); x / norm in IEEE arithmetic at a
+    non-finite norm (0 for finite entries, NaN for the others)."""
+    norm = _norm_of(*primals)
+    zero = norm == 0
+    finite = jnp.isfinite(norm)
+    safe = jnp.where(zero | ~finite, jnp.ones_like(norm), norm)
+    total = jnp.zeros_like(norm)
+    for x, dx in zip(primals, tangents, strict=True):
+        xf = x.astype(norm.dtype)
+        unit = jnp.where(finite, _over(xf, safe), xf / norm)
+        total = total + jnp.sum(unit * dx.astype(norm.dtype))
+    return norm, jnp.where(zero, jnp.zeros_like(total), total)
+
+
 @jax.jit
 def _global_norm(tree: PyTree) -> jax.Array:
     """The norm of all leaves together, in the accumulation dtype: 2**k sqrt(sum((x 2**-k)**2))
@@ -193,11 +230,7 @@ def _global_norm(tree: PyTree) -> jax.Array:
     finite and right (1e20 entries in float32, whose squares overflow; 1e-30 entries, whose
     squares underflow).  k is a constant to autodiff (the norm is homogeneous), so the
     derivative x / norm is formed from the scaled entries and never overflows either."""
-    leaves = jax.tree.leaves(tree)
-    acc = _accumulation_dtype(leaves)
-    k = _power_of_two_scale(leaves, acc)
-    one = jnp.ones((), acc)
-    return jnp.ldexp(_safe_sqrt(_sum_of_squares(leaves, acc, jnp.ldexp(one, -k))), k)
+    return _norm_of(*jax.tree.leaves(tree))
 
 
 def _clip_to(tree: PyTree, max_norm: ArrayLike) -> PyTree:

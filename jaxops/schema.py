@@ -286,6 +286,17 @@ class OpSchema:
             return self.inplace_condition(**self.canonical_attributes(attrs))
         return None
 
+    def nondifferentiable_error(self, index: int) -> TypeError:
+        """The error for differentiating input ``index``, which the registered gradient does
+        not cover: refused, never given a silent zero derivative."""
+        name = self.inputs[index].name
+        return TypeError(
+            f"jaxops.{self.function}: input {name!r} is not differentiable ({self.name} has "
+            "no derivative with respect to it, as in PyTorch), but it was differentiated: a "
+            "tangent reached it in jvp/grad. Differentiate with respect to the other inputs "
+            f"only (argnums=...), or pass jax.lax.stop_gradient({name}) to treat it as a "
+            "constant.")
+
     def check_inputs(self, in_avals: Sequence[Any]) -> None:
         """Enforce the type constraints: TypeError naming op, input, dtype and allowed.
 

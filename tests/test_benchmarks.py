@@ -59,3 +59,12 @@ def test_fused_quick_run_checks_and_writes_results(tmp_path):
     for r in results:
         assert r["variants"][r["reference"]]["fwd+bwd"]["speedup_vs_reference"] == 1.0
     assert (tmp_path / "fused-cpu.md").read_text().startswith("# Fused ops")
+
+
+def test_dispatch_overhead_run_writes_results(tmp_path):
+    from benchmarks import dispatch
+
+    out = dispatch.run(["--reps", "2", "--calls", "20", "--out", str(tmp_path / "d")])
+    assert {r["op"] for r in out["rows"]} == set(dispatch.CASES)
+    assert all(r["jaxops_us"] > 0 and r["jax_nn_us"] > 0 for r in out["rows"])
+    assert (tmp_path / "d.md").read_text().startswith("# Eager call overhead")
