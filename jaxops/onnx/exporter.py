@@ -46,10 +46,10 @@ class _Graph:
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         # model-local functions by (domain, op_type, overload), and the version each
-        # non-standard domain is imported at; a derived body's graph shares both with the
-        # model's (nested ops' functions are model-local too)
+        # non-standard domain is imported at
         self.functions: dict[tuple[str, str, str], onnx.FunctionProto] = {}
         self.domains: dict[str, int] = {}
+        self.inline_calls = False  # a derived body: nested ops' bodies inlined, not called
         self.names: dict[Any, str] = {}
         self.dims: dict[str, tuple[str, int]] = {}  # dynamic axis -> (graph input, axis)
         self.folded: dict[Any, np.ndarray] = {}  # variables computed from constants only
@@ -357,14 +357,33 @@ def _emit_jaxops(g: _Graph, eqn, ins: list[str]) -> list[str]:
         fn = functions.function_proto(schema, attrs, g.opset, in_avals, out_avals)
     else:
         fn = derived_function_proto(schema, eqn.params["run"].value, attrs, g.opset, in_avals,
-                                    out_avals, model_functions=g.functions,
-                                    domains=g.domains)
+                                    out_avals)
+    if g.inline_calls:
+        return _inline_call(g, fn, inputs)
     g.functions[(fn.domain, fn.name, fn.overload)] = fn
     _import_domain(g.domains, schema)
     outs = [g.fresh(schema.name.lower()) for _ in range(n_out)]
     g.nodes.append(helper.make_node(schema.name, inputs, outs, domain=schema.domain,
                                     overload=fn.overload, **_onnx_attrs(schema, attrs)))
     return outs
+
+
+def _inline_call(g: _Graph, fn: onnx.FunctionProto, inputs: list[str]) -> list[str]:
+    """``fn``'s nodes appended to ``g`` with its values renamed apart, in place of a call
+    (the bodies jaxops writes take no attribute references and call no functions)."""
+    prefix = g.fresh(fn.name.lower())
+    rename = {formal: actual for formal, actual in zip(fn.input, inputs, strict=True)}
+
+    def name(value: str) -> str:
+        return rename.setdefault(value, f"{prefix}_{value}") if value else ""
+
+    for n in fn.node:
+        node = onnx.NodeProto()
+        node.CopyFrom(n)
+        node.input[:] = [name(i) for i in n.input]
+        node.output[:] = [name(o) for o in n.output]
+        g.nodes.append(node)
+    return [name(o) for o in fn.output]
 
 
 def _import_domain(domains: dict[str, int], schema) -> None:
@@ -379,9 +398,7 @@ def _aval_text(aval) -> str:
 
 
 def derived_function_proto(schema, run: Callable[..., Any], attrs: dict, opset: int,
-                           in_avals, out_avals, *,
-                           model_functions: dict | None = None,
-                           domains: dict[str, int] | None = None) -> onnx.FunctionProto:
+                           in_avals, out_avals) -> onnx.FunctionProto:
     """The model-local function of one call of an op that has no hand-written body, derived
     from its implementation: ``run(*inputs, **attrs)`` is traced at the call's avals and its
     jaxpr emitted through the same primitive translations as an exported model.
@@ -392,10 +409,12 @@ def derived_function_proto(schema, run: Callable[..., Any], attrs: dict, opset: 
     symbolic (the body reads it from its own input's ``Shape``), so one overload serves every
     batch size.  ``body=derived`` keeps the overload apart from a hand-written one.
 
-    A jaxops op that the implementation calls is traced in recording mode, so it becomes a
-    node of its own (with its hand-written or, recursively, derived function, added to
-    ``model_functions``), as in the exported graph; ``domains`` collects the domains those nodes
-    need.  Constants become ``Constant`` nodes (a function has no initializers).
+    A jaxops op that the implementation calls is traced in recording mode and its own body
+    (hand-written, or derived in turn) is inlined, so the body is standard ops only: a call
+    from one function to another would be neater, but onnxruntime (1.32) does not resolve a
+    call to an overloaded function made inside a function body ("d:Inner(-1) is not a
+    registered function/op"; top-level calls work).  Constants become ``Constant`` nodes (a
+    function has no initializers).
 
     Args:
       schema: the op's :class:`jaxops.schema.OpSchema` (names, domain, attributes).
@@ -408,8 +427,6 @@ def derived_function_proto(schema, run: Callable[..., Any], attrs: dict, opset: 
     Returns:
       An ``onnx.FunctionProto`` in ``schema.domain`` named ``schema.name``.
     """
-    model_functions = {} if model_functions is None else model_functions
-    domains = {} if domains is None else domains
     present = [a is not None for a in in_avals]
     specs = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in in_avals if a is not None]
     kwargs = dict(attrs)
@@ -426,7 +443,7 @@ def derived_function_proto(schema, run: Callable[..., Any], attrs: dict, opset: 
         closed = jax.make_jaxpr(body)(*specs)
     names = [p.name for p, a in zip(schema.inputs, in_avals, strict=True) if a is not None]
     b = _Graph(opset)
-    b.functions, b.domains = model_functions, domains
+    b.inline_calls = True
     for name, a in zip(names, specs, strict=True):
         for axis, d in enumerate(a.shape):
             if not _is_int(d) and str(d).isidentifier():
@@ -450,14 +467,11 @@ def derived_function_proto(schema, run: Callable[..., Any], attrs: dict, opset: 
     key: dict[str, object] = {"body": "derived", **attrs}
     for p, a in zip(schema.inputs, in_avals, strict=True):
         key[f"in.{p.name}"] = "absent" if a is None else _aval_text(a)
-    body_domains = {n.domain for n in live if n.domain not in ("", "ai.onnx")}
-    opsets = [helper.make_opsetid("", opset)] + [helper.make_opsetid(d, domains[d])
-                                                 for d in sorted(body_domains)]
     # trailing omitted inputs are left out of the node, so of the function's signature too
     last = max(i for i, p in enumerate(present) if p)
     return helper.make_function(
         schema.domain, schema.name, [p.name for p in schema.inputs[:last + 1]], out_names,
-        constants + live, opsets,
+        constants + live, [helper.make_opsetid("", opset)],
         attributes=sorted(a.onnx_name or a.name for a in schema.attributes if a.onnx),
         doc_string=schema.doc, overload=functions.overload_name(key))
 
@@ -776,6 +790,10 @@ def export(fn: Callable[..., Any], *example_args, opset: int | None = None,
         else:  # an input, a constant, or a value returned twice
             g.nodes.append(helper.make_node("Identity", [renamed.get(src, src)], [dst]))
     g.nodes = _live(g.nodes, out_names)
+    # the functions and domains of dropped nodes go too (a gradient's unused forward op)
+    called = {(n.domain, n.op_type, n.overload) for n in g.nodes}
+    g.functions = {k: f for k, f in g.functions.items() if k in called}
+    g.domains = {d: v for d, v in g.domains.items() if d in {n.domain for n in g.nodes}}
     g.initializers = [t for t in g.initializers if t.name in {i for n in g.nodes for i in n.input}]
     _unused_running_statistics(g.nodes, out_names)
 
