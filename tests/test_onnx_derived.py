@@ -111,12 +111,12 @@ TEST_SCHEMAS = (SQUAREPLUS, SCALED_SQUARED_ERROR, SCALED_SQUARED_ERROR_GRADIENT,
 def registered():
     """The test ops are in the registry while this module runs, and only then: other tests
     read every schema."""
-    for s in TEST_SCHEMAS:
+    for s in (*TEST_SCHEMAS, *LIMIT_SCHEMAS):
         jo.schema.register(s)
     try:
         yield
     finally:
-        for s in TEST_SCHEMAS:
+        for s in (*TEST_SCHEMAS, *LIMIT_SCHEMAS):
             jo.schema.unregister(s.name)
 
 
@@ -259,11 +259,14 @@ def test_gradient_exports_through_the_registered_gradient_op(dtype):
             np.testing.assert_allclose(got, want, **_tol(dtype))
 
 
-def test_gradient_without_a_registered_gradient_is_jax_derivative(dtype):
+@pytest.mark.parametrize("op", [lambda x: squareplus(x, b=2.0),
+                                lambda x: clipped_squareplus(x, b=1.0, n=1.5)],
+                         ids=["squareplus", "clipped_squareplus"])
+def test_gradient_without_a_registered_gradient_is_jax_derivative(op, dtype):
     x, _ = _data(dtype)
 
     def grad(x):
-        return jax.grad(lambda x: squareplus(x, b=2.0).sum())(x)
+        return jax.grad(lambda x: op(x).sum())(x)
 
     model = jonnx.export(grad, x)
     assert all(n.domain == "" for n in model.graph.node)  # standard ops only
@@ -312,6 +315,9 @@ def _with_derived_body(model, fn, *args):
     (node,) = out.graph.node
     assert (derived.domain, derived.name) == (node.domain, node.op_type)
     assert derived.overload != node.overload
+    assert all(f"in.{p.name}=absent" in derived.overload
+               for p, a in zip(eqn.params["schema"].value.inputs, in_avals, strict=True)
+               if a is None)
     node.overload = derived.overload
     del out.functions[:]
     out.functions.append(derived)
@@ -325,6 +331,9 @@ BUILTINS = [  # (name, function, inputs from (x, positive t))
     ("mse_none", lambda p, t: jo.mse(p, t, reduction="none"), 2),
     ("binary_cross_entropy", lambda z, t: jo.binary_cross_entropy(z, t, reduction="sum"), 2),
     ("softsign_gradient", jo.softsign_gradient, 2),
+    # an omitted optional input in the middle: "" in the node, absent from the trace
+    ("clip_gradient_max_only", lambda y, dy: jo.clip_gradient(
+        y, dy, None, jnp.asarray(0.5, y.dtype)), 2),
 ]
 
 
@@ -350,3 +359,43 @@ def test_derived_body_matches_the_hand_written_one(name, fn, n_in, dtype):
     g = jax.grad(lambda x: jnp.sum(imported(x, *args[1:])))(x)
     np.testing.assert_allclose(g, jax.grad(lambda x: jnp.sum(fn(x, *args[1:])))(x),
                                **_tol(dtype))
+
+
+# --------------------------------------------------------------------------------- limits
+
+CUMULATIVE = OpSchema(
+    name="Cumulative", function="cumulative", domain=DOMAIN, since_version=1,
+    doc="Y = cumsum(X) along the last axis: a primitive the exporter does not translate.",
+    inputs=(Parameter("X"),), outputs=(Parameter("Y"),),
+)
+
+
+@defop(CUMULATIVE)
+def cumulative(x):
+    return jnp.cumsum(x, axis=-1)
+
+
+WRONG_SHAPE = OpSchema(
+    name="WrongShape", function="wrong_shape", domain=DOMAIN, since_version=1,
+    doc="Claims (by the default inference) the input's shape, returns a sum.",
+    inputs=(Parameter("X"),), outputs=(Parameter("Y"),),
+)
+
+
+@defop(WRONG_SHAPE)
+def wrong_shape(x):
+    return jnp.sum(x, axis=0)
+
+
+LIMIT_SCHEMAS = (CUMULATIVE, WRONG_SHAPE)
+
+
+def test_an_untranslatable_primitive_in_the_implementation_is_named():
+    with pytest.raises(NotImplementedError, match="the JAX primitive 'cumsum'"):
+        jonnx.export(cumulative, _data(jnp.float32)[0])
+
+
+def test_an_implementation_disagreeing_with_its_schema_is_refused():
+    with pytest.raises(TypeError, match=r"WrongShape's implementation returns float32\[3\] "
+                       r"for output 'Y', but its schema infers float32\[4,3\]"):
+        jonnx.export(wrong_shape, _data(jnp.float32)[0])

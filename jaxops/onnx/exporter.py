@@ -4,7 +4,9 @@ The function is traced with :func:`jaxops._recording.recording`, in which every 
 ``jaxops_op`` equation carrying its schema and attributes; that equation becomes one ONNX node
 (op_type, ONNX attribute names, the ai.onnx version the schema follows).  Ops that ONNX lacks
 become nodes in the ``ai.jaxops`` domain backed by model-local functions
-(:mod:`jaxops.onnx.functions`).  The JAX primitives of an ordinary model (``dot_general``,
+(:mod:`jaxops.onnx.functions`); an op without a hand-written body (an op of another domain)
+becomes a node of its own domain whose function is derived from its implementation
+(:func:`derived_function_proto`).  The JAX primitives of an ordinary model (``dot_general``,
 elementwise arithmetic, reshapes, broadcasts, reductions, comparisons, ``select_n``, casts,
 nested ``jit``/``custom_jvp`` calls) map to standard ONNX ops; constants and closed-over
 parameters become initializers.  Anything else raises ``NotImplementedError`` naming the
