@@ -53,7 +53,8 @@ class _Graph:
         self.domains: dict[str, int] = {}
         self.inline_calls = False  # a derived body: nested ops' bodies inlined, not called
         self.names: dict[Any, str] = {}
-        self.dims: dict[str, tuple[str, int]] = {}  # dynamic axis -> (graph input, axis)
+        # dynamic axis -> (input, axis): a graph input, or the input of a derived body
+        self.dims: dict[str, tuple[str, int]] = {}
         self.folded: dict[Any, np.ndarray] = {}  # variables computed from constants only
         # names whose ONNX value has 1s where the JAX value was broadcast: (actual, full)
         self.unexpanded: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
