@@ -43,6 +43,7 @@ __all__ = [
     "onnx_type",
     "pointwise_cost",
     "register",
+    "unregister",
 ]
 
 #: Domain of the operators (and gradient operators) that ONNX does not define.
@@ -405,6 +406,15 @@ def register(schema: OpSchema) -> OpSchema:
         raise ValueError(f"schema {schema.name!r} is already registered")
     _REGISTRY[schema.name] = schema
     return schema
+
+
+def unregister(name: str) -> OpSchema:
+    """Remove the schema registered under the op_type ``name`` and return it: a test that
+    declares an op of its own takes it out again, so that code reading every schema
+    (:func:`all_schemas`: the docs' tables, the onnx.defs comparisons) sees jaxops' alone."""
+    if name not in _REGISTRY:
+        raise KeyError(f"no schema {name!r} is registered")
+    return _REGISTRY.pop(name)
 
 
 def get(name: str) -> OpSchema:

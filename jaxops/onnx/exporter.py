@@ -4,7 +4,9 @@ The function is traced with :func:`jaxops._recording.recording`, in which every 
 ``jaxops_op`` equation carrying its schema and attributes; that equation becomes one ONNX node
 (op_type, ONNX attribute names, the ai.onnx version the schema follows).  Ops that ONNX lacks
 become nodes in the ``ai.jaxops`` domain backed by model-local functions
-(:mod:`jaxops.onnx.functions`).  The JAX primitives of an ordinary model (``dot_general``,
+(:mod:`jaxops.onnx.functions`); an op without a hand-written body (an op of another domain)
+becomes a node of its own domain whose function is derived from its implementation
+(:func:`derived_function_proto`).  The JAX primitives of an ordinary model (``dot_general``,
 elementwise arithmetic, reshapes, broadcasts, reductions, comparisons, ``select_n``, casts,
 nested ``jit``/``custom_jvp`` calls) map to standard ONNX ops; constants and closed-over
 parameters become initializers.  Anything else raises ``NotImplementedError`` naming the
@@ -14,6 +16,7 @@ primitive and the line that made it.
 from __future__ import annotations
 
 import ast
+import inspect
 import itertools
 from collections.abc import Callable
 from typing import Any
@@ -44,9 +47,14 @@ class _Graph:
         self.opset = opset
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
-        self.functions: dict[tuple[str, str], onnx.FunctionProto] = {}
+        # model-local functions by (domain, op_type, overload), and the version each
+        # non-standard domain is imported at
+        self.functions: dict[tuple[str, str, str], onnx.FunctionProto] = {}
+        self.domains: dict[str, int] = {}
+        self.inline_calls = False  # a derived body: nested ops' bodies inlined, not called
         self.names: dict[Any, str] = {}
-        self.dims: dict[str, tuple[str, int]] = {}  # dynamic axis -> (graph input, axis)
+        # dynamic axis -> (input, axis): a graph input, or the input of a derived body
+        self.dims: dict[str, tuple[str, int]] = {}
         self.folded: dict[Any, np.ndarray] = {}  # variables computed from constants only
         # names whose ONNX value has 1s where the JAX value was broadcast: (actual, full)
         self.unexpanded: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
@@ -346,13 +354,136 @@ def _emit_jaxops(g: _Graph, eqn, ins: list[str]) -> list[str]:
         return g.node(schema.name, inputs, n_out, **_onnx_attrs(schema, attrs))
     it = iter(eqn.invars)
     in_avals = [next(it).aval if present else None for present in eqn.params["present"]]
-    fn = functions.function_proto(schema, attrs, g.opset, in_avals,
-                                  [v.aval for v in eqn.outvars])
-    g.functions[(schema.name, fn.overload)] = fn
+    out_avals = [v.aval for v in eqn.outvars]
+    if schema.domain == JAXOPS_DOMAIN and schema.name in functions.BODIES:
+        # hand-written: shape-generic and exact (ONNX's own Softmax, Clip, ...)
+        fn = functions.function_proto(schema, attrs, g.opset, in_avals, out_avals)
+    else:
+        fn = derived_function_proto(schema, eqn.params["run"].value, attrs, g.opset, in_avals,
+                                    out_avals)
+    if g.inline_calls:
+        return _inline_call(g, fn, inputs)
+    g.functions[(fn.domain, fn.name, fn.overload)] = fn
+    _import_domain(g.domains, schema)
     outs = [g.fresh(schema.name.lower()) for _ in range(n_out)]
-    g.nodes.append(helper.make_node(schema.name, inputs, outs, domain=JAXOPS_DOMAIN,
+    g.nodes.append(helper.make_node(schema.name, inputs, outs, domain=schema.domain,
                                     overload=fn.overload, **_onnx_attrs(schema, attrs)))
     return outs
+
+
+def _inline_call(g: _Graph, fn: onnx.FunctionProto, inputs: list[str]) -> list[str]:
+    """``fn``'s nodes appended to ``g`` with its values renamed apart, in place of a call
+    (the bodies jaxops writes take no attribute references and call no functions)."""
+    prefix = g.fresh(fn.name.lower())
+    rename = {formal: actual for formal, actual in zip(fn.input, inputs, strict=True)}
+
+    def name(value: str) -> str:
+        return rename.setdefault(value, f"{prefix}_{value}") if value else ""
+
+    for n in fn.node:
+        node = onnx.NodeProto()
+        node.CopyFrom(n)
+        node.input[:] = [name(i) for i in n.input]
+        node.output[:] = [name(o) for o in n.output]
+        g.nodes.append(node)
+    return [name(o) for o in fn.output]
+
+
+def _import_domain(domains: dict[str, int], schema) -> None:
+    """Record that a node of ``schema``'s (non-standard) domain is written: the model
+    imports the domain at the newest version any of its ops needs."""
+    domains[schema.domain] = max(domains.get(schema.domain, 1), schema.since_version)
+
+
+def _aval_text(aval) -> str:
+    """``float32[batch,3]``: an input's type and shape as an overload name records it."""
+    return f"{np.dtype(aval.dtype).name}[{','.join(str(d) for d in aval.shape)}]"
+
+
+def derived_function_proto(schema, run: Callable[..., Any], attrs: dict, opset: int,
+                           in_avals, out_avals) -> onnx.FunctionProto:
+    """The model-local function of one call of an op that has no hand-written body, derived
+    from its implementation: ``run(*inputs, **attrs)`` is traced at the call's avals and its
+    jaxpr emitted through the same primitive translations as an exported model.
+
+    What the body depends on is in the overload name: every attribute value, the omitted
+    optional inputs (``name=absent``) and each input's dtype and shape
+    (``in.X=float32[batch,3]``), since a trace is specialized to them; a dynamic axis stays
+    symbolic (the body reads it from its own input's ``Shape``), so one overload serves every
+    batch size.  ``body=derived`` keeps the overload apart from a hand-written one.
+
+    A jaxops op that the implementation calls is traced in recording mode and its own body
+    (hand-written, or derived in turn) is inlined, so the body is standard ops only: a call
+    from one function to another would be neater, but onnxruntime (1.32) does not resolve a
+    call to an overloaded function made inside a function body ("d:Inner(-1) is not a
+    registered function/op"; top-level calls work).  Constants become ``Constant`` nodes (a
+    function has no initializers).
+
+    Args:
+      schema: the op's :class:`jaxops.schema.OpSchema` (names, domain, attributes).
+      run: the op's implementation, ``run(*inputs, **attrs)``, None for omitted inputs.
+      attrs: the call's canonical attributes.
+      opset: the ai.onnx opset the body imports (the model's).
+      in_avals: the inputs' shapes and dtypes (None where an optional input is omitted).
+      out_avals: the outputs' shapes and dtypes, as the schema infers them.
+
+    Returns:
+      An ``onnx.FunctionProto`` in ``schema.domain`` named ``schema.name``.
+    """
+    present = [a is not None for a in in_avals]
+    specs = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in in_avals if a is not None]
+    kwargs = dict(attrs)
+    if "implementation" in _parameters(run):
+        # the XLA implementation is the reference; a Pallas kernel has no ONNX translation
+        kwargs["implementation"] = "xla"
+
+    def body(*xs):
+        it = iter(xs)
+        out = run(*(next(it) if p else None for p in present), **kwargs)
+        return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+    with recording():
+        closed = jax.make_jaxpr(body)(*specs)
+    names = [p.name for p, a in zip(schema.inputs, in_avals, strict=True) if a is not None]
+    b = _Graph(opset)
+    b.inline_calls = True
+    for name, a in zip(names, specs, strict=True):
+        for axis, d in enumerate(a.shape):
+            if not _is_int(d) and str(d).isidentifier():
+                b.dims.setdefault(str(d), (name, axis))
+    outs = [b.materialize(o) for o in _emit_jaxpr(b, closed.jaxpr, closed.consts, names)]
+    out_names = [p.name for p in schema.outputs[:len(out_avals)]]
+    for out, name, var, want in zip(outs, out_names, closed.jaxpr.outvars, out_avals,
+                                    strict=True):
+        if np.dtype(var.aval.dtype) != np.dtype(want.dtype) or tuple(var.aval.shape) != tuple(
+                want.shape):
+            raise TypeError(
+                f"jaxops.onnx.export: {schema.name}'s implementation returns "
+                f"{_aval_text(var.aval)} for output {name!r}, but its schema infers "
+                f"{_aval_text(want)}; the two must agree for the derived ONNX body.")
+        b.nodes.append(helper.make_node("Identity", [out], [name]))
+    live = _live(b.nodes, out_names)
+    used = {i for n in live for i in n.input}
+    constants = [helper.make_node("Constant", [], [t.name], value=t)
+                 for t in b.initializers if t.name in used]
+
+    key: dict[str, object] = {"body": "derived", **attrs}
+    for p, a in zip(schema.inputs, in_avals, strict=True):
+        key[f"in.{p.name}"] = "absent" if a is None else _aval_text(a)
+    # trailing omitted inputs are left out of the node, so of the function's signature too
+    last = max(i for i, p in enumerate(present) if p)
+    return helper.make_function(
+        schema.domain, schema.name, [p.name for p in schema.inputs[:last + 1]], out_names,
+        constants + live, [helper.make_opsetid("", opset)],
+        attributes=sorted(a.onnx_name or a.name for a in schema.attributes if a.onnx),
+        doc_string=schema.doc, overload=functions.overload_name(key))
+
+
+def _parameters(fn) -> set[str]:
+    try:
+        return set(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):  # a builtin or a callable without a signature
+        return set()
 
 
 # primitives whose ONNX op broadcasts like numpy: their inputs may stay unexpanded
@@ -583,7 +714,8 @@ PRIMITIVE_OPS = frozenset({
 def supported_exports(opset: int = DEFAULT_OPSET) -> dict[str, dict[str, int]]:
     """``{domain: {op_type: version}}``: what ``export`` writes at ``opset``: the jaxops ops
     (ai.onnx at the version jaxops follows; ai.jaxops, gradient ops included, as functions)
-    and the standard ops of the primitive translations."""
+    and the standard ops of the primitive translations.  Ops of other domains (a user's)
+    export too, with bodies derived from their implementations; they are not listed."""
     import jaxops as jo
 
     onnx_ops = {op: onnx.defs.get_schema(op, opset, "").since_version for op in PRIMITIVE_OPS}
@@ -591,7 +723,8 @@ def supported_exports(opset: int = DEFAULT_OPSET) -> dict[str, dict[str, int]]:
     for s in jo.schema.all_schemas():
         if s.domain == JAXOPS_DOMAIN:
             jaxops_ops[s.name] = s.since_version
-        elif onnx.defs.get_schema(s.name, opset, "").since_version == s.since_version:
+        elif s.domain == "" and (onnx.defs.get_schema(s.name, opset, "").since_version
+                                 == s.since_version):
             onnx_ops[s.name] = s.since_version
     return {"ai.onnx": dict(sorted(onnx_ops.items())),
             JAXOPS_DOMAIN: dict(sorted(jaxops_ops.items()))}
@@ -660,6 +793,10 @@ def export(fn: Callable[..., Any], *example_args, opset: int | None = None,
         else:  # an input, a constant, or a value returned twice
             g.nodes.append(helper.make_node("Identity", [renamed.get(src, src)], [dst]))
     g.nodes = _live(g.nodes, out_names)
+    # the functions and domains of dropped nodes go too (a gradient's unused forward op)
+    called = {(n.domain, n.op_type, n.overload) for n in g.nodes}
+    g.functions = {k: f for k, f in g.functions.items() if k in called}
+    g.domains = {d: v for d, v in g.domains.items() if d in {n.domain for n in g.nodes}}
     g.initializers = [t for t in g.initializers if t.name in {i for n in g.nodes for i in n.input}]
     _unused_running_statistics(g.nodes, out_names)
 
@@ -679,9 +816,8 @@ def export(fn: Callable[..., Any], *example_args, opset: int | None = None,
                                                                  strict=True))],
         initializer=g.initializers,
     )
-    opsets = [helper.make_opsetid("", opset)]
-    if g.functions:
-        opsets.append(helper.make_opsetid(JAXOPS_DOMAIN, 1))
+    opsets = [helper.make_opsetid("", opset)] + [helper.make_opsetid(d, v) for d, v in
+                                                 sorted(g.domains.items())]
     model = helper.make_model(graph, opset_imports=opsets, functions=list(g.functions.values()),
                               ir_version=_IR_VERSION, producer_name="jaxops")
     onnx.checker.check_model(model, full_check=True)
