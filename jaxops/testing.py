@@ -18,7 +18,7 @@ This module needs nothing beyond jaxops' own dependencies; the ONNX check runs o
 from __future__ import annotations
 
 import dataclasses
-import math
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -70,12 +70,13 @@ class CheckResult:
     detail: str = ""
     max_error: float | None = None
     max_ratio: float | None = None
+    seconds: float = 0.0
 
     def __str__(self) -> str:
         nums = ("" if self.max_error is None else
                 f" (max error {self.max_error:.3g}, {self.max_ratio:.3g} of tolerance)")
         detail = f": {self.detail}" if self.detail else ""
-        return f"{self.name:<19} {self.status}{nums}{detail}"
+        return f"{self.name:<19} {self.status} in {self.seconds:.1f} s{nums}{detail}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -311,75 +312,73 @@ def _abs_inner(a: Sequence, b: Sequence) -> float:
     return float(sum(np.sum(np.abs(_f64(x) * _f64(y))) for x, y in zip(a, b, strict=True)))
 
 
-def _shifted(xs: list, tangents: dict, h: float) -> list:
-    """The inputs moved by h * T_i (float64, under x64)."""
-    out = list(xs)
-    for i, t in tangents.items():
-        out[i] = jnp.asarray(np.asarray(xs[i]) + h * t)
-    return out
-
-
-def _central(f: Callable[[list], Sequence], xs: list, tangents: dict) -> tuple[list, float]:
-    """Central differences of f's outputs along the tangents, and the rounding bound."""
-    plus, minus = f(_shifted(xs, tangents, FD_STEP)), f(_shifted(xs, tangents, -FD_STEP))
+def _central(f: Callable[..., Sequence], primals: tuple, tangents: Sequence) -> tuple[list, float]:
+    """Central differences of ``f``'s outputs at ``primals`` along ``tangents`` (None: that
+    input held), and a bound on their rounding error."""
+    def at(h):
+        return f(*(p if t is None else jnp.asarray(np.asarray(p) + h * t)
+                   for p, t in zip(primals, tangents, strict=True)))
+    plus, minus = at(FD_STEP), at(-FD_STEP)
     diffs = [(_f64(p) - _f64(m)) / (2 * FD_STEP) for p, m in zip(plus, minus, strict=True)]
     scale = max((np.max(np.abs(_f64(p)), initial=0.0) for p in plus), default=0.0)
     return diffs, FD_ROUNDING * scale / FD_STEP
 
 
+def _only(k: int, tangents: Sequence) -> list:
+    """The tangents with all but the k-th replaced by None (held)."""
+    return [t if j == k else None for j, t in enumerate(tangents)]
+
+
 def _float64_setup(ctx: _Context, salt: int):
+    """Float64 inputs, the op as a jitted function of its differentiable inputs (jitted:
+    each transform compiles once rather than dispatching primitive by primitive, and the
+    finite-difference points skip the op's eager value checks, as a jitted program does),
+    the primals, random tangents and cotangents."""
     if not ctx.diff:
         raise _NotApplicable("no differentiable float input")
     xs = ctx.cast(np.float64)
     rng = ctx.rng(salt)
     tangents = _directions(ctx, rng, xs)
-    f_all = ctx.fn(xs, ctx.diff)
-    outs = f_all(*(xs[i] for i in ctx.diff))
+    f = jax.jit(ctx.fn(xs, ctx.diff))
+    primals = tuple(xs[i] for i in ctx.diff)
+    outs = f(*primals)
     if not outs:
         raise _NotApplicable("no float output")
-    return xs, tangents, f_all, outs, _cotangents(rng, outs)
+    w = tuple(jnp.asarray(c) for c in _cotangents(rng, outs))
+    return f, primals, [tangents[i] for i in ctx.diff], outs, w
 
 
 def _check_gradient(ctx: _Context) -> CheckResult:
     meter = _Meter()
+    rtol = TOLERANCES["fd_rtol"]
     with jax.enable_x64(True):
-        xs, tangents, f_all, outs, w = _float64_setup(ctx, 3)
-        primals = tuple(xs[i] for i in ctx.diff)
-        _, vjp_fn = jax.vjp(f_all, *primals)
-        cts = vjp_fn(tuple(jnp.asarray(c) for c in w))
-        def phi(full):
-            return (_inner(w, ctx.fn(full, [])()),)
-
+        f, primals, tangents, outs, w = _float64_setup(ctx, 3)
+        cts = jax.jit(lambda p, w: jax.vjp(f, *p)[1](w))(primals, w)
+        jvp = jax.jit(lambda p, t: jax.jvp(f, p, t)[1])
+        # phi = <w, f> may cancel: the rounding of its central difference scales with
+        # sum |w f|, not |phi|
+        phi_rounding = FD_ROUNDING * _abs_inner(w, outs) / FD_STEP
         for k, i in enumerate(ctx.diff):
-            (fd,), _ = _central(phi, xs, {i: tangents[i]})
-            # phi = <w, f> may cancel: the rounding of its central difference scales with
-            # sum |w f|, not |phi|
-            rounding = FD_ROUNDING * _abs_inner(w, outs) / FD_STEP
-            ad = _inner([cts[k]], [tangents[i]])
+            fd_out, rounding = _central(f, primals, _only(k, tangents))
             meter.near(f"reverse mode (vjp) w.r.t. {ctx.name(i)} vs finite differences",
-                       ad, fd, TOLERANCES["fd_rtol"], rounding)
-            one = {i: tangents[i]}
-            fd_out, rounding = _central(lambda full: ctx.fn(full, [])(), xs, one)
-            zeros = [jnp.zeros_like(xs[j]) if j != i else jnp.asarray(tangents[i])
-                     for j in ctx.diff]
-            _, jvp_out = jax.jvp(f_all, primals, tuple(zeros))
-            for o, (a, b) in enumerate(zip(jvp_out, fd_out, strict=True)):
+                       _inner([cts[k]], [tangents[k]]), _inner(w, fd_out), rtol, phi_rounding)
+            t = tuple(jnp.asarray(t) if j == k else jnp.zeros_like(p)
+                      for j, (p, t) in enumerate(zip(primals, tangents, strict=True)))
+            for o, (a, b) in enumerate(zip(jvp(primals, t), fd_out, strict=True)):
                 meter.near(f"forward mode (jvp) of output {o} w.r.t. {ctx.name(i)} vs "
-                           "finite differences", a, b, TOLERANCES["fd_rtol"], rounding)
+                           "finite differences", a, b, rtol, rounding)
     return meter.result(
         "gradient", f"float64 central differences, step {FD_STEP:g}*max(1,|x|), "
-        f"rtol {TOLERANCES['fd_rtol']:g} normwise")
+        f"rtol {rtol:g} normwise")
 
 
 def _check_jvp_vjp(ctx: _Context) -> CheckResult:
     meter = _Meter()
     with jax.enable_x64(True):
-        xs, tangents, f_all, outs, w = _float64_setup(ctx, 4)
-        primals = tuple(xs[i] for i in ctx.diff)
-        t = tuple(jnp.asarray(tangents[i]) for i in ctx.diff)
-        _, jvp_out = jax.jvp(f_all, primals, t)
-        _, vjp_fn = jax.vjp(f_all, *primals)
-        cts = vjp_fn(tuple(jnp.asarray(c) for c in w))
+        f, primals, tangents, _, w = _float64_setup(ctx, 4)
+        t = tuple(jnp.asarray(t) for t in tangents)
+        jvp_out = jax.jit(lambda p, t: jax.jvp(f, p, t)[1])(primals, t)
+        cts = jax.jit(lambda p, w: jax.vjp(f, *p)[1](w))(primals, w)
         lhs, rhs = _inner(cts, t), _inner(w, jvp_out)
         scale = _abs_inner(cts, t) + _abs_inner(w, jvp_out)
         meter.near("<vjp(w), t> vs <w, jvp(t)>", lhs, rhs, 0.0,
@@ -401,25 +400,26 @@ def _check_alone(ctx: _Context) -> CheckResult:
             f_all = ctx.fn(xs, ctx.diff)
             primals = tuple(xs[i] for i in ctx.diff)
             t_all = tuple(jnp.asarray(tangents[i]) for i in ctx.diff)
-            _, jvp_all = jax.jvp(f_all, primals, t_all)
-            _, vjp_fn = jax.vjp(f_all, *primals)
+            jvp = jax.jit(lambda p, t: jax.jvp(f_all, p, t)[1])
+            jvp_all = jvp(primals, t_all)
+            eager = jax.jvp(f_all, primals, t_all)[1]
+            for o, (a, b) in enumerate(zip(jvp_all, eager, strict=True)):
+                meter.near(f"jit(jvp) vs jvp, output {o}", a, b, rtol)
             w = tuple(jnp.asarray(c) for c in _cotangents(rng, jvp_all))
-            cts_all = vjp_fn(w)
+            cts_all = jax.jit(lambda p, w: jax.vjp(f_all, *p)[1](w))(primals, w)
             for k, i in enumerate(ctx.diff):
-                f_i = ctx.fn(xs, [i])
+                f_i = ctx.fn(xs, [i])  # the other inputs closed over: symbolic zeros
                 zeros = tuple(t if j == i else jnp.zeros_like(t)
                               for j, t in zip(ctx.diff, t_all, strict=True))
-                _, want = jax.jvp(f_all, primals, zeros)
-                _, got = jax.jvp(f_i, (xs[i],), (t_all[k],))
+                want = jvp(primals, zeros)
+                got = jax.jit(lambda x, t, f_i=f_i: jax.jvp(f_i, (x,), (t,))[1])(
+                    xs[i], t_all[k])
                 for o, (a, b) in enumerate(zip(got, want, strict=True)):
                     meter.near(f"jvp of output {o} w.r.t. {ctx.name(i)} alone vs with the "
                                "others (zero tangents)", a, b, rtol)
-                (ct,) = jax.vjp(f_i, xs[i])[1](w)
+                (ct,) = jax.jit(lambda x, w, f_i=f_i: jax.vjp(f_i, x)[1](w))(xs[i], w)
                 meter.near(f"vjp w.r.t. {ctx.name(i)} alone vs with the others", ct,
                            cts_all[k], rtol)
-            jitted = jax.jit(lambda p, t: jax.jvp(f_all, p, t))(primals, t_all)[1]
-            for o, (a, b) in enumerate(zip(jitted, jvp_all, strict=True)):
-                meter.near(f"jit(jvp) vs jvp, output {o}", a, b, rtol)
         for i in ctx.nondiff:
             f_i = ctx.fn(xs, [i])
             try:
@@ -493,52 +493,38 @@ def _check_jit(ctx: _Context) -> CheckResult:
 def _check_second_derivatives(ctx: _Context) -> CheckResult:
     meter = _Meter()
     rtol = TOLERANCES["fd_rtol"]
+    names = [ctx.schema.inputs[i].name for i in ctx.diff]
     with jax.enable_x64(True):
-        xs, tangents, f_all, outs, w = _float64_setup(ctx, 8)
-        wj = tuple(jnp.asarray(c) for c in w)
+        f, primals, tangents, _, w = _float64_setup(ctx, 8)
 
-        def grad_at(full):
-            """d <w, f> / d (every differentiable input) at ``full``."""
-            def phi(*vals):
-                return sum(jnp.vdot(a, b) for a, b in zip(wj, f_all(*vals), strict=True))
-            return jax.grad(phi, argnums=tuple(range(len(ctx.diff))))(
-                *(full[i] for i in ctx.diff))
+        def phi(*p):
+            return sum(jnp.vdot(a, b) for a, b in zip(w, f(*p), strict=True))
 
-        grad_jit = jax.jit(grad_at)
+        argnums = tuple(range(len(primals)))
+        grad = jax.jit(jax.grad(phi, argnums))
+        fwd = jax.jit(lambda p, t: jax.jvp(lambda *q: grad(*q), p, t)[1])
         for k, i in enumerate(ctx.diff):
-            fd, rounding = _central(grad_jit, xs, {i: tangents[i]})
-
-            def grad_of_i(v, i=i):
-                full = list(xs)
-                full[i] = v
-                return grad_at(full)
-
-            _, fwd = jax.jvp(grad_of_i, (xs[i],), (jnp.asarray(tangents[i]),))
-            for j, a, b in zip(ctx.diff, fwd, fd, strict=True):
-                meter.near(f"d2/d{ctx.schema.inputs[j].name} d{ctx.schema.inputs[i].name} "
-                           "(jvp of grad) vs finite differences of grad", a, b, rtol, rounding)
-            if np.size(xs[i]) <= HESSIAN_MAX_SIZE:
-                def phi_i(v, i=i):
-                    full = list(xs)
-                    full[i] = v
-                    return sum(jnp.vdot(a, b) for a, b in zip(wj, ctx.fn(full, [])(),
-                                                              strict=True))
-                hess = jax.hessian(phi_i)(xs[i])
-                n = np.size(xs[i])
-                hv = _f64(hess).reshape(n, n) @ tangents[i].reshape(-1)
+            fd, rounding = _central(grad, primals, _only(k, tangents))
+            t = tuple(jnp.asarray(t) if j == k else jnp.zeros_like(p)
+                      for j, (p, t) in enumerate(zip(primals, tangents, strict=True)))
+            for j, a, b in zip(range(len(names)), fwd(primals, t), fd, strict=True):
+                meter.near(f"d2/d{names[j]} d{names[k]} (jvp of grad) vs finite differences "
+                           "of grad", a, b, rtol, rounding)
+            n = np.size(primals[k])
+            if n <= HESSIAN_MAX_SIZE:
+                hess = jax.jit(jax.hessian(phi, k))(*primals)
+                hv = _f64(hess).reshape(n, n) @ tangents[k].reshape(-1)
                 meter.near(f"jax.hessian w.r.t. {ctx.name(i)} vs finite differences of grad",
                            hv, _f64(fd[k]).reshape(-1), rtol, rounding)
         # reverse over reverse: the vjp of the gradient with cotangent T is H T (H symmetric)
-        t_all = {i: tangents[i] for i in ctx.diff}
-        fd, rounding = _central(grad_jit, xs, t_all)
-        _, vjp_grad = jax.vjp(lambda *v: grad_at(_place(xs, ctx.diff, v)),
-                              *(xs[i] for i in ctx.diff))
-        rev = vjp_grad(tuple(jnp.asarray(t_all[i]) for i in ctx.diff))
-        for i, a, b in zip(ctx.diff, rev, fd, strict=True):
-            meter.near(f"d2/d{ctx.schema.inputs[i].name} d(all) (vjp of grad) vs finite "
-                       "differences of grad", a, b, rtol, rounding)
+        fd, rounding = _central(grad, primals, tangents)
+        t = tuple(jnp.asarray(t) for t in tangents)
+        rev = jax.jit(lambda p, t: jax.vjp(grad, *p)[1](t))(primals, t)
+        for name, a, b in zip(names, rev, fd, strict=True):
+            meter.near(f"d2/d{name} d(all inputs) (vjp of grad) vs finite differences of "
+                       "grad", a, b, rtol, rounding)
     return meter.result("second_derivatives",
-                        f"float64, jvp/vjp of grad and jax.hessian vs central differences "
+                        "float64, jvp/vjp of grad and jax.hessian vs central differences "
                         f"of grad, rtol {rtol:g} normwise")
 
 
@@ -690,14 +676,15 @@ def opcheck(op: Callable[..., Any], *example_inputs: Any, atol: float | None = N
     ctx = _Context(op, inputs, attrs, atol, rtol, dtypes, seed, onnx)
     results = []
     for name in CHECKS:
+        start = time.perf_counter()
         try:
-            results.append(_CHECK_FNS[name](ctx))
+            result = _CHECK_FNS[name](ctx)
         except _NotApplicable as e:
-            results.append(CheckResult(name, "not applicable", str(e)))
+            result = CheckResult(name, "not applicable", str(e))
         except Exception as e:  # noqa: BLE001 -- a crashing check is a failed property
-            message = str(e).strip().splitlines()
-            first = message[0] if message else ""
-            results.append(CheckResult(name, "failed", f"raised {type(e).__name__}: {first}"))
+            message = " ".join(str(e).split())
+            result = CheckResult(name, "failed", f"raised {type(e).__name__}: {message}")
+        results.append(dataclasses.replace(result, seconds=time.perf_counter() - start))
     report = OpcheckReport(schema.function, tuple(results))
     if not report.ok:
         failed = [c for c in report.checks if c.status == "failed"]
