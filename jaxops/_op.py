@@ -32,7 +32,7 @@ from jax.custom_derivatives import SymbolicZero
 from jaxops import schema as _schema_registry
 from jaxops._dispatch import IMPLEMENTATIONS, Implementation, Kernel, unavailable
 from jaxops._recording import is_recording, record
-from jaxops.schema import FLOAT_TYPES, Attribute, OpSchema, Parameter
+from jaxops.schema import FLOAT_TYPES, JAXOPS_DOMAIN, Attribute, OpSchema, Parameter
 
 __all__ = ["Op", "defop"]
 
@@ -505,9 +505,10 @@ def defop(schema: OpSchema | None = None, /, *, name: str | None = None,
     def decorate(impl: Callable[..., Any]) -> Op:
         s = schema
         if s is None:
-            if domain in ("", "ai.onnx"):
-                raise ValueError(f"jaxops.defop(name={name!r}): the ai.onnx domain is ONNX's; "
-                                 "give your op a domain of its own (e.g. 'example.ops').")
+            if domain in ("", "ai.onnx", JAXOPS_DOMAIN):
+                raise ValueError(f"jaxops.defop(name={name!r}): the domain {domain!r} belongs "
+                                 "to ONNX or to jaxops' own ops; give your op a domain of its "
+                                 "own (e.g. 'example.ops').")
             s = _schema_registry.register(_inferred_schema(
                 impl, name=name, domain=domain, since_version=since_version, doc=doc,
                 outputs=outputs, type_constraints=type_constraints,

@@ -446,6 +446,11 @@ def get(name: str) -> OpSchema:
                    "'leaky_relu').")
 
 
+def builtin_schemas() -> tuple[OpSchema, ...]:
+    """jaxops' own schemas (domains ai.onnx and ai.jaxops), without users' ops."""
+    return tuple(s for s in all_schemas() if s.domain in ("", JAXOPS_DOMAIN))
+
+
 def all_schemas() -> tuple[OpSchema, ...]:
     """Every registered schema (ops and gradient ops), sorted by op_type."""
     return tuple(_REGISTRY[k] for k in sorted(_REGISTRY))

@@ -103,8 +103,9 @@ def test_defop_refuses_what_it_cannot_infer():
         jaxops.defop(name="TestBadInput", domain="test.ops")(lambda x, y=2: x)
     with pytest.raises(TypeError, match=r"name= and domain="):
         jaxops.defop(name="TestNoDomain")
-    with pytest.raises(ValueError, match=r"ai.onnx domain is ONNX's"):
-        jaxops.defop(name="TestOnnxDomain", domain="")(lambda x: x)
+    for domain in ("", "ai.jaxops"):
+        with pytest.raises(ValueError, match=r"belongs to ONNX or to jaxops' own ops"):
+            jaxops.defop(name="TestOnnxDomain", domain=domain)(lambda x: x)
     with pytest.raises(ValueError, match=r"already registered"):
         jaxops.defop(name="TestSquareplus", domain="test.ops")(lambda x: x)
     assert "TestBadAttr" not in {s.name for s in jaxops.schema.all_schemas()}

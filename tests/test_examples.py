@@ -78,3 +78,24 @@ def test_onnx_roundtrip_exports_runs_imports_and_fine_tunes(tmp_path, capsys):
     assert out["loss_after"] < out["loss_before"]
     assert path.stat().st_size > 10_000
     assert "onnxruntime: accuracy" in capsys.readouterr().out
+
+
+def test_custom_op_example(capsys):
+    import jaxops
+
+    try:
+        out = _load("custom_op").main()
+    finally:  # the example registers its ops: take them out for the tests that follow
+        for name in ("Squareplus", "SquareplusGradient"):
+            jaxops.schema.unregister(name)
+    x = np.asarray(out["x"], np.float64)
+    np.testing.assert_allclose(out["y"], (x + np.sqrt(x * x + 1)) / 2, rtol=1e-6)
+    np.testing.assert_allclose(out["grad"], (1 + x / np.sqrt(x * x + 4)) / 2, rtol=1e-6)
+    np.testing.assert_allclose(out["tangent"], out["grad"], rtol=1e-6)
+    np.testing.assert_allclose(np.diagonal(out["hessian"]), 2 / (x * x + 4) ** 1.5, rtol=1e-5)
+    assert "squareplus_gradient" in out["jaxpr"] and out["report"].ok
+    assert [(n.domain, n.op_type) for n in out["model"].graph.node] == [
+        ("example.ops", "Squareplus")]
+    np.testing.assert_allclose(out["onnxruntime"], out["y"], rtol=1e-6)
+    np.testing.assert_allclose(out["imported"], out["y"], rtol=1e-6)
+    assert "Squareplus-1 (domain 'example.ops')" in capsys.readouterr().out

@@ -11,11 +11,11 @@ from reference import example_args, structured
 
 import jaxops as jo
 from benchmarks.harness import count_compiles  # one compile counter for tests and benchmarks
-from jaxops._op import defop
+from jaxops import defop
 from jaxops.schema import OpSchema, Parameter
 
 OPS_WITH_GRADIENT = [
-    s for s in jo.schema.all_schemas() if s.gradient is not None
+    s for s in jo.schema.builtin_schemas() if s.gradient is not None
     and s.name != "LinearCrossEntropyLoss"  # matrices, not one shape: tests/kernels_wip.py
 ]
 
@@ -98,7 +98,7 @@ def test_attribute_change_under_jit_and_grad():
     np.testing.assert_allclose(g(x, -0.5), np.where(np.asarray(x) >= 0, 1.0, -0.5))
 
 
-INPLACE = [s for s in jo.schema.all_schemas() if s.allow_inplace]
+INPLACE = [s for s in jo.schema.builtin_schemas() if s.allow_inplace]
 NOT_INPLACE = [s for s in OPS_WITH_GRADIENT if not s.allow_inplace]
 
 

@@ -17,8 +17,7 @@ import pytest
 from onnx.reference import ReferenceEvaluator
 
 import jaxops as jo
-from jaxops import onnx as jonnx
-from jaxops._op import defop
+from jaxops import defop, onnx as jonnx
 from jaxops._recording import jaxops_op_p, recording
 from jaxops.onnx.exporter import derived_function_proto
 from jaxops.schema import Attribute, OpSchema, Parameter
