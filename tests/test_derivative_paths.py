@@ -188,3 +188,22 @@ def test_gradient_ops_each_input_alone(name, op, xs, attrs, x64):
         jitted = jax.jit(lambda v, t, f=f: jax.jvp(f, (v,), (t,))[1])(xs[i], t)
         for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(jitted), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12, err_msg=f"input {i}")
+
+
+def test_closed_over_inputs_cost_no_matmul():
+    """A closed-over input's zero tangent never reaches a matmul: it would cost an N x H x V
+    product of zeros, and XLA CPU (jaxlib 0.10.2) miscompiles a dot against a broadcast
+    constant (docs/xla_cpu_dot_zero_miscompile.py).  Counted in the jaxpr: d/dh alone has
+    fewer dot_generals than d/d(h, w), and d/dw alone likewise."""
+    h, w, labels = _lce_inputs()
+
+    def dots(f, *args):
+        return str(jax.make_jaxpr(f)(*args)).count("dot_general")
+
+    def f(a, b):
+        return jo.linear_cross_entropy(a, b, labels, reduction="sum", implementation="xla")
+
+    both = dots(lambda a, b: jax.jvp(f, (a, b), (a, b))[1], h, w)
+    h_alone = dots(lambda a: jax.jvp(lambda a: f(a, w), (a,), (a,))[1], h)
+    w_alone = dots(lambda b: jax.jvp(lambda b: f(h, b), (b,), (b,))[1], w)
+    assert h_alone < both and w_alone < both, (h_alone, w_alone, both)

@@ -132,3 +132,21 @@ def test_list_form_names_each_axis_so_shared_sizes_need_the_dict_form():
                                          r"\(input_0_dim0, 3\), got \(input_1_dim0, 3\)"):
         jonnx.export(_mse, p, t, dynamic_axes={0: [0], 1: [0]})
     jonnx.export(_mse, p, t, dynamic_axes={0: {0: "n"}, 1: {0: "n"}})
+
+
+def test_one_symbol_for_axes_of_different_example_sizes_is_refused():
+    """Found by review: the model was written and failed on its own example in onnxruntime."""
+    x = jnp.arange(12.0).reshape(4, 3)
+    with pytest.raises(ValueError, match=r"axis 1 of 'input_0' \(size 3\) and axis 0 of "
+                                         r"'input_0' \(size 4\) both 'b', but one symbol is "
+                                         r"one size"):
+        jonnx.export(lambda x: jo.relu(x + x.T), x, dynamic_axes={0: {0: "b", 1: "b"}})
+
+
+def test_independent_symbols_combined_by_the_function_say_what_to_do():
+    x = jnp.ones((4, 3))
+    with pytest.raises(TypeError, match=r"(?s)tracing the function with dynamic axes "
+                                        r"'input_0_dim0', 'input_1_dim0' failed: .*need the "
+                                        r"same symbol"):
+        jonnx.export(lambda x, y: jo.relu(x) + y, x, x,
+                     dynamic_axes={"input_0": [0], "input_1": [0]})

@@ -688,10 +688,20 @@ def _symbolic_specs(flat_args, dynamic_axes, in_names):
     symbol}}``) as JAX symbolic dimensions (one scope: a symbol named twice is one size), and
     where each symbol can be read."""
     scope = jax.export.SymbolicScope()
-    specs, sources = [], {}
+    specs, sources, sizes = [], {}, {}
     for i, x in enumerate(flat_args):
         axes = dynamic_axes.get(i, {})
         shape = np.shape(x)
+        for k, symbol in axes.items():
+            # one symbol is one size: the example must agree, or the model would be written
+            # for inputs its own example does not fit
+            first = sizes.setdefault(symbol, (shape[k], in_names[i], k))
+            if first[0] != shape[k]:
+                raise ValueError(
+                    f"jaxops.onnx.export: dynamic_axes names axis {k} of {in_names[i]!r} "
+                    f"(size {shape[k]}) and axis {first[2]} of {first[1]!r} (size {first[0]}) "
+                    f"both {symbol!r}, but one symbol is one size. Give them different "
+                    "symbols, or example inputs whose sizes agree.")
         if axes:
             spec = ", ".join(axes.get(k, str(d)) for k, d in enumerate(shape))
             shape = jax.export.symbolic_shape(spec, scope=scope)
@@ -770,6 +780,18 @@ def export(fn: Callable[..., Any], *example_args, opset: int | None = None,
     with recording():
         try:
             closed = jax.make_jaxpr(fn)(*jax.tree.unflatten(tree, specs))
+        except (TypeError, ValueError) as e:
+            if not input_axes or "jaxops" in str(e).split(":")[0]:
+                raise
+            # a shape error of the traced function itself: with dynamic axes it usually
+            # means two sizes the function combines were given independent symbols
+            symbols = sorted({v for axes in input_axes.values() for v in axes.values()})
+            raise type(e)(
+                f"jaxops.onnx.export: tracing the function with dynamic axes "
+                f"{', '.join(map(repr, symbols))} failed: {e}\nAxes with different symbols "
+                "are independent sizes; axes the function combines (adds, concatenates, "
+                "broadcasts together) need the same symbol, e.g. dynamic_axes={0: {0: "
+                "'batch'}, 1: {0: 'batch'}}.") from e
         except NotImplementedError as e:
             if "jaxops_op" not in str(e) and "custom_lin" not in str(e):
                 raise
