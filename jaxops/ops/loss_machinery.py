@@ -116,11 +116,11 @@ def spread(dloss: ArrayLike, shape: tuple[int, ...], reduction: str) -> jax.Arra
     return jnp.broadcast_to(g, shape)
 
 
-def check_dloss_shape(s: OpSchema, dloss, loss: tuple[int, ...], reduction: str) -> None:
-    """A gradient op's trace-time check: ``dloss`` (an aval) has the shape ``loss`` of the
-    loss it is the gradient of."""
-    if dloss.shape != loss:
-        raise ValueError(f"jaxops.{s.function}: dloss must have the loss's shape {loss} "
+def check_dloss_shape(s: OpSchema, dloss, expected: tuple[int, ...], reduction: str) -> None:
+    """A gradient op's trace-time check: ``dloss`` (an aval) has the shape ``expected`` of
+    the loss it is the gradient of (:func:`loss_shape`)."""
+    if dloss.shape != expected:
+        raise ValueError(f"jaxops.{s.function}: dloss must have the loss's shape {expected} "
                          f"for reduction={reduction!r}, got {dloss.shape}.")
 
 

@@ -1,7 +1,8 @@
 """Elementwise losses with a ``reduction`` ("none" | "sum" | "mean", default "mean").
 
 Each loss is computed per element in at least float32 and reduced there, then cast to the
-input dtype (the reduction and its gradient: :mod:`jaxops.ops.loss_machinery`).  ONNX has none of these ops; they live in the jaxops domain (since_version 1).
+input dtype (the reduction and its gradient: :mod:`jaxops.ops.loss_machinery`).  ONNX has
+none of these ops; they live in the jaxops domain (since_version 1).
 Losses whose autodiff is already simple and stable (MSE, MAE, MSLE, hinge, KL) have no
 registered gradient; the logistic cross-entropy has one (Caffe2's
 SigmoidCrossEntropyWithLogitsGradient), which never forms ``exp`` of a large logit.
