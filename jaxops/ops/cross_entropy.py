@@ -5,20 +5,10 @@
 * :func:`nll_loss`: ONNX NegativeLogLikelihoodLoss-22 (the same, from log-probabilities).
 * :func:`cross_entropy`: Caffe2's CrossEntropy, with distribution targets (jaxops domain).
 
-Shared semantics of the labelled losses (ONNX's, with two choices where ONNX is silent):
-
-* ``reduction="mean"`` is the weighted mean ``sum_n w[l_n] loss_n / sum_n w[l_n]`` over the
-  entries whose label is not ``ignore_index`` (plain mean without weights).  When every entry
-  is ignored the sum of weights is 0: jaxops returns 0 with zero gradients (ONNX's reference
-  and PyTorch give 0/0 = NaN), so an all-padding batch cannot poison a training run.
-* An empty batch (N = 0, or no spatial positions) has no weight either, so its mean is 0 by
-  the same rule (``jnp.mean`` of no losses would be NaN); its sum is 0.  Scores without
-  classes (C = 0) have no valid label: every label must be ``ignore_index``.
-* ``ignore_index`` must be an int32 value (``ValueError`` otherwise): labels are int32, or
-  int64 under x64, and no label could equal a value outside that range.
-* A label outside ``[0, C)`` that is not ``ignore_index`` is a value error: outside ``jit`` it
-  raises ``ValueError``; inside ``jit`` its loss is NaN (ONNX leaves it undefined; indexing
-  would crash), and NaN propagates through the reductions, where a checked loop can see it.
+The labelled losses share ONNX's semantics, with two choices where ONNX is silent (a fully
+ignored or empty batch has mean 0, not NaN; ``ignore_index`` must be an int32 value): labels,
+``ignore_index``, class weights, the weighted mean and out-of-range labels are described and
+implemented once, in :mod:`jaxops.ops.loss_machinery`.
 
 Everything is computed in float32 for half-precision scores and cast back once.
 """
@@ -38,10 +28,24 @@ from jaxops._ad import with_twin_derivative
 from jaxops._numerics import upcast
 from jaxops._op import defop
 from jaxops.kernels import triton
-from jaxops.ops.losses import _REDUCTION
+from jaxops.ops.loss_machinery import (
+    IGNORE_INDEX,
+    LABELLED_TYPES,
+    REDUCTION,
+    check_dloss_shape,
+    entry_weights,
+    labels_in_range,
+    labels_parameter,
+    loss_coefficient,
+    loss_shape,
+    reduce,
+    reduce_entries,
+    reduce_weighted,
+    spread,
+    weights_parameter,
+)
 from jaxops.ops.softmax import log_softmax, log_softmax_gradient
 from jaxops.schema import (
-    FLOAT_TYPES,
     JAXOPS_DOMAIN,
     XLA_AND_PALLAS,
     Attribute,
@@ -49,39 +53,6 @@ from jaxops.schema import (
     OpSchema,
     Parameter,
 )
-
-_INDEX_TYPES = ("int32", "int64")
-_LABELLED_TYPES = {"T": FLOAT_TYPES, "Tind": _INDEX_TYPES}
-_INT32 = np.iinfo(np.int32)
-
-
-def _int32_label(value: int) -> str | None:
-    """Labels are int32 (int64 only with x64): an ``ignore_index`` no int32 label can equal
-    is a mistake, and comparing labels with it would overflow at trace time.  The int32
-    range lies inside both label dtypes, so checking it here covers either."""
-    if _INT32.min <= value <= _INT32.max:
-        return None
-    return (f"must be an int32 label value, in [{_INT32.min}, {_INT32.max}] (no label can "
-            "equal it otherwise). Use the value your padding labels hold, e.g. -100.")
-
-
-_IGNORE_INDEX = Attribute("ignore_index", "int", None, check=_int32_label,
-                          doc="label value that contributes neither loss nor weight")
-
-
-# float labels are usually one-hot or soft targets, which cross_entropy takes as they are
-_FLOAT_TARGETS = ", or use cross_entropy for one-hot/probability targets"
-
-
-def _labels(name: str = "labels", dtype_advice: str = _FLOAT_TARGETS) -> Parameter:
-    return Parameter(name, "Tind", doc="class indices, shape (N, d1, ...)", differentiable=False,
-                     dtype_advice=dtype_advice)
-
-
-def _weights(name: str = "weights") -> Parameter:
-    return Parameter(name, doc="per-class weights, shape (C,)", optional=True,
-                     differentiable=False)
-
 
 # -------------------------------------------------------------------- shared by SCE and NLL
 
@@ -102,35 +73,6 @@ def _check_labelled(s: OpSchema, scores, labels, weights) -> int:
     return c
 
 
-def _labels_in_range(scores, labels, weights=None, *rest, ignore_index=None, **attrs):
-    c = scores.shape[1]
-    bad = ((labels < 0) | (labels >= c)) & (labels != ignore_index)
-    if bad.any() and c == 0:
-        return (f"'scores' has no classes (axis 1 has size 0), so every label must be "
-                f"ignore_index; got labels {np.unique(labels[bad])[:5].tolist()} with "
-                f"ignore_index={ignore_index}. Check the class axis (1) of 'scores'.")
-    if bad.any():
-        return (f"labels must be class indices in [0, {c}) or ignore_index={ignore_index}, "
-                f"got {np.unique(labels[bad])[:5].tolist()}.")
-    return None
-
-
-def _entry_weights(labels, weights, c, ignore_index, dtype):
-    """(w, safe, invalid): the weight of each entry (0 where ignored) in the compute
-    ``dtype``, labels clamped into range for indexing, and the entries whose label is out of
-    range (not ignored)."""
-    # *_like: sharded like the labels (explicit sharding)
-    ignored = (labels == ignore_index) if ignore_index is not None else jnp.zeros_like(
-        labels, bool)
-    invalid = ((labels < 0) | (labels >= c)) & ~ignored
-    safe = jnp.where(ignored | invalid, 0, labels)
-    if weights is None or c == 0:  # no classes: every entry is ignored or invalid anyway
-        w = jnp.ones_like(labels, dtype)
-    else:  # the weights are replicated; each entry's weight is sharded like its label
-        w = upcast(weights).at[safe].get(out_sharding=jax.typeof(safe).sharding)
-    return jnp.where(ignored, jnp.zeros_like(w), w), safe, invalid
-
-
 def _picked(logp, safe):
     """logp[n, label_n, d...]: the log-probability of each entry's label.  Without classes
     there is nothing to pick (a gather of an empty axis is refused): 0, which the callers
@@ -140,45 +82,10 @@ def _picked(logp, safe):
     return jnp.take_along_axis(logp, safe[:, None], axis=1)[:, 0]
 
 
-def _reduce_weighted(loss, w, reduction):
-    if reduction == "none":
-        return loss
-    total = jnp.sum(loss)
-    if reduction == "sum":
-        return total
-    denom = jnp.sum(w)
-    # all entries ignored: 0, not 0/0 (and a zero gradient, not NaN)
-    return jnp.where(denom == 0, 0.0, total / jnp.where(denom == 0, 1.0, denom))
-
-
 def _nll_from_log_prob(logp, labels, weights, *, ignore_index, reduction):
     """The weighted negative log-likelihood of float32 log-probabilities."""
-    w, safe, invalid = _entry_weights(labels, weights, logp.shape[1], ignore_index, logp.dtype)
-    return _weighted(-_picked(logp, safe), w, invalid, reduction)
-
-
-def _reduce_entries(loss, labels, weights, classes, *, ignore_index, reduction):
-    """Per-entry losses (or their tangents) weighted by their labels' weights and reduced."""
-    w, _, invalid = _entry_weights(labels, weights, classes, ignore_index, loss.dtype)
-    return _weighted(loss, w, invalid, reduction)
-
-
-def _weighted(loss, w, invalid, reduction):
-    """Per-entry losses weighted and reduced.  A weight-0 entry (ignored, or a class of
-    weight 0) adds 0 even where its loss is inf (its label's probability is 0): 0 * inf
-    would be NaN."""
-    loss = jnp.where(w == 0, jnp.zeros_like(loss), loss * w)
-    return _reduce_weighted(jnp.where(invalid, jnp.nan, loss), w, reduction)
-
-
-def _loss_coefficient(labels, weights, dloss, c, *, ignore_index, reduction):
-    """d total / d loss_n for each entry: w_n * dloss spread over the reduction."""
-    g = upcast(dloss)
-    w, safe, invalid = _entry_weights(labels, weights, c, ignore_index, g.dtype)
-    if reduction == "mean":
-        denom = jnp.sum(w)
-        g = jnp.where(denom == 0, 0.0, g / jnp.where(denom == 0, 1.0, denom))
-    return jnp.where(invalid, jnp.nan, w * g), safe
+    w, safe, invalid = entry_weights(labels, weights, logp.shape[1], ignore_index, logp.dtype)
+    return reduce_weighted(-_picked(logp, safe), w, invalid, reduction)
 
 
 def _one_hot(safe, c, dtype):
@@ -188,7 +95,7 @@ def _one_hot(safe, c, dtype):
 def _labelled_infer(s: OpSchema, in_avals, *, reduction, return_log_prob=False, **attrs):
     scores, labels, weights = in_avals[:3]
     _check_labelled(s, scores, labels, weights)
-    loss = jax.ShapeDtypeStruct(labels.shape if reduction == "none" else (), scores.dtype)
+    loss = jax.ShapeDtypeStruct(loss_shape(labels.shape, reduction), scores.dtype)
     if return_log_prob:
         return loss, jax.ShapeDtypeStruct(scores.shape, scores.dtype)
     return (loss,)
@@ -197,9 +104,7 @@ def _labelled_infer(s: OpSchema, in_avals, *, reduction, return_log_prob=False, 
 def _labelled_gradient_infer(s: OpSchema, in_avals, *, reduction, **attrs):
     scores, labels, weights, dloss = in_avals
     (loss,) = _labelled_infer(s, (scores, labels, weights), reduction=reduction)
-    if dloss.shape != loss.shape:
-        raise ValueError(f"jaxops.{s.function}: dloss must have the loss's shape {loss.shape} "
-                         f"for reduction={reduction!r}, got {dloss.shape}.")
+    check_dloss_shape(s, dloss, loss.shape, reduction)
     return (jax.ShapeDtypeStruct(scores.shape, scores.dtype),)
 
 
@@ -225,14 +130,14 @@ SOFTMAX_CROSS_ENTROPY = schema.register(OpSchema(
     inherit_onnx_schema=True,
     doc="loss = -weights[labels] * log_softmax(scores, axis=1)[labels], reduced.",
     inputs=(Parameter("scores", doc="unnormalized scores, shape (N, C, d1, ...)"),
-            _labels(), _weights()),
+            labels_parameter(), weights_parameter()),
     outputs=(Parameter("output", doc="the loss: shape (N, d1, ...) for 'none', else ()"),
              Parameter("log_prob", doc="log_softmax(scores, axis=1)", optional=True)),
-    attributes=(_IGNORE_INDEX, _REDUCTION,
+    attributes=(IGNORE_INDEX, REDUCTION,
                 Attribute("return_log_prob", "bool", False, onnx=False,
                           doc="also return log_prob (ONNX's optional second output)")),
-    type_constraints=_LABELLED_TYPES, elementwise=False, identical_type_and_shape=False,
-    value_check=_labels_in_range, gradient="SoftmaxCrossEntropyLossGradient",
+    type_constraints=LABELLED_TYPES, elementwise=False, identical_type_and_shape=False,
+    value_check=labels_in_range, gradient="SoftmaxCrossEntropyLossGradient",
     infer_fn=_labelled_infer, cost_fn=_labelled_cost(flops=5, exps=1, logs_per_entry=1),
     implementations=XLA_AND_PALLAS,
 ))
@@ -301,10 +206,10 @@ SOFTMAX_CROSS_ENTROPY_GRADIENT = schema.register(OpSchema(
     domain=JAXOPS_DOMAIN,
     doc="dscores = (exp(log_prob) - onehot(labels)) * weights[labels] * dloss, "
         "spread back over the reduction.",
-    inputs=(Parameter("log_prob", doc="log_softmax(scores, axis=1)"), _labels(), _weights(),
-            Parameter("dloss", doc="gradient w.r.t. the loss")),
+    inputs=(Parameter("log_prob", doc="log_softmax(scores, axis=1)"), labels_parameter(),
+            weights_parameter(), Parameter("dloss", doc="gradient w.r.t. the loss")),
     outputs=(Parameter("dscores", doc="gradient w.r.t. the scores"),),
-    attributes=(_IGNORE_INDEX, _REDUCTION), type_constraints=_LABELLED_TYPES,
+    attributes=(IGNORE_INDEX, REDUCTION), type_constraints=LABELLED_TYPES,
     elementwise=False, identical_type_and_shape=False, infer_fn=_labelled_gradient_infer,
     cost_fn=_labelled_cost(flops=4, exps=1, logs_per_entry=0),
 ))
@@ -326,8 +231,8 @@ def softmax_cross_entropy_gradient(
       Array([[ 0.25, -0.25]], dtype=float32)
     """
     lp, c = upcast(log_prob), log_prob.shape[1]
-    coef, safe = _loss_coefficient(labels, weights, dloss, c, ignore_index=ignore_index,
-                                   reduction=reduction)
+    coef, safe = loss_coefficient(labels, weights, dloss, c, ignore_index=ignore_index,
+                                  reduction=reduction)
     coef = jnp.broadcast_to(coef, labels.shape)
     return ((jnp.exp(lp) - _one_hot(safe, c, lp.dtype)) * coef[:, None]).astype(log_prob.dtype)
 
@@ -343,7 +248,7 @@ def _score_rows(scores, labels):
     return jnp.moveaxis(scores, 1, -1).reshape(-1, scores.shape[1]), labels.reshape(-1)
 
 
-def _cross_entropy_rows_xla(x, labels, *, ignore_index):
+def cross_entropy_rows_xla(x, labels, *, ignore_index):
     """Per-row loss (compute dtype) and gradient softmax - onehot (dtype of x) of (rows, C)
     scores, in XLA: the kernel's twin, and linear_cross_entropy's per-chunk step."""
     xf = upcast(x)
@@ -362,7 +267,7 @@ def _cross_entropy_rows_xla(x, labels, *, ignore_index):
 def _cross_entropy_rows(x, labels, *, ignore_index, interpret):
     kernel = functools.partial(triton.softmax_cross_entropy_rows, ignore_index=ignore_index,
                                with_gradient=True, interpret=interpret)
-    twin = functools.partial(_cross_entropy_rows_xla, ignore_index=ignore_index)
+    twin = functools.partial(cross_entropy_rows_xla, ignore_index=ignore_index)
     return with_twin_derivative(kernel, twin)(x, labels)
 
 
@@ -376,8 +281,8 @@ def _softmax_cross_entropy_pallas(scores, labels, weights=None, *, ignore_index,
     x, t = _score_rows(scores, labels)
     (loss,) = triton.softmax_cross_entropy_rows(x, t, ignore_index=ignore_index,
                                                 with_gradient=False, interpret=interpret)
-    return _reduce_entries(loss.reshape(labels.shape), labels, weights, scores.shape[1],
-                           ignore_index=ignore_index, reduction=reduction).astype(scores.dtype)
+    return reduce_entries(loss.reshape(labels.shape), labels, weights, scores.shape[1],
+                          ignore_index=ignore_index, reduction=reduction).astype(scores.dtype)
 
 
 def _softmax_cross_entropy_pallas_jvp(primals, tangents, *, ignore_index, reduction,
@@ -387,8 +292,8 @@ def _softmax_cross_entropy_pallas_jvp(primals, tangents, *, ignore_index, reduct
     loss, g = _cross_entropy_rows(x, t, ignore_index=ignore_index, interpret=interpret)
     dx, _ = _score_rows(upcast(tangents[0]), labels)
     t_rows = jnp.sum(upcast(g) * dx, axis=1)  # <gradient, tangent> per row
-    y, t_y = (_reduce_entries(r.reshape(labels.shape), labels, weights, scores.shape[1],
-                              ignore_index=ignore_index, reduction=reduction)
+    y, t_y = (reduce_entries(r.reshape(labels.shape), labels, weights, scores.shape[1],
+                             ignore_index=ignore_index, reduction=reduction)
               .astype(scores.dtype) for r in (loss, t_rows))
     return y, t_y
 
@@ -404,11 +309,11 @@ NLL_LOSS = schema.register(OpSchema(
     inherit_onnx_schema=True,
     doc="loss = -weight[target] * input[target] along axis 1, reduced.",
     inputs=(Parameter("input", doc="log-probabilities, shape (N, C, d1, ...)"),
-            _labels("target"), _weights("weight")),
+            labels_parameter("target"), weights_parameter("weight")),
     outputs=(Parameter("loss", doc="shape (N, d1, ...) for 'none', else ()"),),
-    attributes=(_IGNORE_INDEX, _REDUCTION),
-    type_constraints=_LABELLED_TYPES, elementwise=False, identical_type_and_shape=False,
-    value_check=_labels_in_range, gradient="NegativeLogLikelihoodLossGradient",
+    attributes=(IGNORE_INDEX, REDUCTION),
+    type_constraints=LABELLED_TYPES, elementwise=False, identical_type_and_shape=False,
+    value_check=labels_in_range, gradient="NegativeLogLikelihoodLossGradient",
     infer_fn=_labelled_infer, cost_fn=_labelled_cost(flops=0, exps=0, logs_per_entry=0),
 ))
 
@@ -426,7 +331,8 @@ def nll_loss(
     ``input`` holds log-probabilities with classes on axis 1 (e.g. ``log_softmax(s, axis=1)``);
     ``nll_loss(log_softmax(s, axis=1), t)`` equals ``softmax_cross_entropy(s, t)``.  The
     ``ignore_index``, weighting and out-of-range rules are those of
-    :func:`softmax_cross_entropy` (module docstring).  Matches PyTorch's ``NLLLoss``.
+    :func:`softmax_cross_entropy` (:mod:`jaxops.ops.loss_machinery`).  Matches PyTorch's
+    ``NLLLoss``.
 
     Args:
       input: float array ``(N, C, d1, ...)`` of log-probabilities.
@@ -459,9 +365,10 @@ NLL_LOSS_GRADIENT = schema.register(OpSchema(
     doc="dinput = -onehot(target) * weight[target] * dloss, spread back over the reduction.",
     inputs=(Parameter("input", doc="the forward input (for its shape and dtype)",
                       differentiable=False),
-            _labels("target"), _weights("weight"), Parameter("dloss", doc="gradient w.r.t. loss")),
+            labels_parameter("target"), weights_parameter("weight"),
+            Parameter("dloss", doc="gradient w.r.t. loss")),
     outputs=(Parameter("dinput", doc="gradient w.r.t. the input"),),
-    attributes=(_IGNORE_INDEX, _REDUCTION), type_constraints=_LABELLED_TYPES,
+    attributes=(IGNORE_INDEX, REDUCTION), type_constraints=LABELLED_TYPES,
     elementwise=False, identical_type_and_shape=False, infer_fn=_labelled_gradient_infer,
     cost_fn=_labelled_cost(flops=1, exps=0, logs_per_entry=0, reads_first=False),
 ))
@@ -481,8 +388,8 @@ def nll_loss_gradient(
       Array([[-0., -1.]], dtype=float32)
     """
     c = input.shape[1]
-    coef, safe = _loss_coefficient(target, weight, dloss, c, ignore_index=ignore_index,
-                                   reduction=reduction)
+    coef, safe = loss_coefficient(target, weight, dloss, c, ignore_index=ignore_index,
+                                  reduction=reduction)
     coef = jnp.broadcast_to(coef, target.shape)
     return (-_one_hot(safe, c, coef.dtype) * coef[:, None]).astype(input.dtype)
 
@@ -504,15 +411,13 @@ def _ce_infer(s: OpSchema, in_avals, *, axis, reduction, **attrs):
         raise ValueError(f"jaxops.{s.function}: input {s.inputs[1].name!r} must have the shape "
                          f"of {s.inputs[0].name!r} {x.shape}, got {t.shape}.")
     per_example = x.shape[:axis % rank] + x.shape[axis % rank + 1:]
-    return (jax.ShapeDtypeStruct(per_example if reduction == "none" else (), x.dtype),)
+    return (jax.ShapeDtypeStruct(loss_shape(per_example, reduction), x.dtype),)
 
 
 def _ce_gradient_infer(s: OpSchema, in_avals, *, axis, reduction, **attrs):
     x, t, dloss = in_avals
     (loss,) = _ce_infer(s, (x, t), axis=axis, reduction=reduction)
-    if dloss.shape != loss.shape:
-        raise ValueError(f"jaxops.{s.function}: dloss must have the loss's shape {loss.shape} "
-                         f"for reduction={reduction!r}, got {dloss.shape}.")
+    check_dloss_shape(s, dloss, loss.shape, reduction)
     return (jax.ShapeDtypeStruct(x.shape, x.dtype),)
 
 
@@ -541,7 +446,7 @@ CROSS_ENTROPY = schema.register(OpSchema(
     inputs=(Parameter("inputs", doc="probabilities (or logits with from_logits)"),
             Parameter("targets", doc="target distribution, same shape")),
     outputs=(Parameter("loss", doc="per example for 'none', else a scalar"),),
-    attributes=(_FROM_LOGITS, _AXIS, _REDUCTION), elementwise=False,
+    attributes=(_FROM_LOGITS, _AXIS, REDUCTION), elementwise=False,
     identical_type_and_shape=False, gradient="CrossEntropyGradient", infer_fn=_ce_infer,
     cost_fn=_ce_cost(flops=3),
 ))
@@ -590,21 +495,13 @@ def cross_entropy(
       Caffe2 ``CrossEntropy``; optax ``softmax_cross_entropy``.
     """
     loss = _per_example_ce(upcast(inputs), upcast(targets), from_logits=from_logits, axis=axis)
-    if reduction == "sum":
-        loss = jnp.sum(loss)
-    elif reduction == "mean":
-        loss = jnp.mean(loss)
-    return loss.astype(inputs.dtype)
+    return reduce(loss, reduction, inputs.dtype)
 
 
 def _spread(dloss, x, axis, reduction):
     """d total / d loss_n per example, broadcastable against ``x`` along ``axis``."""
-    g = upcast(dloss)
     examples = x.shape[:axis % x.ndim] + x.shape[axis % x.ndim + 1:]
-    if reduction == "mean":
-        # the mean over no examples is NaN, but then dinputs is empty: any divisor will do
-        g = g / max(math.prod(examples), 1)
-    return jnp.expand_dims(jnp.broadcast_to(g, examples), axis)
+    return jnp.expand_dims(spread(dloss, examples, reduction), axis)
 
 
 @cross_entropy.defgrad
@@ -627,7 +524,7 @@ CROSS_ENTROPY_GRADIENT = schema.register(OpSchema(
             Parameter("targets", doc="target distribution"),
             Parameter("dloss", doc="gradient w.r.t. the loss")),
     outputs=(Parameter("dinputs", doc="gradient w.r.t. the inputs"),),
-    attributes=(_FROM_LOGITS, _AXIS, _REDUCTION), elementwise=False,
+    attributes=(_FROM_LOGITS, _AXIS, REDUCTION), elementwise=False,
     identical_type_and_shape=False, infer_fn=_ce_gradient_infer,
     cost_fn=_ce_cost(flops=3, grad=True),
 ))

@@ -41,17 +41,19 @@ from jaxops._numerics import upcast
 from jaxops._op import defop
 from jaxops.kernels import triton
 from jaxops.kernels.sharding import padded_spec, row_axes
-from jaxops.ops.cross_entropy import (
-    _IGNORE_INDEX,
-    _LABELLED_TYPES,
-    _cross_entropy_rows_xla,
-    _labels,
-    _labels_in_range,
-    _loss_coefficient,
-    _reduce_entries,
-    _weights,
+from jaxops.ops.cross_entropy import cross_entropy_rows_xla
+from jaxops.ops.loss_machinery import (
+    IGNORE_INDEX,
+    LABELLED_TYPES,
+    REDUCTION,
+    check_dloss_shape,
+    labels_in_range,
+    labels_parameter,
+    loss_coefficient,
+    loss_shape,
+    reduce_entries,
+    weights_parameter,
 )
-from jaxops.ops.losses import _REDUCTION
 from jaxops.schema import JAXOPS_DOMAIN, XLA_AND_PALLAS, Attribute, Cost, OpSchema, Parameter
 
 #: bytes of float32 logits per chunk when ``chunk_size`` is None
@@ -92,15 +94,13 @@ def _check(s: OpSchema, h, w, labels, weights):
 def _infer(s: OpSchema, in_avals, *, reduction, **attrs):
     h, w, labels, weights = in_avals
     _check(s, h, w, labels, weights)
-    return (jax.ShapeDtypeStruct(labels.shape if reduction == "none" else (), h.dtype),)
+    return (jax.ShapeDtypeStruct(loss_shape(labels.shape, reduction), h.dtype),)
 
 
 def _gradient_infer(s: OpSchema, in_avals, *, reduction, **attrs):
     h, w, labels, weights, dloss = in_avals
     (loss,) = _infer(s, in_avals[:4], reduction=reduction)
-    if dloss.shape != loss.shape:
-        raise ValueError(f"jaxops.{s.function}: dloss must have the loss's shape {loss.shape} "
-                         f"for reduction={reduction!r}, got {dloss.shape}.")
+    check_dloss_shape(s, dloss, loss.shape, reduction)
     return (jax.ShapeDtypeStruct(h.shape, h.dtype), jax.ShapeDtypeStruct(w.shape, w.dtype))
 
 
@@ -152,7 +152,7 @@ def _logits(hc, w):
 
 def _xla_rows(ignore_index):
     """Each chunk's step in XLA: logits -> (per-row loss, G = softmax - onehot)."""
-    return functools.partial(_cross_entropy_rows_xla, ignore_index=ignore_index)
+    return functools.partial(cross_entropy_rows_xla, ignore_index=ignore_index)
 
 
 def _kernel_rows(ignore_index, interpret, with_gradient=True):
@@ -205,11 +205,11 @@ LINEAR_CROSS_ENTROPY = schema.register(OpSchema(
         "of tokens without materializing the logits.",
     inputs=(Parameter("h", doc="hidden states, shape (N, H)"),
             Parameter("w", doc="output projection, shape (H, V)"),
-            _labels(dtype_advice=""), _weights()),
+            labels_parameter(dtype_advice=""), weights_parameter()),
     outputs=(Parameter("output", doc="the loss: shape (N,) for 'none', else ()"),),
-    attributes=(_IGNORE_INDEX, _REDUCTION, _CHUNK),
-    type_constraints=_LABELLED_TYPES, elementwise=False, identical_type_and_shape=False,
-    value_check=lambda h, w, labels, weights=None, *, ignore_index, **attrs: _labels_in_range(
+    attributes=(IGNORE_INDEX, REDUCTION, _CHUNK),
+    type_constraints=LABELLED_TYPES, elementwise=False, identical_type_and_shape=False,
+    value_check=lambda h, w, labels, weights=None, *, ignore_index, **attrs: labels_in_range(
         w, labels, ignore_index=ignore_index),  # w (H, V) has the classes on axis 1
     gradient="LinearCrossEntropyLossGradient", infer_fn=_infer, cost_fn=_cost(1),
     implementations=XLA_AND_PALLAS,
@@ -251,8 +251,8 @@ def linear_cross_entropy(
       Liger-Kernel's FusedLinearCrossEntropy.
     """
     loss = _loss_scan(h, w, labels, _xla_rows(ignore_index), chunk_size)
-    return _reduce_entries(loss, labels, weights, w.shape[1], ignore_index=ignore_index,
-                           reduction=reduction).astype(h.dtype)
+    return reduce_entries(loss, labels, weights, w.shape[1], ignore_index=ignore_index,
+                          reduction=reduction).astype(h.dtype)
 
 
 @linear_cross_entropy.defgrad
@@ -272,7 +272,7 @@ def _tangent_scan(h, w, labels, th, tw, *, ignore_index, chunk_size):
 
     def body(carry, xs):
         hx, lx, tx = xs
-        _, g = _cross_entropy_rows_xla(_logits(hx, w), lx, ignore_index=ignore_index)
+        _, g = cross_entropy_rows_xla(_logits(hx, w), lx, ignore_index=ignore_index)
         tz = [_logits(tx, w) if tx is not None else None,
               _logits(hx, tw) if tw is not None else None]
         return carry, sum(jnp.sum(g * t, axis=1) for t in tz if t is not None)
@@ -285,8 +285,8 @@ def _tangent_scan(h, w, labels, th, tw, *, ignore_index, chunk_size):
 def _gradient_pair(ignore_index, reduction, chunk_size, has_weights):
     # the pair's operands are arrays: no class weights travel as an empty array
     def apply(h, w, labels, weights, dloss):
-        coef, _ = _loss_coefficient(labels, weights if has_weights else None, dloss,
-                                    w.shape[1], ignore_index=ignore_index, reduction=reduction)
+        coef, _ = loss_coefficient(labels, weights if has_weights else None, dloss,
+                                   w.shape[1], ignore_index=ignore_index, reduction=reduction)
         coef = jnp.broadcast_to(coef, labels.shape)
         _, dh, dw = _gradient_scan(h, w, labels, coef, _xla_rows(ignore_index), chunk_size)
         return dh, dw
@@ -294,8 +294,8 @@ def _gradient_pair(ignore_index, reduction, chunk_size, has_weights):
     def transpose(h, w, labels, weights, th, tw):
         rows = _tangent_scan(h, w, labels, th, tw, ignore_index=ignore_index,
                              chunk_size=chunk_size)
-        return (_reduce_entries(rows, labels, weights if has_weights else None, w.shape[1],
-                                ignore_index=ignore_index, reduction=reduction).astype(h.dtype),)
+        return (reduce_entries(rows, labels, weights if has_weights else None, w.shape[1],
+                               ignore_index=ignore_index, reduction=reduction).astype(h.dtype),)
 
     return linear_pair(apply, transpose, name="linear_cross_entropy_gradient_scan")
 
@@ -307,10 +307,10 @@ LINEAR_CROSS_ENTROPY_GRADIENT = schema.register(OpSchema(
         "weights[labels] * dloss over the reduction; dh = G w^T, dw = h^T G, chunked.",
     inputs=(Parameter("h", doc="hidden states, shape (N, H)"),
             Parameter("w", doc="output projection, shape (H, V)"),
-            _labels(dtype_advice=""), _weights(),
+            labels_parameter(dtype_advice=""), weights_parameter(),
             Parameter("dloss", doc="gradient w.r.t. the loss")),
     outputs=(Parameter("dh", doc="gradient w.r.t. h"), Parameter("dw", doc="gradient w.r.t. w")),
-    attributes=(_IGNORE_INDEX, _REDUCTION, _CHUNK), type_constraints=_LABELLED_TYPES,
+    attributes=(IGNORE_INDEX, REDUCTION, _CHUNK), type_constraints=LABELLED_TYPES,
     elementwise=False, identical_type_and_shape=False, infer_fn=_gradient_infer,
     cost_fn=_cost(3),
 ))
@@ -349,8 +349,8 @@ def _linear_cross_entropy_pallas(h, w, labels, weights=None, *, ignore_index, re
     """The loss alone (no gradient wanted): the kernel without its gradient output."""
     loss = _loss_scan(h, w, labels, _kernel_rows(ignore_index, interpret, with_gradient=False),
                       chunk_size)
-    return _reduce_entries(loss, labels, weights, w.shape[1], ignore_index=ignore_index,
-                           reduction=reduction).astype(h.dtype)
+    return reduce_entries(loss, labels, weights, w.shape[1], ignore_index=ignore_index,
+                          reduction=reduction).astype(h.dtype)
 
 
 def _linear_cross_entropy_pallas_jvp(primals, tangents, *, ignore_index, reduction,
@@ -359,16 +359,16 @@ def _linear_cross_entropy_pallas_jvp(primals, tangents, *, ignore_index, reducti
     the XLA scan; the tangent is <dh, th> + <dw, tw>, which reverse mode only scales.  The
     mechanism calls it only when th or tw is nonzero (None: a symbolic zero)."""
     h, w, labels, weights = primals
-    coef, _ = _loss_coefficient(labels, weights, jnp.ones((), upcast(h).dtype), w.shape[1],
-                                ignore_index=ignore_index, reduction=reduction)
+    coef, _ = loss_coefficient(labels, weights, jnp.ones((), upcast(h).dtype), w.shape[1],
+                               ignore_index=ignore_index, reduction=reduction)
     fused = with_twin_derivative(
         functools.partial(_gradient_scan, rows=_kernel_rows(ignore_index, interpret),
                           chunk_size=chunk_size),
         functools.partial(_gradient_scan, rows=_xla_rows(ignore_index),
                           chunk_size=chunk_size))
     loss, dh, dw = fused(h, w, labels, jnp.broadcast_to(coef, labels.shape))
-    y = _reduce_entries(loss, labels, weights, w.shape[1], ignore_index=ignore_index,
-                        reduction=reduction).astype(h.dtype)
+    y = reduce_entries(loss, labels, weights, w.shape[1], ignore_index=ignore_index,
+                       reduction=reduction).astype(h.dtype)
     # None: a symbolic zero tangent (that input is not differentiated): no term
     t_y = sum(jnp.sum(upcast(g) * upcast(t)) for g, t in zip((dh, dw), tangents[:2],
                                                                strict=True) if t is not None)

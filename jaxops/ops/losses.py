@@ -1,7 +1,8 @@
 """Elementwise losses with a ``reduction`` ("none" | "sum" | "mean", default "mean").
 
 Each loss is computed per element in at least float32 and reduced there, then cast to the
-input dtype.  ONNX has none of these ops; they live in the jaxops domain (since_version 1).
+input dtype (the reduction and its gradient: :mod:`jaxops.ops.loss_machinery`).  ONNX has
+none of these ops; they live in the jaxops domain (since_version 1).
 Losses whose autodiff is already simple and stable (MSE, MAE, MSLE, hinge, KL) have no
 registered gradient; the logistic cross-entropy has one (Caffe2's
 SigmoidCrossEntropyWithLogitsGradient), which never forms ``exp`` of a large logit.
@@ -24,25 +25,8 @@ from jaxops import schema
 from jaxops._numerics import upcast
 from jaxops._op import defop
 from jaxops.ops.activations import relu
+from jaxops.ops.loss_machinery import REDUCTION, check_dloss_shape, loss_shape, reduce, spread
 from jaxops.schema import JAXOPS_DOMAIN, Attribute, Cost, OpSchema, Parameter
-
-REDUCTIONS = ("none", "sum", "mean")
-
-
-def _reduction_ok(r: str) -> str | None:
-    return None if r in REDUCTIONS else f"must be one of {REDUCTIONS}."
-
-
-_REDUCTION = Attribute("reduction", "string", "mean", doc="none | sum | mean",
-                       check=_reduction_ok)
-
-
-def _reduce(loss: jax.Array, reduction: str, dtype) -> jax.Array:
-    if reduction == "sum":
-        loss = jnp.sum(loss)
-    elif reduction == "mean":
-        loss = jnp.mean(loss)
-    return loss.astype(dtype)
 
 
 def _loss_infer(s: OpSchema, in_avals, *, reduction, **attrs):
@@ -54,8 +38,7 @@ def _loss_infer(s: OpSchema, in_avals, *, reduction, **attrs):
                 f"jaxops.{s.function}: input {p.name!r} must have the shape of "
                 f"{s.inputs[0].name!r} {first.shape}, got {a.shape}."
             )
-    shape = first.shape if reduction == "none" else ()
-    return (jax.ShapeDtypeStruct(shape, first.dtype),)
+    return (jax.ShapeDtypeStruct(loss_shape(first.shape, reduction), first.dtype),)
 
 
 def _loss_cost(flops: float, transcendentals: float = 0):
@@ -74,7 +57,7 @@ def _loss_schema(name, function, doc, inputs, flops, transcendentals=0, **kw) ->
     return schema.register(OpSchema(
         name=name, function=function, domain=JAXOPS_DOMAIN, doc=doc, inputs=inputs,
         outputs=(Parameter("loss", doc="per element for reduction='none', else a scalar"),),
-        attributes=(*kw.pop("attributes", ()), _REDUCTION), elementwise=False,
+        attributes=(*kw.pop("attributes", ()), REDUCTION), elementwise=False,
         identical_type_and_shape=False, infer_fn=_loss_infer,
         cost_fn=_loss_cost(flops, transcendentals), **kw,
     ))
@@ -104,7 +87,7 @@ def mse(predictions: ArrayLike, targets: ArrayLike, *, reduction: str = "mean") 
       Array(2.5, dtype=float32)
     """
     d = upcast(predictions) - upcast(targets)
-    return _reduce(d * d, reduction, predictions.dtype)
+    return reduce(d * d, reduction, predictions.dtype)
 
 
 MAE = _loss_schema("MeanAbsoluteError", "mae", "loss = |predictions - targets|",
@@ -126,7 +109,7 @@ def mae(predictions: ArrayLike, targets: ArrayLike, *, reduction: str = "mean") 
       Array(3., dtype=float32)
     """
     d = upcast(predictions) - upcast(targets)
-    return _reduce(d * jnp.sign(d), reduction, predictions.dtype)  # sign(0) = 0 at the kink
+    return reduce(d * jnp.sign(d), reduction, predictions.dtype)  # sign(0) = 0 at the kink
 
 
 MSLE = _loss_schema("MeanSquaredLogError", "msle",
@@ -149,7 +132,7 @@ def msle(predictions: ArrayLike, targets: ArrayLike, *, reduction: str = "mean")
       Array(1., dtype=float32)
     """
     d = jnp.log1p(upcast(predictions)) - jnp.log1p(upcast(targets))
-    return _reduce(d * d, reduction, predictions.dtype)
+    return reduce(d * d, reduction, predictions.dtype)
 
 
 # -------------------------------------------------------------------------------- Hinge
@@ -184,7 +167,7 @@ def hinge(scores: ArrayLike, labels: ArrayLike, *, reduction: str = "mean") -> j
       Array([0. , 0.5, 2. ], dtype=float32)
     """
     s, y = upcast(scores), upcast(labels)
-    return _reduce(relu(1 - y * s), reduction, scores.dtype)
+    return reduce(relu(1 - y * s), reduction, scores.dtype)
 
 
 # ---------------------------------------------------------------------------------- KL
@@ -232,7 +215,7 @@ def kl_divergence(
         empty = t == 0
         safe = jnp.where(empty, jnp.ones_like(t), t)
         loss = jnp.where(empty, jnp.zeros_like(t), t * (jnp.log(safe) - lp))
-    return _reduce(loss, reduction, log_predictions.dtype)
+    return reduce(loss, reduction, log_predictions.dtype)
 
 
 # ----------------------------------------------------------- logistic (binary) cross-entropy
@@ -273,16 +256,14 @@ def binary_cross_entropy(
     """
     z, t = upcast(logits), upcast(targets)
     loss = jnp.maximum(z, 0) - z * t + jnp.log1p(jnp.exp(-jnp.abs(z)))
-    return _reduce(loss, reduction, logits.dtype)
+    return reduce(loss, reduction, logits.dtype)
 
 
 @binary_cross_entropy.defgrad
 def _bce_vjp(logits, targets, loss, dloss, *, reduction):
     # d loss / d targets = -logits (the loss is linear in the targets), as optax and PyTorch
-    z, g = upcast(logits), upcast(dloss)
-    if reduction == "mean":
-        g = g / max(math.prod(z.shape), 1)
-    dtargets = -z * jnp.broadcast_to(g, z.shape)
+    z = upcast(logits)
+    dtargets = -z * spread(dloss, z.shape, reduction)
     return (binary_cross_entropy_gradient(logits, targets, dloss, reduction=reduction),
             dtargets.astype(targets.dtype))
 
@@ -290,9 +271,7 @@ def _bce_vjp(logits, targets, loss, dloss, *, reduction):
 def _bce_gradient_infer(s: OpSchema, in_avals, *, reduction):
     logits, targets, dloss = in_avals
     (loss,) = _loss_infer(s, (logits, targets), reduction=reduction)
-    if dloss.shape != loss.shape:
-        raise ValueError(f"jaxops.{s.function}: dloss must have the loss's shape {loss.shape} "
-                         f"for reduction={reduction!r}, got {dloss.shape}.")
+    check_dloss_shape(s, dloss, loss.shape, reduction)
     return (jax.ShapeDtypeStruct(logits.shape, logits.dtype),)
 
 
@@ -302,7 +281,7 @@ BCE_GRADIENT = schema.register(OpSchema(
     doc="dlogits = (sigmoid(logits) - targets) * dloss, dloss spread back over the reduction.",
     inputs=(*_LOGITS_TARGETS, Parameter("dloss", doc="gradient w.r.t. the loss")),
     outputs=(Parameter("dlogits", doc="gradient w.r.t. the logits"),),
-    attributes=(_REDUCTION,), elementwise=False, identical_type_and_shape=False,
+    attributes=(REDUCTION,), elementwise=False, identical_type_and_shape=False,
     infer_fn=_bce_gradient_infer, cost_fn=_loss_cost(4, 1),
 ))
 
@@ -320,7 +299,5 @@ def binary_cross_entropy_gradient(
       ...                                      jnp.float32(1.0), reduction="sum")
       Array([-0.5,  0.5], dtype=float32)
     """
-    z, t, g = upcast(logits), upcast(targets), upcast(dloss)
-    if reduction == "mean":
-        g = g / max(math.prod(z.shape), 1)
-    return ((jax.lax.logistic(z) - t) * jnp.broadcast_to(g, z.shape)).astype(logits.dtype)
+    z, t = upcast(logits), upcast(targets)
+    return ((jax.lax.logistic(z) - t) * spread(dloss, z.shape, reduction)).astype(logits.dtype)
