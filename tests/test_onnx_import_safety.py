@@ -184,10 +184,19 @@ def test_external_data_inside_the_named_directory_is_read(tmp_path):
     ("d/../../outside.bin", {}, "not a relative path without '..'"),
     ("/etc/passwd", {}, "not a relative path without '..'"),
     ("link.bin", {}, "resolves outside the directory"),
-    ("d/w.bin", {"length": 8}, "the length the tensor's size, 12 bytes"),
-    ("d/w.bin", {"offset": -1}, "the offset must be >= 0"),
+    ("d/w.bin", {"length": 8}, "the length must be the tensor's size, 12 bytes"),
+    ("d/w.bin", {"offset": -1}, "offset '-1' is not a byte count"),
     ("d/w.bin", {"offset": 8}, "has 4 bytes from offset 8, not 12"),
-    ("d/w.bin", {"offset": "x"}, "is not an integer"),
+    ("d/w.bin", {"offset": 2**40}, "has 0 bytes from offset 1099511627776, not 12"),
+    ("d/w.bin", {"offset": "x"}, "offset 'x' is not a byte count"),
+    ("d/w.bin", {"offset": "1_0"}, "offset '1_0' is not a byte count"),
+    # the OS's own refusals ("cannot fit 'int' into an offset-sized integer", "embedded
+    # null byte") named no tensor: these are checked before any OS call
+    ("d/w.bin", {"offset": "9" * 23}, "offset '9{23}' is not a byte count"),
+    ("d/w.bin", {"offset": 2**63}, "offset '9223372036854775808' is not a byte count"),
+    ("d/w.bin", {"length": "9" * 23}, "length '9{23}' is not a byte count"),
+    ("d/w.bin\x00x", {}, "the location has a control character"),
+    ("d/w.bin\nx", {}, "the location has a control character"),
     ("d/missing.bin", {}, "is not a regular file"),
     ("d", {}, "is not a regular file"),
 ])
@@ -255,6 +264,51 @@ def test_every_tensor_a_model_makes_is_bounded_at_import(nodes, inits):
     with pytest.raises(ValueError, match=r"('n'|'w').* over the bound of 2,147,483,648 bytes"):
         jonnx.import_model(m)
     assert time.perf_counter() - start < 5
+
+
+HUGE_EMPTY = [2**32, 2**32, 0]  # no element, but XLA's int64 product of the dims overflows
+EMPTY_BUT_HUGE = [
+    ("ConstantOfShape", [N("ConstantOfShape", ["s"], ["y"], name="n")], [1]),
+    ("Reshape allowzero", [N("Reshape", ["x", "s"], ["y"], name="n", allowzero=1)], [0]),
+    ("Expand of an empty input", [N("Expand", ["x", "s"], ["y"], name="n")], [1, 0]),
+]
+
+
+@pytest.mark.parametrize(("nodes", "x_shape"), [c[1:] for c in EMPTY_BUT_HUGE],
+                         ids=[c[0] for c in EMPTY_BUT_HUGE])
+def test_an_empty_tensor_with_huge_dimensions_is_refused_not_an_xla_abort(nodes, x_shape):
+    """Reported: these imported, and the call killed the process (XLA's "overflow in static
+    extent product" is an abort, not an exception).  Empty dimensions count as 1 against the
+    bound, so the refusal comes at import, naming the node."""
+    shape = HUGE_EMPTY if x_shape != [1, 0] else [2**32, 2**32, 1, 0]
+    m = model(nodes, [vi("x", x_shape)], [vi("y", None)], inits=[init("s", np.array(shape))],
+              opset=14)
+    with pytest.raises(ValueError, match=r"node 'n' .* would make an empty tensor of shape "
+                                         r"\(4294967296, 4294967296, (1, )?0\) and dtype "
+                                         r"float32, .* overflows the 64-bit size arithmetic"):
+        jonnx.import_model(m)
+    shape = [2**20 if d == 2**32 else d for d in shape]  # overflows nothing; over the bound
+    m = model(nodes, [vi("x", x_shape)], [vi("y", None)], inits=[init("s", np.array(shape))],
+              opset=14)
+    with pytest.raises(ValueError, match=r"node 'n' .* empty tensor .* 4,398,046,511,104 bytes, "
+                                         r"over the bound of 2,147,483,648 bytes per tensor "
+                                         r"\(empty dimensions count as 1\)"):
+        jonnx.import_model(m)
+
+
+def test_empty_dimensions_count_as_one_and_no_bound_lets_xla_overflow():
+    tensors.check_size("t", [2**20, 0], np.float32, 2**22)  # 4 MiB, as if (2^20, 1)
+    with pytest.raises(ValueError, match="empty tensor of shape .* 4,194,308 bytes"):
+        tensors.check_size("t", [2**20 + 1, 0], np.float32, 2**22)
+    # a caller's raised bound cannot let a shape through that XLA's int64 arithmetic breaks
+    for shape in ([2**62, 2], [2**40, 0, 2**40]):
+        with pytest.raises(ValueError, match="overflows the 64-bit size arithmetic of XLA"):
+            tensors.check_size("t", shape, np.float32, 2**100)
+    m = model([N("Identity", ["w"], ["y"], name="n")], [], [vi("y", None)],
+              inits=[declared("w", HUGE_EMPTY)])
+    with pytest.raises(ValueError, match=r"initializer 'w' declares shape \(4294967296, "
+                                         r"4294967296, 0\), 73,786,976,294,838,206,464 bytes"):
+        jonnx.import_model(m)
 
 
 def test_sizes_that_depend_on_the_input_are_bounded_at_call_before_allocation():
@@ -468,6 +522,87 @@ def test_float64_models_compute_in_float64_and_need_x64():
             f(x.astype(np.float32))
     with pytest.raises(ValueError, match="jax_enable_x64 is off"):
         f(x)  # imported with x64, called without: refused, not narrowed
+
+
+def _ref(name, ref, kind):
+    """An attribute of a function body that takes its value from the call (``name = @ref``)."""
+    a = onnx.AttributeProto(name=name, ref_attr_name=ref, type=kind)
+    return a
+
+
+def _my_cast_model(dt=TensorProto.DOUBLE, default=None):
+    """The reported model: a local function whose Cast takes ``to`` from the call; the graph
+    computes (a + b) - a with a = 1e8, b = 1: 1 in float64, 0 in float32."""
+    cast = N("Cast", ["x"], ["y"])
+    cast.attribute.append(_ref("to", "dt", onnx.AttributeProto.INT))
+    defaults = [] if default is None else [helper.make_attribute("dt", default)]
+    fn = helper.make_function("local", "MyCast", ["x"], ["y"], [cast],
+                              [helper.make_opsetid("", 17)],
+                              attributes=[] if defaults else ["dt"], attribute_protos=defaults)
+    given = {} if dt is None else {"dt": dt}
+    nodes = [N("MyCast", ["a"], ["a64"], domain="local", name="ca", **given),
+             N("MyCast", ["b"], ["b64"], domain="local", name="cb", **given),
+             N("Add", ["a64", "b64"], ["s"]), N("Sub", ["s", "a64"], ["d"]),
+             N("Cast", ["d"], ["out"], to=F32)]
+    return model(nodes, [vi("a", [1]), vi("b", [1])], [vi("out", [1])], 17, functions=[fn],
+                 opsets=[helper.make_opsetid("local", 1)])
+
+
+@pytest.mark.parametrize("how", ["given by the call", "the function's default"])
+def test_float64_chosen_through_a_function_attribute_reference_needs_x64(how):
+    """Reported: `to = @dt` read as 0, so a call passing dt=DOUBLE computed in float32 and
+    gave 0 where onnxruntime gives 1.  Dtypes are read from the inlined nodes."""
+    m = (_my_cast_model() if how == "given by the call" else
+         _my_cast_model(dt=None, default=TensorProto.DOUBLE))
+    onnx.checker.check_model(m)
+    a, b = np.float32([1e8]), np.float32([1.0])
+    np.testing.assert_array_equal(run_ort(m, a, b)[0], [1.0])
+    with pytest.raises(ValueError, match=r"the output of Cast node .* is float64, but "
+                                         "jax_enable_x64 is off"):
+        jonnx.import_model(m)
+    with jax.enable_x64(True):
+        np.testing.assert_array_equal(jonnx.import_model(m)(a, b), [1.0])
+    np.testing.assert_array_equal(jonnx.import_model(_my_cast_model(dt=F32))(a, b), [0.0])
+
+
+def _add_const_model(v=None, default=None):
+    """A local function Constant(value = @v) -> Add, called with the tensor ``v``."""
+    const = N("Constant", [], ["c"])
+    const.attribute.append(_ref("value", "v", onnx.AttributeProto.TENSOR))
+    defaults = [] if default is None else [helper.make_attribute("v", default)]
+    fn = helper.make_function("local", "AddConst", ["x"], ["y"], [const, N("Add", ["x", "c"],
+                                                                           ["y"])],
+                              [helper.make_opsetid("", 17)],
+                              attributes=[] if defaults else ["v"], attribute_protos=defaults)
+    call = N("AddConst", ["x"], ["y"], domain="local", name="call",
+             **({} if v is None else {"v": v}))
+    return model([call], [vi("x", [2])], [vi("y", [2])], 17, functions=[fn],
+                 opsets=[helper.make_opsetid("local", 1)])
+
+
+def test_a_tensor_attribute_reference_runs_as_written(tmp_path):
+    """Reported: `value = @v` was walked as a tensor of its own (element type 0) and refused
+    as invalid; onnxruntime runs it.  The walk now sees the call's tensor (or the function's
+    default) instead, bounded and read from external_data_dir like any other."""
+    x = np.float32([10, 20])
+    v = helper.make_tensor("t", F32, [2], [1.0, 2.0])
+    for m in (_add_const_model(v), _add_const_model(default=v)):
+        onnx.checker.check_model(m)
+        np.testing.assert_array_equal(run_ort(m, x)[0], [11, 22])
+        np.testing.assert_array_equal(jonnx.import_model(m)(x), [11, 22])
+    (tmp_path / "v.bin").write_bytes(np.float32([1, 2]).tobytes())
+    for m in (_add_const_model(external(v, "v.bin")),
+              _add_const_model(default=external(v, "v.bin"))):
+        with pytest.raises(ValueError, match=r"attribute 'v' .*uses external data"):
+            jonnx.import_model(m)
+        np.testing.assert_array_equal(jonnx.import_model(m, external_data_dir=tmp_path)(x),
+                                      [11, 22])
+    with pytest.raises(ValueError, match=r"attribute 'v' of AddConst node 'call' declares "
+                                         r"shape \(1000,\), 4,000 bytes, over the bound"):
+        jonnx.import_model(_add_const_model(declared("t", [1000])), max_tensor_bytes=3999)
+    with jax.enable_x64(False), pytest.raises(ValueError, match="attribute 'v' .*is float64"):
+        jonnx.import_model(_add_const_model(helper.make_tensor("t", TensorProto.DOUBLE, [2],
+                                                               [1.0, 2.0])))
 
 
 def test_64_bit_integers_that_32_bits_cannot_hold_are_refused_without_x64():

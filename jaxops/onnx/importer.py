@@ -266,12 +266,25 @@ def _reshape(n):
 @_op("Expand")
 def _expand(n):
     x, shape = n.inputs[0], tuple(int(s) for s in n.static(1, "shape"))
-    try:
-        out = np.broadcast_shapes(x.shape, shape)
-    except ValueError:
+    out = _broadcast_shape(x.shape, shape)
+    if out is None:
         n.fail(f"shape {list(shape)} does not broadcast with the input's {x.shape}.")
     n.bound(out, x.dtype)
     return jnp.broadcast_to(x, out)
+
+
+def _broadcast_shape(*shapes) -> tuple[int, ...] | None:
+    """numpy's broadcast of ``shapes``, or None.  Not ``np.broadcast_shapes``: it builds an
+    empty array of the result, and refuses one too big for numpy as if it did not broadcast,
+    before the size bound can say why."""
+    rank = max(len(s) for s in shapes)
+    out = []
+    for dims in zip(*((1,) * (rank - len(s)) + tuple(s) for s in shapes), strict=True):
+        sizes = {d for d in dims if d != 1}
+        if len(sizes) > 1 or any(d < 0 for d in sizes):
+            return None
+        out.append(sizes.pop() if sizes else 1)
+    return tuple(out)
 
 
 def _axes(n, default=None):
@@ -529,9 +542,8 @@ def _static_value(n: _Node):
         return ins[0].astype(dtype)
     if t in ("Add", "Sub", "Mul", "Div") and all(np.issubdtype(x.dtype, np.integer)
                                                  for x in ins):
-        try:
-            shape = np.broadcast_shapes(*(x.shape for x in ins))
-        except ValueError:
+        shape = _broadcast_shape(*(x.shape for x in ins))
+        if shape is None:
             n.fail(f"inputs of shapes {[x.shape for x in ins]} do not broadcast.")
         n.bound(shape, np.result_type(*ins))
         if t == "Div":
@@ -639,6 +651,9 @@ class ImportedModel:
         self.output_names = [o.name for o in graph.output]
         self._functions = {(f.domain, f.name, f.overload): f for f in model.functions}
         self._program = self._prepare(graph.node, inline=True)
+        # a function body's Cast may take its `to` from the call (`to = @dt`): only the
+        # inlined nodes say whether the model computes in float64
+        self._check_x64()
         produced = {*self.input_names, *init_names,
                     *(o for node in graph.node for o in node.output if o)}
         for name in self.output_names:
@@ -693,6 +708,7 @@ class ImportedModel:
         return program
 
     def _check_node(self, program: _Program, k: int, node) -> None:
+        self._needs_x64 = self._needs_x64 or _float64_node(node)
         if node.op_type == "Constant" and _domain(node) == "":
             program.constants[k] = self._constant(node)
         self._handler(node)  # unknown ops fail here, before any call
@@ -704,8 +720,15 @@ class ImportedModel:
         """The nodes of the function ``node`` calls, inlined with onnx's own inliner (which
         substitutes attribute references and renames the body's values)."""
         names = list(dict.fromkeys(i for i in node.input if i))
+        # onnx's inliner (1.23) drops a reference the call leaves unset even when the
+        # function declares a default (attribute_proto), which onnxruntime applies
+        fn = self._functions[(node.domain, node.op_type, node.overload)]
+        given = {a.name for a in node.attribute}
+        call = onnx.NodeProto()
+        call.CopyFrom(node)
+        call.attribute.extend(a for a in fn.attribute_proto if a.name not in given)
         graph = helper.make_graph(
-            [node], "call", [helper.make_value_info(i, onnx.TypeProto()) for i in names],
+            [call], "call", [helper.make_value_info(i, onnx.TypeProto()) for i in names],
             [helper.make_value_info(o, onnx.TypeProto()) for o in node.output if o])
         call = helper.make_model(graph, opset_imports=self.model.opset_import,
                                  functions=self.model.functions, ir_version=self.model.ir_version)
@@ -1014,7 +1037,8 @@ def _check_types(n: _Node, opsets: dict) -> None:
 
 
 def _float64_site(model: onnx.ModelProto) -> str | None:
-    """Where the model uses float64 (the first place found), else None."""
+    """Where the model declares or stores float64 (the first place found), else None.  Nodes
+    are asked after inlining (:func:`_float64_node`), when attribute references are resolved."""
     double = TensorProto.DOUBLE
     for v in (*model.graph.input, *model.graph.output, *model.graph.value_info):
         if v.type.tensor_type.elem_type == double:
@@ -1022,10 +1046,22 @@ def _float64_site(model: onnx.ModelProto) -> str | None:
     for t, what in all_tensors(model):
         if t.data_type == double:
             return what
-    for node in (*model.graph.node, *(n for f in model.functions for n in f.node)):
-        for a in node.attribute:
-            if node.op_type == "Cast" and a.name == "to" and a.i == double:
-                return f"the output of {_describe(node)}"
+    return None
+
+
+def _float64_node(node) -> str | None:
+    """Whether ``node`` (of the graph or of an inlined function body, its attribute
+    references substituted) makes float64: a Cast to DOUBLE or a float64 tensor attribute
+    (Constant and ConstantOfShape ``value``)."""
+    for a in node.attribute:
+        if a.ref_attr_name:  # an uninlined body: its caller's value is checked when inlined
+            continue
+        if node.op_type == "Cast" and _domain(node) == "" and a.name == "to" and \
+                a.i == TensorProto.DOUBLE:
+            return f"the output of {_describe(node)}"
+        tensors = [a.t] if a.HasField("t") else list(a.tensors)
+        if any(t.data_type == TensorProto.DOUBLE for t in tensors):
+            return f"attribute {a.name!r} of {_describe(node)}"
     return None
 
 
