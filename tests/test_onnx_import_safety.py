@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -367,6 +368,80 @@ def test_argmax_argmin_select_last_index_match_onnxruntime(op, last, axis, keepd
     got = jonnx.import_model(m)(x)
     assert got.shape == want.shape
     np.testing.assert_array_equal(got, want)
+
+
+def _reduce_model(op, x, axes, keepdims, opset):
+    """``op`` over ``axes`` (None: all) as the opset writes it: axes an input from 13
+    (ReduceSum) or 18 (the others), an attribute before."""
+    et = helper.np_dtype_to_tensor_dtype(x.dtype)
+    as_input = opset >= (13 if op == "ReduceSum" else 18)
+    inits = [] if axes is None or not as_input else [init("a", np.array(axes))]
+    attrs = {} if axes is None or as_input else {"axes": axes}
+    node = N(op, ["x", "a"] if inits else ["x"], ["y"], name="r", keepdims=keepdims, **attrs)
+    return model([node], [vi("x", list(x.shape), et)], [vi("y", None, et)], opset, inits)
+
+
+EMPTY_REDUCTIONS = [((0, 3), [0]), ((0, 3), None), ((3, 0), [1]), ((0, 3), [1]),
+                    ((2, 0, 3), [0, 1])]
+
+
+@pytest.mark.parametrize("keepdims", [0, 1])
+@pytest.mark.parametrize(("shape", "axes"), EMPTY_REDUCTIONS)
+@pytest.mark.parametrize(("op", "dtype", "opset"), [
+    (op, dtype, opset) for op in ("ReduceSum", "ReduceProd", "ReduceMax", "ReduceMin")
+    for dtype in (np.float32, np.int32) for opset in (13, 18)] + [
+    ("ReduceMean", np.float32, 13), ("ReduceMean", np.float32, 18),
+    ("ReduceMax", np.bool_, 20), ("ReduceMin", np.bool_, 20)])
+def test_reductions_over_empty_axes_follow_onnx(op, dtype, opset, shape, axes, keepdims):
+    """Reported: ReduceMax over an empty axis raised numpy's "zero-size array" error; ONNX
+    says -inf (or the type's least value; min: the opposite), and 0 and 1 for sum and
+    product.  ReduceMean over nothing is undefined in ONNX: NaN here and in onnx.reference
+    (onnxruntime 1.32 gives 0).  For bool the spec's "least value" is False (onnxruntime 1.32
+    refuses: "not defined for empty set with bool type")."""
+    x = np.zeros(shape, dtype)
+    m = _reduce_model(op, x, axes, keepdims, opset)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # numpy's "Mean of empty slice"
+        want = ReferenceEvaluator(m).run(None, {"x": x})[0]
+    got = jonnx.import_model(m)(x)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+    if op != "ReduceMean" and dtype != np.bool_:
+        np.testing.assert_array_equal(got, run_ort(m, x)[0])
+
+
+def test_integer_reductions_keep_the_input_type_and_the_mean_truncates():
+    """Reported with the empty reductions: an integer ReduceMean came back as a float mean,
+    and with x64 on, int32 sums and products as int64.  ONNX keeps the input's type; the
+    integer mean truncates toward zero, as onnxruntime and onnx.reference give it."""
+    x = np.array([[1, 2], [-1, -2], [3, 4], [-7, 0]], np.int32)
+    for op in ("ReduceMean", "ReduceSum", "ReduceProd", "ReduceMax"):
+        m = _reduce_model(op, x, [1], 0, 13)
+        want = run_ort(m, x)[0]
+        np.testing.assert_array_equal(want, ReferenceEvaluator(m).run(None, {"x": x})[0])
+        for x64 in (False, True):
+            with jax.enable_x64(x64):
+                got = jonnx.import_model(m)(x)
+            assert got.dtype == np.int32, (op, x64)
+            np.testing.assert_array_equal(got, want)
+    empty = np.zeros((0, 3), np.int32)
+    with pytest.raises(ValueError, match=r"ReduceMean node 'r' .*: takes the mean over the "
+                                         r"empty axes \[0\] of an integer input of shape "
+                                         r"\(0, 3\): ONNX leaves it undefined"):
+        jonnx.import_model(_reduce_model("ReduceMean", empty, [0], 1, 13))
+
+
+@pytest.mark.parametrize("op", ["ArgMax", "ArgMin"])
+def test_argmax_over_an_empty_axis_is_refused_naming_the_node(op):
+    """ONNX leaves the index of the extremum of nothing undefined (onnxruntime gives 0)."""
+    m = model([N(op, ["x"], ["y"], name="am", axis=1)], [vi("x", [3, 0])],
+              [vi("y", None, TensorProto.INT64)])
+    with pytest.raises(ValueError, match=rf"{op} node 'am' .*axis 1 of the input \(3, 0\) "
+                                         "is empty; there is no extremum"):
+        jonnx.import_model(m)
+    m = model([N(op, ["x"], ["y"], name="am", axis=0)], [vi("x", [3, 0])],
+              [vi("y", None, TensorProto.INT64)])
+    assert jonnx.import_model(m)(np.zeros((3, 0), np.float32)).shape == (1, 0)
 
 
 AXIS_OPS = [

@@ -342,10 +342,8 @@ def _flatten(n):
 
 @_op("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd")
 def _reduce(n):
-    f = {"ReduceSum": jnp.sum, "ReduceMean": jnp.mean, "ReduceMax": jnp.max,
-         "ReduceMin": jnp.min, "ReduceProd": jnp.prod}[n.proto.op_type]
-    x = n.inputs[0]
-    axes_as_input = n.version >= (13 if n.proto.op_type == "ReduceSum" else 18)
+    t, x = n.proto.op_type, n.inputs[0]
+    axes_as_input = n.version >= (13 if t == "ReduceSum" else 18)
     if axes_as_input:
         axes = tuple(int(a) for a in n.static(1, "axes")) if n.has(1) else None
     else:
@@ -354,7 +352,42 @@ def _reduce(n):
     if not axes and n.attr("noop_with_empty_axes", 0):
         return x
     axes = n.axes(axes, x.ndim) if axes else None
-    return f(x, axis=axes, keepdims=bool(n.attr("keepdims", 1)))
+    keep = bool(n.attr("keepdims", 1))
+    reduced = range(x.ndim) if axes is None else axes
+    count = math.prod(x.shape[a] for a in reduced)
+    if t in ("ReduceSum", "ReduceProd"):  # over nothing: 0 and 1, as ONNX says
+        # ONNX keeps the input's type; jnp widens int32 to int64 when x64 is on
+        return (jnp.sum if t == "ReduceSum" else jnp.prod)(x, axis=axes, keepdims=keep,
+                                                            dtype=x.dtype)
+    if t == "ReduceMean":
+        if not jnp.issubdtype(x.dtype, jnp.integer):
+            # over nothing ONNX leaves it undefined; NaN, as onnx.reference gives (onnxruntime
+            # 1.32 gives 0)
+            return jnp.mean(x, axis=axes, keepdims=keep)
+        if count == 0:
+            n.fail(f"takes the mean over the empty axes {list(reduced)} of an integer input of "
+                   f"shape {x.shape}: ONNX leaves it undefined, and an integer has no NaN. Fix "
+                   "the model (or its input's shape).")
+        # the integer mean truncated toward zero, as onnxruntime and onnx.reference give it
+        total = jnp.sum(x, axis=axes, keepdims=keep, dtype=x.dtype)
+        return jax.lax.div(total, jnp.asarray(count, x.dtype))
+    largest = t == "ReduceMax"
+    if count:
+        return (jnp.max if largest else jnp.min)(x, axis=axes, keepdims=keep)
+    # ONNX: the max over nothing is -inf, or the type's least value (the min: the opposite);
+    # jnp refuses an empty reduction without an identity
+    shape = [1 if a in reduced else d for a, d in enumerate(x.shape) if keep or a not in reduced]
+    return jnp.full(shape, _extreme(x.dtype, least=largest), x.dtype)
+
+
+def _extreme(dtype, least: bool):
+    """The least (or greatest) value of ``dtype``: -inf (inf) for floats."""
+    if dtype == np.bool_:
+        return not least
+    if jnp.issubdtype(dtype, jnp.integer):
+        info = jnp.iinfo(dtype)
+        return info.min if least else info.max
+    return -np.inf if least else np.inf
 
 
 @_op("ArgMax", "ArgMin")
