@@ -44,9 +44,13 @@ from jaxops.schema import JAXOPS_DOMAIN
 #: tested onnx (1.23) defines.  A newer opset may bring op versions this module has not read.
 MIN_IMPORT_OPSET, MAX_IMPORT_OPSET = 7, 28
 
-#: Model-local functions are run by inlining their bodies; a body may call other functions,
-#: so a few bytes of nested calls could expand exponentially.  This bounds the expansion.
-MAX_INLINED_NODES = 100_000
+#: The default bound on the nodes a model may run: the graph's, with each call of a
+#: model-local function counted as its body once inlined (nested calls too: a few bytes of
+#: nested calls could otherwise expand exponentially).  Import and the first call cost about
+#: 0.1 ms per node each: a chain of 100,000 Neg imported in 11 s and made its first call in
+#: 7 s (measured, shared 2-core CPU; the reported 200,000 took 39 s and 32 s).  Raise it
+#: with ``import_model(model, max_nodes=...)``.
+DEFAULT_MAX_NODES = 100_000
 
 _PREFIX = "jaxops.onnx.import_model"
 Handler = Callable[..., Any]
@@ -659,7 +663,9 @@ class ImportedModel:
     declared element types, ranks and sizes (a ``dim_param`` binds one size across inputs).
     """
 
-    def __init__(self, model: onnx.ModelProto, max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES):
+    def __init__(self, model: onnx.ModelProto, max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES,
+                 max_nodes: int = DEFAULT_MAX_NODES):
+        _check_node_count(model, max_nodes)
         self.model = model
         self.max_tensor_bytes = max_tensor_bytes
         graph = model.graph
@@ -713,16 +719,10 @@ class ImportedModel:
 
     def _prepare(self, nodes, inline: bool, defer: bool = False) -> _Program:
         program = _Program(nodes)
-        budget = [MAX_INLINED_NODES]
         for k, node in enumerate(program.nodes):
             key = (node.domain, node.op_type, node.overload)
-            if inline and key in self._functions:
+            if inline and key in self._functions:  # its size was bounded: _check_node_count
                 fn = self._functions[key]
-                budget[0] -= _expanded_size(self._functions, key)
-                if budget[0] < 0:
-                    raise ValueError(
-                        f"{_PREFIX}: {_describe(node)}: the model-local functions expand to "
-                        f"more than {MAX_INLINED_NODES:,} nodes when inlined. Fix the model.")
                 jaxops_op = (_domain(node), node.op_type) in _HANDLERS
                 # jaxops' own bodies use ops the importer lacks (Range): a body that may
                 # never run is refused only when it has to (not jaxops' canonical body)
@@ -1098,9 +1098,32 @@ def _float64_node(node) -> str | None:
     return None
 
 
-def _expanded_size(fns: dict, key) -> int:
-    """How many nodes calling ``key`` becomes once every nested call is inlined."""
-    sizes: dict = {}
+def _check_node_count(model: onnx.ModelProto, max_nodes: int) -> None:
+    """Refuse a model that runs more than ``max_nodes`` nodes, function calls counted inlined,
+    before any per-node work (the checker, inlining, tracing)."""
+    fns = {(f.domain, f.name, f.overload): f for f in model.functions}
+    total, sizes = 0, {}
+    for node in model.graph.node:
+        key = (node.domain, node.op_type, node.overload)
+        size = _expanded_size(fns, key, max_nodes, sizes) if key in fns else 1
+        if size > max_nodes:
+            raise ValueError(
+                f"{_PREFIX}: {_describe(node)}: the model-local functions it calls expand to "
+                f"more than {max_nodes:,} nodes when inlined, over the bound of {max_nodes:,} "
+                "nodes. If the model is trusted, raise the bound: "
+                "import_model(model, max_nodes=...).")
+        total += size
+    if total > max_nodes:
+        raise ValueError(
+            f"{_PREFIX}: the model has {total:,} nodes (the graph's, with function calls "
+            f"counted inlined), over the bound of {max_nodes:,}; import and the first call "
+            "take about 0.1 ms per node each. If the model is trusted, raise the bound: "
+            "import_model(model, max_nodes=...).")
+
+
+def _expanded_size(fns: dict, key, cap: int, sizes: dict) -> int:
+    """How many nodes calling ``key`` becomes once every nested call is inlined (counting
+    stops past ``cap``); ``sizes`` remembers each function's across calls."""
     stack, on_path = [key], set()
     while stack:  # iterative: the depth of nested calls is the model's choice
         k = stack[-1]
@@ -1120,7 +1143,7 @@ def _expanded_size(fns: dict, key) -> int:
             continue
         sizes[k] = min(sum(sizes.get(c, 1) if c in fns else 1 for c in
                            ((n.domain, n.op_type, n.overload) for n in fns[k].node)),
-                       MAX_INLINED_NODES + 1)
+                       cap + 1)
         on_path.discard(k)
         stack.pop()
     return sizes[key]
@@ -1148,7 +1171,8 @@ def supported_imports() -> dict[str, dict[str, list[int]]]:
 
 def import_model(model: onnx.ModelProto | bytes, *,
                  external_data_dir: str | os.PathLike | None = None,
-                 max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES) -> ImportedModel:
+                 max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES,
+                 max_nodes: int = DEFAULT_MAX_NODES) -> ImportedModel:
     """Turn an ONNX model (a ``ModelProto`` or its serialized bytes) into a JAX function.
 
     The result works under ``jit``, ``grad`` and ``vmap``; its float initializers are
@@ -1160,6 +1184,9 @@ def import_model(model: onnx.ModelProto | bytes, *,
         ``None`` (the default): no file is read and external data is refused.
       max_tensor_bytes: the bound on each tensor the model makes (initializers, constants,
         every node's output), checked before it is allocated; 2 GiB by default.
+      max_nodes: the bound on the nodes the model runs (the graph's, with each call of a
+        model-local function counted as its inlined body), checked before any per-node work;
+        100,000 by default (import and the first call cost about 0.1 ms per node each).
 
     Raises:
       ValueError, TypeError or NotImplementedError naming the node, for a malformed model,
@@ -1173,18 +1200,18 @@ def import_model(model: onnx.ModelProto | bytes, *,
     if not isinstance(model, onnx.ModelProto):
         raise TypeError("jaxops.onnx.import_model takes an onnx.ModelProto or its bytes, got "
                         f"{type(model).__name__} (load files yourself with onnx.load).")
-    if isinstance(max_tensor_bytes, bool) or not isinstance(max_tensor_bytes, int) or \
-            max_tensor_bytes <= 0:
-        raise ValueError(f"{_PREFIX}: max_tensor_bytes must be a positive int, got "
-                         f"{max_tensor_bytes!r}.")
+    for name, bound in (("max_tensor_bytes", max_tensor_bytes), ("max_nodes", max_nodes)):
+        if isinstance(bound, bool) or not isinstance(bound, int) or bound <= 0:
+            raise ValueError(f"{_PREFIX}: {name} must be a positive int, got {bound!r}.")
     if external_data_dir is not None and not os.path.isdir(external_data_dir):
         raise ValueError(f"{_PREFIX}: external_data_dir {os.fspath(external_data_dir)!r} is "
                          "not a directory.")
     # before onnx.checker, which looks for external data files relative to the working
     # directory even for a model in memory
+    _check_node_count(model, max_nodes)  # before the checker, whose time grows with it
     model = resolve_tensors(model, external_data_dir, max_tensor_bytes)
     try:
         onnx.checker.check_model(model)
     except Exception as e:  # ValidationError; UnicodeDecodeError on a corrupt name; ...
         raise ValueError(f"{_PREFIX}: invalid model: {e}") from None
-    return ImportedModel(model, max_tensor_bytes)
+    return ImportedModel(model, max_tensor_bytes, max_nodes)
