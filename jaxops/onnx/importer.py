@@ -44,9 +44,13 @@ from jaxops.schema import JAXOPS_DOMAIN
 #: tested onnx (1.23) defines.  A newer opset may bring op versions this module has not read.
 MIN_IMPORT_OPSET, MAX_IMPORT_OPSET = 7, 28
 
-#: Model-local functions are run by inlining their bodies; a body may call other functions,
-#: so a few bytes of nested calls could expand exponentially.  This bounds the expansion.
-MAX_INLINED_NODES = 100_000
+#: The default bound on the nodes a model may run: the graph's, with each call of a
+#: model-local function counted as its body once inlined (nested calls too: a few bytes of
+#: nested calls could otherwise expand exponentially).  Import and the first call cost about
+#: 0.1 ms per node each: a chain of 100,000 Neg imported in 11 s and made its first call in
+#: 7 s (measured, shared 2-core CPU; the reported 200,000 took 39 s and 32 s).  Raise it
+#: with ``import_model(model, max_nodes=...)``.
+DEFAULT_MAX_NODES = 100_000
 
 _PREFIX = "jaxops.onnx.import_model"
 Handler = Callable[..., Any]
@@ -266,12 +270,25 @@ def _reshape(n):
 @_op("Expand")
 def _expand(n):
     x, shape = n.inputs[0], tuple(int(s) for s in n.static(1, "shape"))
-    try:
-        out = np.broadcast_shapes(x.shape, shape)
-    except ValueError:
+    out = _broadcast_shape(x.shape, shape)
+    if out is None:
         n.fail(f"shape {list(shape)} does not broadcast with the input's {x.shape}.")
     n.bound(out, x.dtype)
     return jnp.broadcast_to(x, out)
+
+
+def _broadcast_shape(*shapes) -> tuple[int, ...] | None:
+    """numpy's broadcast of ``shapes``, or None.  Not ``np.broadcast_shapes``: it builds an
+    empty array of the result, and refuses one too big for numpy as if it did not broadcast,
+    before the size bound can say why."""
+    rank = max(len(s) for s in shapes)
+    out = []
+    for dims in zip(*((1,) * (rank - len(s)) + tuple(s) for s in shapes), strict=True):
+        sizes = {d for d in dims if d != 1}
+        if len(sizes) > 1 or any(d < 0 for d in sizes):
+            return None
+        out.append(sizes.pop() if sizes else 1)
+    return tuple(out)
 
 
 def _axes(n, default=None):
@@ -329,10 +346,8 @@ def _flatten(n):
 
 @_op("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd")
 def _reduce(n):
-    f = {"ReduceSum": jnp.sum, "ReduceMean": jnp.mean, "ReduceMax": jnp.max,
-         "ReduceMin": jnp.min, "ReduceProd": jnp.prod}[n.proto.op_type]
-    x = n.inputs[0]
-    axes_as_input = n.version >= (13 if n.proto.op_type == "ReduceSum" else 18)
+    t, x = n.proto.op_type, n.inputs[0]
+    axes_as_input = n.version >= (13 if t == "ReduceSum" else 18)
     if axes_as_input:
         axes = tuple(int(a) for a in n.static(1, "axes")) if n.has(1) else None
     else:
@@ -341,7 +356,42 @@ def _reduce(n):
     if not axes and n.attr("noop_with_empty_axes", 0):
         return x
     axes = n.axes(axes, x.ndim) if axes else None
-    return f(x, axis=axes, keepdims=bool(n.attr("keepdims", 1)))
+    keep = bool(n.attr("keepdims", 1))
+    reduced = range(x.ndim) if axes is None else axes
+    count = math.prod(x.shape[a] for a in reduced)
+    if t in ("ReduceSum", "ReduceProd"):  # over nothing: 0 and 1, as ONNX says
+        # ONNX keeps the input's type; jnp widens int32 to int64 when x64 is on
+        return (jnp.sum if t == "ReduceSum" else jnp.prod)(x, axis=axes, keepdims=keep,
+                                                            dtype=x.dtype)
+    if t == "ReduceMean":
+        if not jnp.issubdtype(x.dtype, jnp.integer):
+            # over nothing ONNX leaves it undefined; NaN, as onnx.reference gives (onnxruntime
+            # 1.32 gives 0)
+            return jnp.mean(x, axis=axes, keepdims=keep)
+        if count == 0:
+            n.fail(f"takes the mean over the empty axes {list(reduced)} of an integer input of "
+                   f"shape {x.shape}: ONNX leaves it undefined, and an integer has no NaN. Fix "
+                   "the model (or its input's shape).")
+        # the integer mean truncated toward zero, as onnxruntime and onnx.reference give it
+        total = jnp.sum(x, axis=axes, keepdims=keep, dtype=x.dtype)
+        return jax.lax.div(total, jnp.asarray(count, x.dtype))
+    largest = t == "ReduceMax"
+    if count:
+        return (jnp.max if largest else jnp.min)(x, axis=axes, keepdims=keep)
+    # ONNX: the max over nothing is -inf, or the type's least value (the min: the opposite);
+    # jnp refuses an empty reduction without an identity
+    shape = [1 if a in reduced else d for a, d in enumerate(x.shape) if keep or a not in reduced]
+    return jnp.full(shape, _extreme(x.dtype, least=largest), x.dtype)
+
+
+def _extreme(dtype, least: bool):
+    """The least (or greatest) value of ``dtype``: -inf (inf) for floats."""
+    if dtype == np.bool_:
+        return not least
+    if jnp.issubdtype(dtype, jnp.integer):
+        info = jnp.iinfo(dtype)
+        return info.min if least else info.max
+    return -np.inf if least else np.inf
 
 
 @_op("ArgMax", "ArgMin")
@@ -529,9 +579,8 @@ def _static_value(n: _Node):
         return ins[0].astype(dtype)
     if t in ("Add", "Sub", "Mul", "Div") and all(np.issubdtype(x.dtype, np.integer)
                                                  for x in ins):
-        try:
-            shape = np.broadcast_shapes(*(x.shape for x in ins))
-        except ValueError:
+        shape = _broadcast_shape(*(x.shape for x in ins))
+        if shape is None:
             n.fail(f"inputs of shapes {[x.shape for x in ins]} do not broadcast.")
         n.bound(shape, np.result_type(*ins))
         if t == "Div":
@@ -614,7 +663,9 @@ class ImportedModel:
     declared element types, ranks and sizes (a ``dim_param`` binds one size across inputs).
     """
 
-    def __init__(self, model: onnx.ModelProto, max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES):
+    def __init__(self, model: onnx.ModelProto, max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES,
+                 max_nodes: int = DEFAULT_MAX_NODES):
+        _check_node_count(model, max_nodes)
         self.model = model
         self.max_tensor_bytes = max_tensor_bytes
         graph = model.graph
@@ -639,6 +690,9 @@ class ImportedModel:
         self.output_names = [o.name for o in graph.output]
         self._functions = {(f.domain, f.name, f.overload): f for f in model.functions}
         self._program = self._prepare(graph.node, inline=True)
+        # a function body's Cast may take its `to` from the call (`to = @dt`): only the
+        # inlined nodes say whether the model computes in float64
+        self._check_x64()
         produced = {*self.input_names, *init_names,
                     *(o for node in graph.node for o in node.output if o)}
         for name in self.output_names:
@@ -665,16 +719,10 @@ class ImportedModel:
 
     def _prepare(self, nodes, inline: bool, defer: bool = False) -> _Program:
         program = _Program(nodes)
-        budget = [MAX_INLINED_NODES]
         for k, node in enumerate(program.nodes):
             key = (node.domain, node.op_type, node.overload)
-            if inline and key in self._functions:
+            if inline and key in self._functions:  # its size was bounded: _check_node_count
                 fn = self._functions[key]
-                budget[0] -= _expanded_size(self._functions, key)
-                if budget[0] < 0:
-                    raise ValueError(
-                        f"{_PREFIX}: {_describe(node)}: the model-local functions expand to "
-                        f"more than {MAX_INLINED_NODES:,} nodes when inlined. Fix the model.")
                 jaxops_op = (_domain(node), node.op_type) in _HANDLERS
                 # jaxops' own bodies use ops the importer lacks (Range): a body that may
                 # never run is refused only when it has to (not jaxops' canonical body)
@@ -693,6 +741,7 @@ class ImportedModel:
         return program
 
     def _check_node(self, program: _Program, k: int, node) -> None:
+        self._needs_x64 = self._needs_x64 or _float64_node(node)
         if node.op_type == "Constant" and _domain(node) == "":
             program.constants[k] = self._constant(node)
         self._handler(node)  # unknown ops fail here, before any call
@@ -704,8 +753,15 @@ class ImportedModel:
         """The nodes of the function ``node`` calls, inlined with onnx's own inliner (which
         substitutes attribute references and renames the body's values)."""
         names = list(dict.fromkeys(i for i in node.input if i))
+        # onnx's inliner (1.23) drops a reference the call leaves unset even when the
+        # function declares a default (attribute_proto), which onnxruntime applies
+        fn = self._functions[(node.domain, node.op_type, node.overload)]
+        given = {a.name for a in node.attribute}
+        call = onnx.NodeProto()
+        call.CopyFrom(node)
+        call.attribute.extend(a for a in fn.attribute_proto if a.name not in given)
         graph = helper.make_graph(
-            [node], "call", [helper.make_value_info(i, onnx.TypeProto()) for i in names],
+            [call], "call", [helper.make_value_info(i, onnx.TypeProto()) for i in names],
             [helper.make_value_info(o, onnx.TypeProto()) for o in node.output if o])
         call = helper.make_model(graph, opset_imports=self.model.opset_import,
                                  functions=self.model.functions, ir_version=self.model.ir_version)
@@ -1014,7 +1070,8 @@ def _check_types(n: _Node, opsets: dict) -> None:
 
 
 def _float64_site(model: onnx.ModelProto) -> str | None:
-    """Where the model uses float64 (the first place found), else None."""
+    """Where the model declares or stores float64 (the first place found), else None.  Nodes
+    are asked after inlining (:func:`_float64_node`), when attribute references are resolved."""
     double = TensorProto.DOUBLE
     for v in (*model.graph.input, *model.graph.output, *model.graph.value_info):
         if v.type.tensor_type.elem_type == double:
@@ -1022,16 +1079,51 @@ def _float64_site(model: onnx.ModelProto) -> str | None:
     for t, what in all_tensors(model):
         if t.data_type == double:
             return what
-    for node in (*model.graph.node, *(n for f in model.functions for n in f.node)):
-        for a in node.attribute:
-            if node.op_type == "Cast" and a.name == "to" and a.i == double:
-                return f"the output of {_describe(node)}"
     return None
 
 
-def _expanded_size(fns: dict, key) -> int:
-    """How many nodes calling ``key`` becomes once every nested call is inlined."""
-    sizes: dict = {}
+def _float64_node(node) -> str | None:
+    """Whether ``node`` (of the graph or of an inlined function body, its attribute
+    references substituted) makes float64: a Cast to DOUBLE or a float64 tensor attribute
+    (Constant and ConstantOfShape ``value``)."""
+    for a in node.attribute:
+        if a.ref_attr_name:  # an uninlined body: its caller's value is checked when inlined
+            continue
+        if node.op_type == "Cast" and _domain(node) == "" and a.name == "to" and \
+                a.i == TensorProto.DOUBLE:
+            return f"the output of {_describe(node)}"
+        tensors = [a.t] if a.HasField("t") else list(a.tensors)
+        if any(t.data_type == TensorProto.DOUBLE for t in tensors):
+            return f"attribute {a.name!r} of {_describe(node)}"
+    return None
+
+
+def _check_node_count(model: onnx.ModelProto, max_nodes: int) -> None:
+    """Refuse a model that runs more than ``max_nodes`` nodes, function calls counted inlined,
+    before any per-node work (the checker, inlining, tracing)."""
+    fns = {(f.domain, f.name, f.overload): f for f in model.functions}
+    total, sizes = 0, {}
+    for node in model.graph.node:
+        key = (node.domain, node.op_type, node.overload)
+        size = _expanded_size(fns, key, max_nodes, sizes) if key in fns else 1
+        if size > max_nodes:
+            raise ValueError(
+                f"{_PREFIX}: {_describe(node)}: the model-local functions it calls expand to "
+                f"more than {max_nodes:,} nodes when inlined, over the bound of {max_nodes:,} "
+                "nodes. If the model is trusted, raise the bound: "
+                "import_model(model, max_nodes=...).")
+        total += size
+    if total > max_nodes:
+        raise ValueError(
+            f"{_PREFIX}: the model has {total:,} nodes (the graph's, with function calls "
+            f"counted inlined), over the bound of {max_nodes:,}; import and the first call "
+            "take about 0.1 ms per node each. If the model is trusted, raise the bound: "
+            "import_model(model, max_nodes=...).")
+
+
+def _expanded_size(fns: dict, key, cap: int, sizes: dict) -> int:
+    """How many nodes calling ``key`` becomes once every nested call is inlined (counting
+    stops past ``cap``); ``sizes`` remembers each function's across calls."""
     stack, on_path = [key], set()
     while stack:  # iterative: the depth of nested calls is the model's choice
         k = stack[-1]
@@ -1051,7 +1143,7 @@ def _expanded_size(fns: dict, key) -> int:
             continue
         sizes[k] = min(sum(sizes.get(c, 1) if c in fns else 1 for c in
                            ((n.domain, n.op_type, n.overload) for n in fns[k].node)),
-                       MAX_INLINED_NODES + 1)
+                       cap + 1)
         on_path.discard(k)
         stack.pop()
     return sizes[key]
@@ -1079,7 +1171,8 @@ def supported_imports() -> dict[str, dict[str, list[int]]]:
 
 def import_model(model: onnx.ModelProto | bytes, *,
                  external_data_dir: str | os.PathLike | None = None,
-                 max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES) -> ImportedModel:
+                 max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES,
+                 max_nodes: int = DEFAULT_MAX_NODES) -> ImportedModel:
     """Turn an ONNX model (a ``ModelProto`` or its serialized bytes) into a JAX function.
 
     The result works under ``jit``, ``grad`` and ``vmap``; its float initializers are
@@ -1091,6 +1184,9 @@ def import_model(model: onnx.ModelProto | bytes, *,
         ``None`` (the default): no file is read and external data is refused.
       max_tensor_bytes: the bound on each tensor the model makes (initializers, constants,
         every node's output), checked before it is allocated; 2 GiB by default.
+      max_nodes: the bound on the nodes the model runs (the graph's, with each call of a
+        model-local function counted as its inlined body), checked before any per-node work;
+        100,000 by default (import and the first call cost about 0.1 ms per node each).
 
     Raises:
       ValueError, TypeError or NotImplementedError naming the node, for a malformed model,
@@ -1104,18 +1200,18 @@ def import_model(model: onnx.ModelProto | bytes, *,
     if not isinstance(model, onnx.ModelProto):
         raise TypeError("jaxops.onnx.import_model takes an onnx.ModelProto or its bytes, got "
                         f"{type(model).__name__} (load files yourself with onnx.load).")
-    if isinstance(max_tensor_bytes, bool) or not isinstance(max_tensor_bytes, int) or \
-            max_tensor_bytes <= 0:
-        raise ValueError(f"{_PREFIX}: max_tensor_bytes must be a positive int, got "
-                         f"{max_tensor_bytes!r}.")
+    for name, bound in (("max_tensor_bytes", max_tensor_bytes), ("max_nodes", max_nodes)):
+        if isinstance(bound, bool) or not isinstance(bound, int) or bound <= 0:
+            raise ValueError(f"{_PREFIX}: {name} must be a positive int, got {bound!r}.")
     if external_data_dir is not None and not os.path.isdir(external_data_dir):
         raise ValueError(f"{_PREFIX}: external_data_dir {os.fspath(external_data_dir)!r} is "
                          "not a directory.")
     # before onnx.checker, which looks for external data files relative to the working
     # directory even for a model in memory
+    _check_node_count(model, max_nodes)  # before the checker, whose time grows with it
     model = resolve_tensors(model, external_data_dir, max_tensor_bytes)
     try:
         onnx.checker.check_model(model)
     except Exception as e:  # ValidationError; UnicodeDecodeError on a corrupt name; ...
         raise ValueError(f"{_PREFIX}: invalid model: {e}") from None
-    return ImportedModel(model, max_tensor_bytes)
+    return ImportedModel(model, max_tensor_bytes, max_nodes)

@@ -51,20 +51,45 @@ def element_type(elem_type: int, what: str) -> np.dtype:
                               f"supports {supported}. Convert the model to one of these.")
 
 
+#: Whatever ``max_tensor_bytes`` says, no shape may have an extent (see :func:`extent`) whose
+#: bytes reach 2^63: XLA multiplies a shape's dimensions in int64 and aborts the process (it
+#: does not raise) when the product overflows, even when another dimension is 0.
+EXTENT_LIMIT_BYTES = 2**63 - 1
+
+
+def extent(dims) -> int:
+    """The product of ``dims`` counting each 0 as 1.  An empty tensor holds nothing, but its
+    other dimensions still reach XLA, which multiplies them all in int64: a shape such as
+    (2^32, 2^32, 0) overflows there and aborts the process.  Bounding this product, not the
+    element count, keeps every shape the importer lets through safe to hand to XLA."""
+    return math.prod(max(int(d), 1) for d in dims)
+
+
 def check_size(what: str, shape, dtype, max_bytes: int) -> None:
     """Refuse a tensor of ``shape`` and ``dtype`` larger than ``max_bytes``, before it
-    exists.  ``what`` names the node or tensor."""
+    exists.  An empty tensor is measured as if its empty dimensions were 1 (:func:`extent`).
+    ``what`` names the node or tensor."""
     dims = [int(d) for d in shape]
     if any(d < 0 for d in dims):
         raise ValueError(f"{_PREFIX}: {what} would have shape {tuple(dims)}, with a negative "
                          "dimension. Fix the model's shape values.")
-    nbytes = math.prod(dims) * np.dtype(dtype).itemsize
-    if nbytes > max_bytes:
-        raise ValueError(
-            f"{_PREFIX}: {what} would make a tensor of shape {tuple(dims)} and dtype "
-            f"{np.dtype(dtype).name}, {nbytes:,} bytes, over the bound of {max_bytes:,} bytes "
-            "per tensor. If the model is trusted and the size intended, raise the bound: "
-            "import_model(model, max_tensor_bytes=...).")
+    itemsize = np.dtype(dtype).itemsize
+    nbytes = extent(dims) * itemsize
+    if nbytes <= min(max_bytes, EXTENT_LIMIT_BYTES):
+        return
+    if 0 in dims:
+        size = (f"an empty tensor of shape {tuple(dims)} and dtype {np.dtype(dtype).name}, "
+                f"whose other dimensions amount to {nbytes:,} bytes")
+    else:
+        size = (f"a tensor of shape {tuple(dims)} and dtype {np.dtype(dtype).name}, "
+                f"{nbytes:,} bytes")
+    if nbytes > EXTENT_LIMIT_BYTES:
+        raise ValueError(f"{_PREFIX}: {what} would make {size}, which overflows the 64-bit "
+                         "size arithmetic of XLA (any bound). Fix the model's shape values.")
+    raise ValueError(
+        f"{_PREFIX}: {what} would make {size}, over the bound of {max_bytes:,} bytes per "
+        "tensor (empty dimensions count as 1). If the model is trusted and the size intended, "
+        "raise the bound: import_model(model, max_tensor_bytes=...).")
 
 
 def to_array(t: TensorProto, what: str, max_bytes: int) -> np.ndarray:
@@ -102,7 +127,24 @@ def _graph_tensors(graph: onnx.GraphProto, where: str) -> Iterator[tuple]:
 
 def _node_tensors(node, at, subgraphs):
     for a in node.attribute:
-        what = f"attribute {a.name!r} of {node.op_type} node {node.name!r}{at}"
+        yield from _attribute_tensors(a, f"attribute {a.name!r} of {node.op_type} node "
+                                         f"{node.name!r}{at}")
+        inner = f" (in a subgraph of {node.op_type} node {node.name!r}{at})"
+        if a.HasField("g"):
+            subgraphs.append((a.g, inner))
+        subgraphs.extend((g, inner) for g in a.graphs)
+
+
+def _attribute_tensors(a: AttributeProto, what: str) -> Iterator[tuple]:
+    if a.ref_attr_name:
+        # `value = @v` in a function body holds no tensor of its own: the inliner puts the
+        # caller's (or the function's default) in its place, and those are walked where they
+        # are written.  A field set on the reference anyway is walked below, to be bounded.
+        tensors = [a.t] if a.HasField("t") else []
+        sparse = [a.sparse_tensor] if a.HasField("sparse_tensor") else []
+        tensors += list(a.tensors)
+        sparse += list(a.sparse_tensors)
+    else:
         tensors = ([a.t] if a.type == AttributeProto.TENSOR else
                    list(a.tensors) if a.type == AttributeProto.TENSORS else [])
         sparse = ([a.sparse_tensor] if a.type == AttributeProto.SPARSE_TENSOR else
@@ -113,15 +155,11 @@ def _node_tensors(node, at, subgraphs):
             tensors.append(a.t)
         if a.HasField("sparse_tensor") and a.type != AttributeProto.SPARSE_TENSOR:
             sparse.append(a.sparse_tensor)
-        for t in tensors:
-            yield t, what
-        for s in sparse:
-            yield s.values, what
-            yield s.indices, what
-        inner = f" (in a subgraph of {node.op_type} node {node.name!r}{at})"
-        if a.HasField("g"):
-            subgraphs.append((a.g, inner))
-        subgraphs.extend((g, inner) for g in a.graphs)
+    for t in tensors:
+        yield t, what
+    for s in sparse:
+        yield s.values, what
+        yield s.indices, what
 
 
 def all_tensors(model: onnx.ModelProto) -> Iterator[tuple]:
@@ -130,6 +168,8 @@ def all_tensors(model: onnx.ModelProto) -> Iterator[tuple]:
     yield from _graph_tensors(model.graph, "")
     for f in model.functions:
         at = f" (in function {f.domain}.{f.name})"
+        for a in f.attribute_proto:  # defaults, which the inliner copies into the body
+            yield from _attribute_tensors(a, f"default of attribute {a.name!r}{at}")
         subgraphs: list = []
         for node in f.node:
             yield from _node_tensors(node, at, subgraphs)
@@ -152,7 +192,7 @@ def _declared_bytes(t: TensorProto, what: str) -> int:
     bits = {TensorProto.UINT4: 4, TensorProto.INT4: 4, TensorProto.FLOAT4E2M1: 4,
             TensorProto.UINT2: 2, TensorProto.INT2: 2, TensorProto.FLOAT6E2M3: 6,
             TensorProto.FLOAT6E3M2: 6}.get(t.data_type)
-    n = math.prod(t.dims)
+    n = extent(t.dims)  # as check_size: an empty tensor's other dims must be safe for XLA
     if bits is not None:
         return (n * bits + 7) // 8
     return n * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
@@ -170,8 +210,8 @@ def resolve_tensors(model: onnx.ModelProto, external_data_dir: str | os.PathLike
         if nbytes > max_bytes:
             raise ValueError(
                 f"{_PREFIX}: {what} declares shape {tuple(t.dims)}, {nbytes:,} bytes, over the "
-                f"bound of {max_bytes:,} bytes per tensor. If the model is trusted, raise the "
-                "bound: import_model(model, max_tensor_bytes=...).")
+                f"bound of {max_bytes:,} bytes per tensor (empty dimensions count as 1). If the "
+                "model is trusted, raise the bound: import_model(model, max_tensor_bytes=...).")
         if t.data_location == TensorProto.EXTERNAL or len(t.external_data):
             if external_data_dir is None:
                 raise ValueError(
@@ -195,27 +235,45 @@ def _load_external(t: TensorProto, what: str, base, nbytes: int) -> None:
         refuse("entries on a tensor whose data_location is not EXTERNAL")
     if t.data_type == TensorProto.STRING:
         refuse("of a string tensor (ONNX stores only fixed-size types externally)")
+    # everything is checked before the first OS call, whose own errors ("embedded null
+    # byte", "cannot fit 'int' into an offset-sized integer") would not name the tensor
+    if any(ord(c) < 32 or ord(c) == 127 for c in location):
+        refuse(f"at {location!r}: the location has a control character (a NUL, a newline, "
+               "...), which no file name written by an exporter has")
     if not location or os.path.isabs(location) or ".." in location.replace("\\", "/").split("/"):
         refuse(f"at {location!r}: not a relative path without '..'")
-    root = os.path.realpath(base)
-    path = os.path.realpath(os.path.join(root, location))  # follows symlinks
-    if os.path.commonpath([root, path]) != root:
-        refuse(f"at {location!r} resolves outside the directory")
+    offset = _byte_count(info.get("offset", "0"), "offset", refuse)
+    length = _byte_count(info.get("length", str(nbytes)), "length", refuse)
+    if length != nbytes:
+        refuse(f"length {length}: the length must be the tensor's size, {nbytes} bytes")
     try:
-        offset = int(info.get("offset", 0))
-        length = int(info.get("length", nbytes))
-    except ValueError:
-        refuse(f"offset {info.get('offset')!r} or length {info.get('length')!r} is not an integer")
-    if offset < 0 or length != nbytes:
-        refuse(f"offset {offset} and length {length}: the offset must be >= 0 and the length "
-               f"the tensor's size, {nbytes} bytes")
-    if not os.path.isfile(path):
-        refuse(f"at {location!r} is not a regular file")
-    with open(path, "rb") as f:
-        f.seek(offset)
-        data = f.read(nbytes)  # bounded by the declared size, checked against max_bytes
-    if len(data) != nbytes:
+        root = os.path.realpath(base)
+        path = os.path.realpath(os.path.join(root, location))  # follows symlinks
+        if os.path.commonpath([root, path]) != root:
+            refuse(f"at {location!r} resolves outside the directory")
+        if not os.path.isfile(path):
+            refuse(f"at {location!r} is not a regular file")
+        size = os.path.getsize(path)
+        if offset + nbytes > size:
+            refuse(f"at {location!r} has {max(size - offset, 0)} bytes from offset {offset}, "
+                   f"not {nbytes}")
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read(nbytes)  # bounded by the declared size, checked against max_bytes
+    except (OSError, ValueError) as e:
+        if str(e).startswith(_PREFIX):
+            raise
+        refuse(f"at {location!r} cannot be read ({type(e).__name__}: {e})")
+    if len(data) != nbytes:  # the file shrank since it was measured
         refuse(f"at {location!r} has {len(data)} bytes from offset {offset}, not {nbytes}")
     t.raw_data = data
     t.data_location = TensorProto.DEFAULT
     del t.external_data[:]
+
+
+def _byte_count(text: str, key: str, refuse) -> int:
+    """An external_data ``offset`` or ``length``: decimal digits naming a byte position that
+    a file can have (below 2^63, the OS's limit for a file offset)."""
+    if not (text.isascii() and text.isdigit()) or len(text) > 19 or int(text) >= 2**63:
+        refuse(f"{key} {text!r} is not a byte count (decimal digits, below 2^63)")
+    return int(text)
