@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import textwrap
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import jax
@@ -45,9 +45,10 @@ class Activation:
         return self.op(x, **{k: getattr(module, k) for k in self.names})
 
 
-def activation(op: Any, factory: str, reserved: type) -> Activation:
+def activation(op: Any, factory: str, base: str, reserved: Collection[str]) -> Activation:
     """``op`` as an :class:`Activation`, or a TypeError / ValueError saying why it cannot be
-    one.  ``reserved``: the Flax base class, whose names an attribute may not shadow."""
+    one.  ``reserved``: the names of the Flax base class ``base``, which an attribute may not
+    shadow."""
     if not isinstance(op, jo.Op):
         raise TypeError(f"{factory}: expected a jaxops op (jaxops.relu, or one made with "
                         f"jaxops.defop), got {op!r}.")
@@ -61,9 +62,10 @@ def activation(op: Any, factory: str, reserved: type) -> Activation:
     kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
     parameters = []
     for a in s.attributes:
-        if hasattr(reserved, a.name):
+        if a.name in reserved:
             raise ValueError(f"{factory}: {s.name}'s attribute {a.name!r} would shadow "
-                             f"{reserved.__module__}.{reserved.__name__}.{a.name}.")
+                             f"{base}.{a.name}; the op cannot become a module of this API "
+                             "as it is: call it in your own module's __call__.")
         if a.required and parameters and parameters[-1].default is not inspect.Parameter.empty:
             kind = inspect.Parameter.KEYWORD_ONLY
         parameters.append(inspect.Parameter(

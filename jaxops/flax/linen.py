@@ -88,7 +88,8 @@ def module_for(op: jo.Op, name: str | None = None, *,
       >>> LogSoftmax(axis=0).apply({}, jnp.zeros((2,)))
       Array([-0.6931472, -0.6931472], dtype=float32)
     """
-    act = _common.activation(op, "jaxops.flax.linen.module_for", nn.Module)
+    act = _common.activation(op, "jaxops.flax.linen.module_for", "flax.linen.Module",
+                             {*dir(nn.Module), "parent", "name"})  # Linen's dataclass fields
     name = name or op.schema.name
     fields = {}  # a required positional attribute is an annotation alone
     for p in act.parameters:

@@ -88,7 +88,8 @@ def module_for(op: jo.Op, name: str | None = None, *,
       >>> LogSoftmax(axis=0)(jnp.zeros((2,)))
       Array([-0.6931472, -0.6931472], dtype=float32)
     """
-    act = _common.activation(op, "jaxops.flax.nnx.module_for", nnx.Module)
+    act = _common.activation(op, "jaxops.flax.nnx.module_for", "flax.nnx.Module",
+                             dir(nnx.Module))
     name = name or op.schema.name
     signature = inspect.Signature(act.parameters)
 
