@@ -87,10 +87,21 @@ def test_import_jaxops_flax_without_flax_says_what_to_install(monkeypatch):
 def test_both_apis_have_the_same_layers():
     names = {"BatchNorm", "LeakyReLU", "PReLU", "ReLU", "ReluN", "Sigmoid", "Softmax",
              "Softsign", "Tanh"}
-    assert set(jnnx.__all__) == set(jnn.__all__) == names
+    assert set(jnnx.__all__) == set(jnn.__all__) == names | {"module_for"}
     for name in names:
         assert issubclass(getattr(jnnx, name), nnx.Module)
         assert issubclass(getattr(jnn, name), nn.Module)
+
+
+def test_readme_names_every_flax_module():
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    paragraph = readme[readme.index("Flax modules for `flax.nnx`"):]
+    paragraph = paragraph[:paragraph.index("\n\n")]
+    layers = set(jnnx.__all__) - {"module_for", "ReLU"}  # ReLU: jaxops.flax.nnx.ReLU
+    assert {n for n in layers if f"`{n}`" not in paragraph} == set()
+    assert "`jaxops.flax.nnx.ReLU`" in paragraph and "`module_for(op)`" in paragraph
 
 
 # -------------------------------------------------------------------------- activations
@@ -159,6 +170,115 @@ def test_activations_compose_in_sequential():
                                rtol=1e-6)
     lin = nn.Sequential([jnn.ReluN(n=3.0), jnn.Sigmoid()])
     np.testing.assert_allclose(lin.apply({}, x), jo.sigmoid(jo.relu_n(x, n=3.0)), rtol=1e-6)
+
+
+# ------------------------------------------------------------------- module_for (schemas)
+
+def _squareplus_ops():
+    """A user op in a test-only domain, with a required attribute after an optional one."""
+
+    @jo.defop(name="FlaxTestSquareplus", domain="tests.flax")
+    def flax_test_squareplus(x, *, b=4.0, scale: float):
+        return scale * (x + jnp.sqrt(x * x + b)) / 2
+
+    @jo.defop(name="FlaxTestAffine", domain="tests.flax")
+    def flax_test_affine(x, w):
+        return x * w
+
+    return flax_test_squareplus, flax_test_affine
+
+
+@pytest.fixture
+def user_ops():
+    ops = _squareplus_ops()
+    yield ops
+    for op in ops:
+        jo.schema.unregister(op.name)
+
+
+@pytest.mark.parametrize("act", [a for a in ACTIVATIONS if not a.kwargs], ids=str)
+def test_activation_modules_read_their_schema(act):
+    import inspect
+
+    s = act.op.schema
+    for api, module in (("nnx", jnnx), ("linen", jnn)):
+        cls = getattr(module, act.name)
+        assert cls.__name__ == cls.__qualname__ == act.name
+        assert cls.__module__ == f"jaxops.flax.{api}"
+        params = [p for p in inspect.signature(cls).parameters.values()
+                  if p.name not in ("parent", "name")]  # Linen's own fields
+        assert [(p.name, p.default) for p in params] == [(a.name, a.default)
+                                                        for a in s.attributes]
+        doc = cls.__doc__
+        assert doc.startswith(f":func:`jaxops.{s.function}` as a module: {s.doc.split()[0]}")
+        assert f"{s.name}-{s.since_version}" in doc and f"``{s.gradient}``" in doc
+        for a in s.attributes:
+            assert f"  {a.name}: {a.type}, default {a.default!r}; {a.doc}" in doc
+        assert f"flax.{api}." in doc  # See also: Flax's counterpart
+        module = cls()
+        for a in s.attributes:
+            assert getattr(module, a.name) == a.default
+
+
+def test_activation_modules_check_attributes_when_built():
+    for module in (jnnx, jnn):
+        with pytest.raises(ValueError, match=r"jaxops.relu_n: attribute 'n': must be > 0"):
+            module.ReluN(n=0.0)
+        with pytest.raises(TypeError, match=r"jaxops.softmax: attribute 'axis' must be an int"):
+            module.Softmax(axis=1.5)
+        with pytest.raises(TypeError, match="alpha"):
+            module.ReluN(alpha=0.1)
+    with pytest.raises(TypeError, match=r"jaxops.flax.nnx.Tanh\(\): .*positional"):
+        jnnx.Tanh(1.0)
+    assert jnnx.ReluN(2.0).n == 2.0 and jnn.ReluN(2.0).n == 2.0  # positional, as before
+
+
+def test_module_for_a_user_op(user_ops):
+    squareplus, _ = user_ops
+    x, w = _x(), _weights((4, 6))
+    want = squareplus(x, b=1.0, scale=2.0)
+    Nnx, Linen = jnnx.module_for(squareplus), jnn.module_for(squareplus, "Squareplus")
+    assert Nnx.__name__ == "FlaxTestSquareplus" and Linen.__name__ == "Squareplus"
+    assert "``flax_test_squareplus`` as a module" in Nnx.__doc__
+    assert "scale: float, required." in Nnx.__doc__ and "b: float, default 4.0." in Nnx.__doc__
+    assert "JAX's derivative" in Nnx.__doc__  # no registered gradient
+    np.testing.assert_array_equal(Nnx(1.0, scale=2.0)(x), want)
+    np.testing.assert_array_equal(Linen(b=1.0, scale=2.0).apply({}, x), want)
+    with pytest.raises(TypeError, match="scale"):  # required, and keyword-only after b=4.0
+        Nnx(1.0)
+    with pytest.raises(TypeError):
+        Linen(1.0, 2.0)
+    want_dx = jax.grad(lambda x: jnp.sum(squareplus(x, b=1.0, scale=2.0) * w))(x)
+    module = Nnx(b=1.0, scale=2.0)
+    dx = nnx.grad(lambda m, x: jnp.sum(m(x) * w), argnums=1)(module, x)
+    np.testing.assert_allclose(dx, want_dx, rtol=1e-6)
+    model = nnx.Sequential(module, jnnx.Tanh())
+    np.testing.assert_allclose(nnx.jit(lambda m, x: m(x))(model, x), jnp.tanh(want), rtol=1e-6)
+
+
+def test_module_for_refuses_what_is_not_an_activation(user_ops):
+    _, affine = user_ops
+    for module in (jnnx, jnn):
+        with pytest.raises(TypeError, match=r"FlaxTestAffine has 2 inputs \(x, w\).*PReLU"):
+            module.module_for(affine)
+        with pytest.raises(TypeError, match="PRelu has 2 inputs"):
+            module.module_for(jo.prelu)
+        with pytest.raises(TypeError, match="expected a jaxops op"):
+            module.module_for(jnp.tanh)
+
+
+def test_module_for_refuses_an_attribute_that_shadows_flax():
+    @jo.defop(name="FlaxTestNamed", domain="tests.flax")
+    def flax_test_named(x, *, name="a", train=True):
+        return x
+
+    try:
+        with pytest.raises(ValueError, match=r"'name' would shadow flax.linen.Module.name"):
+            jnn.module_for(flax_test_named)
+        with pytest.raises(ValueError, match=r"'train' would shadow flax.nnx.Module.train"):
+            jnnx.module_for(flax_test_named)
+    finally:
+        jo.schema.unregister("FlaxTestNamed")
 
 
 # -------------------------------------------------------------------------------- PReLU

@@ -2,8 +2,12 @@
 
 Both hold the same layers (``ReLU``, ``ReluN``, ``LeakyReLU``, ``PReLU``, ``Softsign``,
 ``Sigmoid``, ``Tanh``, ``Softmax``, ``BatchNorm``), each a thin module around the jaxops op so
-that the op's registered gradient is what Flax differentiates.  Flax is an optional extra:
-``import jaxops`` never imports it; ``import jaxops.flax`` needs ``pip install 'jaxops[flax]'``.
+that the op's registered gradient is what Flax differentiates.  The activations are made from
+their ops' schemas by ``module_for``, which does the same for any op of one array input and
+static attributes (yours too); ``PReLU`` and ``BatchNorm`` are written out.
+
+Flax is an optional extra: ``import jaxops`` never imports it; ``import jaxops.flax`` needs
+``pip install 'jaxops[flax]'``.
 
 Example:
   >>> import jax.numpy as jnp

@@ -1,14 +1,110 @@
-"""What the NNX and Linen modules share: the feature-axis plumbing between Flax's
-channels-last convention and the channel layouts the ops expect.  Knows nothing of either
-Flax API."""
+"""What the NNX and Linen modules share: what an activation module is made of (read from
+the op's schema), and the feature-axis plumbing between Flax's channels-last convention and
+the channel layouts the ops expect.  Knows nothing of either Flax API."""
 
 from __future__ import annotations
+
+import dataclasses
+import inspect
+import textwrap
+from collections.abc import Collection, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import jaxops as jo
+from jaxops.schema import JAXOPS_DOMAIN, Attribute
+
+_PYTHON_TYPES = {"float": float, "int": int, "bool": bool, "string": str}
+
+
+@dataclasses.dataclass(frozen=True)
+class Activation:
+    """An op of one array input and static attributes, as a module sees it.
+
+    ``parameters`` are the attributes as constructor parameters, in the schema's order with
+    its defaults; those from the first required attribute after an optional one on are
+    keyword-only (a Python signature cannot have them positional).
+    """
+
+    op: jo.Op
+    parameters: tuple[inspect.Parameter, ...]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.parameters)
+
+    def check(self, values: Mapping[str, Any]) -> None:
+        """Raise the op's own error for a bad attribute value, when the module is built."""
+        self.op.schema.canonical_attributes(values)
+
+    def __call__(self, x: Any, module: Any) -> jax.Array:
+        """The op on ``x`` with the attributes ``module`` holds."""
+        return self.op(x, **{k: getattr(module, k) for k in self.names})
+
+
+def activation(op: Any, factory: str, base: str, reserved: Collection[str]) -> Activation:
+    """``op`` as an :class:`Activation`, or a TypeError / ValueError saying why it cannot be
+    one.  ``reserved``: the names of the Flax base class ``base``, which an attribute may not
+    shadow."""
+    if not isinstance(op, jo.Op):
+        raise TypeError(f"{factory}: expected a jaxops op (jaxops.relu, or one made with "
+                        f"jaxops.defop), got {op!r}.")
+    s = op.schema
+    if len(s.inputs) != 1:
+        raise TypeError(
+            f"{factory}: {s.name} has {len(s.inputs)} inputs "
+            f"({', '.join(p.name for p in s.inputs)}); a module made from the schema takes one "
+            "array and the op's static attributes. Write the module by hand (as PReLU's learns "
+            "its slope) or call the op in your own module's __call__.")
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    parameters = []
+    for a in s.attributes:
+        if a.name in reserved:
+            raise ValueError(f"{factory}: {s.name}'s attribute {a.name!r} would shadow "
+                             f"{base}.{a.name}; the op cannot become a module of this API "
+                             "as it is: call it in your own module's __call__.")
+        if a.required and parameters and parameters[-1].default is not inspect.Parameter.empty:
+            kind = inspect.Parameter.KEYWORD_ONLY
+        parameters.append(inspect.Parameter(
+            a.name, kind, annotation=_annotation(a),
+            default=inspect.Parameter.empty if a.required else a.default))
+    return Activation(op, tuple(parameters))
+
+
+def _annotation(a: Attribute) -> Any:
+    t = _PYTHON_TYPES[a.type]
+    return t | None if a.default is None and not a.required else t
+
+
+def activation_doc(act: Activation, factory: str, section: str, see_also: str | None) -> str:
+    """The docstring of the module made from ``act``: read from its schema."""
+    s = act.op.schema
+    builtin = s.domain in ("", JAXOPS_DOMAIN)
+    op = f":func:`jaxops.{s.function}`" if builtin else f"``{s.function}``"
+    lines = [
+        *textwrap.wrap(f"{op} as a module: {s.doc}", 88),
+        "",
+        *textwrap.wrap(
+            f"Made by ``{factory}`` from the schema of {s.name}-{s.since_version} "
+            f"({s.domain or 'ai.onnx'}): the attributes are the op's, with its defaults, "
+            "checked when the module is built; the derivative is "
+            + (f"the registered gradient op ``{s.gradient}``." if s.gradient
+               else "JAX's derivative of the op's implementation."), 88),
+    ]
+    if act.parameters:
+        lines += ["", f"{section}:"]
+        for p, a in zip(act.parameters, s.attributes, strict=True):
+            default = "required" if a.required else f"default {a.default!r}"
+            lines += textwrap.wrap(f"{p.name}: {a.type}, {default}"
+                                   + (f"; {a.doc}." if a.doc else "."), 86,
+                                   initial_indent="  ", subsequent_indent="    ")
+    if see_also:
+        lines += ["", *textwrap.wrap(f"See also: {see_also}.", 88)]
+    return "\n".join(lines)
+
 
 
 def feature_axis(module: str, x: jax.Array, axis: int, *, min_ndim: int) -> int:

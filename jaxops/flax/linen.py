@@ -5,6 +5,26 @@ with ``Module.init``/``Module.apply`` under ``jax.jit``, ``jax.grad`` and ``jax.
 Stateless activations are modules here (Linen has them as plain functions, ``nn.relu`` ...)
 so that they can sit in ``nn.Sequential`` and carry their attributes.
 
+The activation modules (:class:`ReLU`, :class:`ReluN`, :class:`LeakyReLU`, :class:`Softsign`,
+:class:`Sigmoid`, :class:`Tanh`, :class:`Softmax`) are made from their ops' schemas by
+:func:`module_for`, one explicit line each below: their dataclass fields are the op's
+attributes with the schema's defaults (checked when the module is built), ``__call__(x)``
+calls the op, and the docstring is read from the schema.  ``module_for`` takes any op of one
+array input and static attributes, yours too (an op made with ``jaxops.defop``)::
+
+    Squareplus = jaxops.flax.linen.module_for(squareplus)    # Squareplus(b=4.0).apply({}, x)
+
+:class:`PReLU` (a learned slope) and :class:`BatchNorm` (parameters and running statistics)
+are written out.
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> from jaxops.flax import linen as jnn
+  >>> jnn.ReluN(n=2.0).apply({}, jnp.array([-1.0, 1.0, 3.0]))
+  Array([0., 1., 2.], dtype=float32)
+  >>> jnn.LeakyReLU(alpha=0.5).apply({}, jnp.array([-2.0, 3.0]))
+  Array([-1.,  3.], dtype=float32)
+
 Differences from Flax's own layers, and why:
 
 - :class:`PReLU` can learn one slope per channel (``num_features=C`` on feature ``axis``, or
@@ -22,6 +42,11 @@ Differences from Flax's own layers, and why:
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import types
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
@@ -32,65 +57,77 @@ from jaxops.flax import _common
 
 __all__ = [
     "BatchNorm", "LeakyReLU", "PReLU", "ReLU", "ReluN", "Sigmoid", "Softmax", "Softsign", "Tanh",
+    "module_for",
 ]
 
 
-class ReLU(nn.Module):
-    """:func:`jaxops.relu` as a module: ``max(0, x)``, derivative 0 at 0.
+def module_for(op: jo.Op, name: str | None = None, *,
+               see_also: str | None = None) -> type[nn.Module]:
+    """A Linen module class for ``op``, an op of one array input and static attributes.
+
+    The class is named ``name`` (default: the op_type); its dataclass fields are the op's
+    attributes, with the schema's defaults, checked as the op does when the module is built;
+    ``module.apply({}, x)`` is ``op(x, **attributes)``.  Its docstring is read from the
+    schema, ``see_also`` added.
+
+    Args:
+      op: a jaxops op (``jaxops.relu_n``) or one of yours (``jaxops.defop``).
+      name: the class name.
+      see_also: a note for the docstring's "See also" (the Flax counterpart).
+
+    Returns:
+      A subclass of ``flax.linen.Module``.
+
+    Raises:
+      TypeError: ``op`` is not a jaxops op, or has more than one input.
 
     Example:
-      >>> import jax.numpy as jnp
+      >>> import jax.numpy as jnp, jaxops
       >>> from jaxops.flax import linen as jnn
-      >>> jnn.ReLU().apply({}, jnp.array([-1.0, 0.0, 2.0]))
-      Array([0., 0., 2.], dtype=float32)
-
-    See also: ``flax.linen.relu`` (the same values and derivative).
+      >>> LogSoftmax = jnn.module_for(jaxops.log_softmax)
+      >>> LogSoftmax(axis=0).apply({}, jnp.zeros((2,)))
+      Array([-0.6931472, -0.6931472], dtype=float32)
     """
+    act = _common.activation(op, "jaxops.flax.linen.module_for", "flax.linen.Module",
+                             {*dir(nn.Module), "parent", "name"})  # Linen's dataclass fields
+    name = name or op.schema.name
+    fields = {}  # a required positional attribute is an annotation alone
+    for p in act.parameters:
+        kw_only = p.kind is inspect.Parameter.KEYWORD_ONLY
+        if p.default is not inspect.Parameter.empty:
+            fields[p.name] = dataclasses.field(default=p.default, kw_only=kw_only)
+        elif kw_only:
+            fields[p.name] = dataclasses.field(kw_only=True)
+
+    def __post_init__(self) -> None:
+        act.check({k: getattr(self, k) for k in act.names})
+        nn.Module.__post_init__(self)
 
     def __call__(self, x: ArrayLike) -> jax.Array:
-        return jo.relu(x)
+        return act(x, self)
+
+    def body(ns: dict[str, Any]) -> None:
+        ns["__annotations__"] = {p.name: p.annotation for p in act.parameters}
+        ns.update(fields)
+        ns.update({
+            "__post_init__": __post_init__, "__call__": __call__, "__module__": __name__,
+            "__qualname__": name,
+            "__doc__": _common.activation_doc(act, "jaxops.flax.linen.module_for",
+                                              "Attributes", see_also),
+        })
+
+    return types.new_class(name, (nn.Module,), exec_body=body)
 
 
-class ReluN(nn.Module):
-    """:func:`jaxops.relu_n` as a module: ``min(max(0, x), n)``.
-
-    Attributes:
-      n: the upper bound, a Python float > 0 (6.0: ``ReluN()`` is ReLU6).
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> from jaxops.flax import linen as jnn
-      >>> jnn.ReluN(n=2.0).apply({}, jnp.array([-1.0, 1.0, 3.0]))
-      Array([0., 1., 2.], dtype=float32)
-
-    See also: ``flax.linen.relu6`` (``n=6``).
-    """
-
-    n: float = 6.0
-
-    def __call__(self, x: ArrayLike) -> jax.Array:
-        return jo.relu_n(x, n=self.n)
-
-
-class LeakyReLU(nn.Module):
-    """:func:`jaxops.leaky_relu` as a module: ``x`` if ``x >= 0`` else ``alpha * x``.
-
-    Attributes:
-      alpha: the slope for negative inputs, a Python float (0.01).
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> from jaxops.flax import linen as jnn
-      >>> jnn.LeakyReLU(alpha=0.5).apply({}, jnp.array([-2.0, 3.0]))
-      Array([-1.,  3.], dtype=float32)
-
-    See also: ``flax.linen.leaky_relu`` (its ``negative_slope`` is ``alpha``).
-    """
-
-    alpha: float = 0.01
-
-    def __call__(self, x: ArrayLike) -> jax.Array:
-        return jo.leaky_relu(x, alpha=self.alpha)
+# The activation modules: one line per op, read from its schema.
+ReLU = module_for(jo.relu, "ReLU", see_also="``flax.linen.relu`` (the same values and derivative)")
+ReluN = module_for(jo.relu_n, "ReluN", see_also="``flax.linen.relu6`` (``n=6``)")
+LeakyReLU = module_for(jo.leaky_relu, "LeakyReLU",
+                       see_also="``flax.linen.leaky_relu`` (its ``negative_slope`` is ``alpha``)")
+Softsign = module_for(jo.softsign, "Softsign", see_also="``flax.linen.soft_sign``")
+Sigmoid = module_for(jo.sigmoid, "Sigmoid", see_also="``flax.linen.sigmoid``")
+Tanh = module_for(jo.tanh, "Tanh", see_also="``flax.linen.tanh``")
+Softmax = module_for(jo.softmax, "Softmax", see_also="``flax.linen.softmax``")
 
 
 class PReLU(nn.Module):
@@ -145,76 +182,6 @@ class PReLU(nn.Module):
             num,
         )
         return _common.prelu(x, slope, self.axis)
-
-
-class Softsign(nn.Module):
-    """:func:`jaxops.softsign` as a module: ``x / (1 + |x|)``.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> from jaxops.flax import linen as jnn
-      >>> jnn.Softsign().apply({}, jnp.array([-3.0, 0.0, 1.0]))
-      Array([-0.75,  0.  ,  0.5 ], dtype=float32)
-
-    See also: ``flax.linen.soft_sign``.
-    """
-
-    def __call__(self, x: ArrayLike) -> jax.Array:
-        return jo.softsign(x)
-
-
-class Sigmoid(nn.Module):
-    """:func:`jaxops.sigmoid` as a module: ``1 / (1 + exp(-x))``.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> from jaxops.flax import linen as jnn
-      >>> jnn.Sigmoid().apply({}, jnp.array([0.0]))
-      Array([0.5], dtype=float32)
-
-    See also: ``flax.linen.sigmoid``.
-    """
-
-    def __call__(self, x: ArrayLike) -> jax.Array:
-        return jo.sigmoid(x)
-
-
-class Tanh(nn.Module):
-    """:func:`jaxops.tanh` as a module.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> from jaxops.flax import linen as jnn
-      >>> jnn.Tanh().apply({}, jnp.array([0.0]))
-      Array([0.], dtype=float32)
-
-    See also: ``flax.linen.tanh``.
-    """
-
-    def __call__(self, x: ArrayLike) -> jax.Array:
-        return jo.tanh(x)
-
-
-class Softmax(nn.Module):
-    """:func:`jaxops.softmax` as a module, along ``axis``.
-
-    Attributes:
-      axis: the axis to normalize over, a Python int (-1).
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> from jaxops.flax import linen as jnn
-      >>> jnn.Softmax().apply({}, jnp.array([[0.0, 0.0], [0.0, -jnp.inf]]))
-      Array([[0.5, 0.5],
-             [1. , 0. ]], dtype=float32)
-
-    See also: ``flax.linen.softmax``.
-    """
-
-    axis: int = -1
-
-    def __call__(self, x: ArrayLike) -> jax.Array:
-        return jo.softmax(x, axis=self.axis)
 
 
 class BatchNorm(nn.Module):

@@ -5,6 +5,29 @@ works under ``nnx.jit``, ``nnx.grad``, ``nnx.vmap`` and the JAX transforms.  Sta
 activations are modules here (Flax NNX has them as plain functions, ``nnx.relu`` ...) so that
 they can sit in ``nnx.Sequential`` and carry their attributes (``ReluN(n=6.0)``).
 
+The activation modules (:class:`ReLU`, :class:`ReluN`, :class:`LeakyReLU`, :class:`Softsign`,
+:class:`Sigmoid`, :class:`Tanh`, :class:`Softmax`) are made from their ops' schemas by
+:func:`module_for`, one explicit line each below: the constructor takes the op's attributes
+with the schema's defaults (and checks them), ``__call__(x)`` calls the op, and the
+docstring is read from the schema.  ``module_for`` takes any op of one array input and static
+attributes, yours too (an op made with ``jaxops.defop``)::
+
+    Squareplus = jaxops.flax.nnx.module_for(squareplus)      # Squareplus(b=4.0)(x)
+
+:class:`PReLU` (a learned slope) and :class:`BatchNorm` (parameters and running statistics)
+are written out.
+
+Example:
+  >>> import jax.numpy as jnp
+  >>> from jaxops.flax import nnx as jnnx
+  >>> jnnx.ReluN(n=2.0)(jnp.array([-1.0, 1.0, 3.0]))
+  Array([0., 1., 2.], dtype=float32)
+  >>> jnnx.LeakyReLU(alpha=0.5)(jnp.array([-2.0, 3.0]))
+  Array([-1.,  3.], dtype=float32)
+  >>> jnnx.Softmax()(jnp.array([[0.0, 0.0], [0.0, -jnp.inf]]))
+  Array([[0.5, 0.5],
+         [1. , 0. ]], dtype=float32)
+
 Differences from Flax's own layers, and why:
 
 - :class:`PReLU` learns one slope per channel (``num_features``, on feature ``axis``), like
@@ -21,6 +44,9 @@ Differences from Flax's own layers, and why:
 
 from __future__ import annotations
 
+import inspect
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -31,67 +57,71 @@ from jaxops.flax import _common
 
 __all__ = [
     "BatchNorm", "LeakyReLU", "PReLU", "ReLU", "ReluN", "Sigmoid", "Softmax", "Softsign", "Tanh",
+    "module_for",
 ]
 
 
-class ReLU(nnx.Module):
-    """:func:`jaxops.relu` as a module: ``max(0, x)``, derivative 0 at 0.
+def module_for(op: jo.Op, name: str | None = None, *,
+               see_also: str | None = None) -> type[nnx.Module]:
+    """An NNX module class for ``op``, an op of one array input and static attributes.
 
-    Example:
-      >>> import jax.numpy as jnp
-      >>> from jaxops.flax import nnx as jnnx
-      >>> jnnx.ReLU()(jnp.array([-1.0, 0.0, 2.0]))
-      Array([0., 0., 2.], dtype=float32)
-
-    See also: ``flax.nnx.relu`` (the same values and derivative).
-    """
-
-    def __call__(self, x: ArrayLike) -> jax.Array:
-        return jo.relu(x)
-
-
-class ReluN(nnx.Module):
-    """:func:`jaxops.relu_n` as a module: ``min(max(0, x), n)``.
+    The class is named ``name`` (default: the op_type); its constructor takes the op's
+    attributes, with the schema's defaults, and checks them as the op does; calling an
+    instance on ``x`` is ``op(x, **attributes)``.  Its docstring is read from the schema,
+    ``see_also`` added.
 
     Args:
-      n: the upper bound, a Python float > 0 (6.0: ``ReluN()`` is ReLU6).
+      op: a jaxops op (``jaxops.relu_n``) or one of yours (``jaxops.defop``).
+      name: the class name.
+      see_also: a note for the docstring's "See also" (the Flax counterpart).
+
+    Returns:
+      A subclass of ``flax.nnx.Module``.
+
+    Raises:
+      TypeError: ``op`` is not a jaxops op, or has more than one input.
 
     Example:
-      >>> import jax.numpy as jnp
+      >>> import jax.numpy as jnp, jaxops
       >>> from jaxops.flax import nnx as jnnx
-      >>> jnnx.ReluN(n=2.0)(jnp.array([-1.0, 1.0, 3.0]))
-      Array([0., 1., 2.], dtype=float32)
-
-    See also: ``flax.nnx.relu6`` (``n=6``).
+      >>> LogSoftmax = jnnx.module_for(jaxops.log_softmax)
+      >>> LogSoftmax(axis=0)(jnp.zeros((2,)))
+      Array([-0.6931472, -0.6931472], dtype=float32)
     """
+    act = _common.activation(op, "jaxops.flax.nnx.module_for", "flax.nnx.Module",
+                             dir(nnx.Module))
+    name = name or op.schema.name
+    signature = inspect.Signature(act.parameters)
 
-    def __init__(self, n: float = 6.0):
-        self.n = n
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError as e:
+            raise TypeError(f"jaxops.flax.nnx.{name}{signature}: {e}") from None
+        bound.apply_defaults()
+        act.check(bound.arguments)
+        for k, v in bound.arguments.items():
+            setattr(self, k, v)
 
     def __call__(self, x: ArrayLike) -> jax.Array:
-        return jo.relu_n(x, n=self.n)
+        return act(x, self)
+
+    return type(name, (nnx.Module,), {
+        "__init__": __init__, "__call__": __call__, "__module__": __name__,
+        "__qualname__": name, "__signature__": signature,  # what help() and IDEs show
+        "__doc__": _common.activation_doc(act, "jaxops.flax.nnx.module_for", "Args", see_also),
+    })
 
 
-class LeakyReLU(nnx.Module):
-    """:func:`jaxops.leaky_relu` as a module: ``x`` if ``x >= 0`` else ``alpha * x``.
-
-    Args:
-      alpha: the slope for negative inputs, a Python float (0.01).
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> from jaxops.flax import nnx as jnnx
-      >>> jnnx.LeakyReLU(alpha=0.5)(jnp.array([-2.0, 3.0]))
-      Array([-1.,  3.], dtype=float32)
-
-    See also: ``flax.nnx.leaky_relu`` (its ``negative_slope`` is ``alpha``).
-    """
-
-    def __init__(self, alpha: float = 0.01):
-        self.alpha = alpha
-
-    def __call__(self, x: ArrayLike) -> jax.Array:
-        return jo.leaky_relu(x, alpha=self.alpha)
+# The activation modules: one line per op, read from its schema.
+ReLU = module_for(jo.relu, "ReLU", see_also="``flax.nnx.relu`` (the same values and derivative)")
+ReluN = module_for(jo.relu_n, "ReluN", see_also="``flax.nnx.relu6`` (``n=6``)")
+LeakyReLU = module_for(jo.leaky_relu, "LeakyReLU",
+                       see_also="``flax.nnx.leaky_relu`` (its ``negative_slope`` is ``alpha``)")
+Softsign = module_for(jo.softsign, "Softsign", see_also="``flax.nnx.soft_sign``")
+Sigmoid = module_for(jo.sigmoid, "Sigmoid", see_also="``flax.nnx.sigmoid``")
+Tanh = module_for(jo.tanh, "Tanh", see_also="``flax.nnx.tanh``")
+Softmax = module_for(jo.softmax, "Softmax", see_also="``flax.nnx.softmax``")
 
 
 class PReLU(nnx.Module):
@@ -143,77 +173,6 @@ class PReLU(nnx.Module):
 
     def __call__(self, x: ArrayLike) -> jax.Array:
         return _common.prelu(x, self.slope[...], self.axis)
-
-
-class Softsign(nnx.Module):
-    """:func:`jaxops.softsign` as a module: ``x / (1 + |x|)``.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> from jaxops.flax import nnx as jnnx
-      >>> jnnx.Softsign()(jnp.array([-3.0, 0.0, 1.0]))
-      Array([-0.75,  0.  ,  0.5 ], dtype=float32)
-
-    See also: ``flax.nnx.soft_sign``.
-    """
-
-    def __call__(self, x: ArrayLike) -> jax.Array:
-        return jo.softsign(x)
-
-
-class Sigmoid(nnx.Module):
-    """:func:`jaxops.sigmoid` as a module: ``1 / (1 + exp(-x))``.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> from jaxops.flax import nnx as jnnx
-      >>> jnnx.Sigmoid()(jnp.array([0.0]))
-      Array([0.5], dtype=float32)
-
-    See also: ``flax.nnx.sigmoid``.
-    """
-
-    def __call__(self, x: ArrayLike) -> jax.Array:
-        return jo.sigmoid(x)
-
-
-class Tanh(nnx.Module):
-    """:func:`jaxops.tanh` as a module.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> from jaxops.flax import nnx as jnnx
-      >>> jnnx.Tanh()(jnp.array([0.0]))
-      Array([0.], dtype=float32)
-
-    See also: ``flax.nnx.tanh``.
-    """
-
-    def __call__(self, x: ArrayLike) -> jax.Array:
-        return jo.tanh(x)
-
-
-class Softmax(nnx.Module):
-    """:func:`jaxops.softmax` as a module, along ``axis``.
-
-    Args:
-      axis: the axis to normalize over, a Python int (-1).
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> from jaxops.flax import nnx as jnnx
-      >>> jnnx.Softmax()(jnp.array([[0.0, 0.0], [0.0, -jnp.inf]]))
-      Array([[0.5, 0.5],
-             [1. , 0. ]], dtype=float32)
-
-    See also: ``flax.nnx.softmax``.
-    """
-
-    def __init__(self, axis: int = -1):
-        self.axis = axis
-
-    def __call__(self, x: ArrayLike) -> jax.Array:
-        return jo.softmax(x, axis=self.axis)
 
 
 class BatchNorm(nnx.Module):
