@@ -151,6 +151,10 @@ class Op:
                                  if p.kind == p.KEYWORD_ONLY)
         self._attr_set = frozenset(self._attr_names)
         self._differentiable = tuple(i for i, p in enumerate(schema.inputs) if p.differentiable)
+        self._nondifferentiable_floats = any(
+            not p.differentiable and any(np.dtype(d).kind == "f" or d == "bfloat16"
+                                         for d in schema.type_constraints[p.type_param])
+            for p in schema.inputs)
         # the implementation's parameter names are Python's (x), the schema's ONNX's (X)
         if len(schema.inputs) != len(self._input_names) or (
                 {a.name for a in schema.attributes} != self._attr_set):
@@ -358,7 +362,9 @@ class Op:
         attrs = dict(attr_items)
         run, jvp_override = self._implementation_of(choice, attrs)
         if self._vjp is None and jvp_override is None:
-            return run  # a gradient op: JAX differentiates its implementation
+            # a gradient op: JAX differentiates its implementation (wrapped only to refuse
+            # the float inputs its schema marks non-differentiable)
+            return self._refusing(run) if self._nondifferentiable_floats else run
         registered_vjp, differentiable = self._vjp, self._differentiable
 
         def forward(*xs):
@@ -392,6 +398,28 @@ class Op:
 
             (t_out,) = jax.linear_transpose(vjp, y)(tuple(tangents[present[k]] for k in wrt))
             return y, t_out
+
+        return fn
+
+    def _refusing(self, run: Callable[..., Any]) -> Callable[..., Any]:
+        """``run`` differentiated by JAX, refusing its non-differentiable float inputs."""
+        fn = jax.custom_jvp(run)
+
+        @functools.partial(fn.defjvp, symbolic_zeros=True)
+        def jvp(primals, tangents):
+            tangents = [None if t is None or isinstance(t, SymbolicZero) else t
+                        for t in tangents]
+            self._refuse_nondifferentiable(tangents)
+            moving = [i for i, t in enumerate(tangents) if t is not None]
+
+            def of_moving(*values):
+                args = list(primals)
+                for i, v in zip(moving, values, strict=True):
+                    args[i] = v
+                return run(*args)
+
+            return jax.jvp(of_moving, tuple(primals[i] for i in moving),
+                           tuple(tangents[i] for i in moving))
 
         return fn
 

@@ -207,7 +207,8 @@ SOFTMAX_CROSS_ENTROPY_GRADIENT = schema.register(OpSchema(
     doc="dscores = (exp(log_prob) - onehot(labels)) * weights[labels] * dloss, "
         "spread back over the reduction.",
     inputs=(Parameter("log_prob", doc="log_softmax(scores, axis=1)"), labels_parameter(),
-            weights_parameter(), Parameter("dloss", doc="gradient w.r.t. the loss")),
+            weights_parameter(differentiable=True),
+            Parameter("dloss", doc="gradient w.r.t. the loss")),
     outputs=(Parameter("dscores", doc="gradient w.r.t. the scores"),),
     attributes=(IGNORE_INDEX, REDUCTION), type_constraints=LABELLED_TYPES,
     elementwise=False, identical_type_and_shape=False, infer_fn=_labelled_gradient_infer,
@@ -363,9 +364,9 @@ NLL_LOSS_GRADIENT = schema.register(OpSchema(
     name="NegativeLogLikelihoodLossGradient", function="nll_loss_gradient",
     domain=JAXOPS_DOMAIN,
     doc="dinput = -onehot(target) * weight[target] * dloss, spread back over the reduction.",
-    inputs=(Parameter("input", doc="the forward input (for its shape and dtype)",
-                      differentiable=False),
-            labels_parameter("target"), weights_parameter("weight"),
+    inputs=(Parameter("input", doc="the forward input (for its shape and dtype; its values "
+                      "are not read, so its derivative is exactly 0)"),
+            labels_parameter("target"), weights_parameter("weight", differentiable=True),
             Parameter("dloss", doc="gradient w.r.t. loss")),
     outputs=(Parameter("dinput", doc="gradient w.r.t. the input"),),
     attributes=(IGNORE_INDEX, REDUCTION), type_constraints=LABELLED_TYPES,

@@ -307,7 +307,7 @@ LINEAR_CROSS_ENTROPY_GRADIENT = schema.register(OpSchema(
         "weights[labels] * dloss over the reduction; dh = G w^T, dw = h^T G, chunked.",
     inputs=(Parameter("h", doc="hidden states, shape (N, H)"),
             Parameter("w", doc="output projection, shape (H, V)"),
-            labels_parameter(dtype_advice=""), weights_parameter(),
+            labels_parameter(dtype_advice=""), weights_parameter(differentiable=True),
             Parameter("dloss", doc="gradient w.r.t. the loss")),
     outputs=(Parameter("dh", doc="gradient w.r.t. h"), Parameter("dw", doc="gradient w.r.t. w")),
     attributes=(IGNORE_INDEX, REDUCTION, _CHUNK), type_constraints=LABELLED_TYPES,

@@ -159,10 +159,13 @@ def labels_parameter(name: str = "labels", dtype_advice: str = _FLOAT_TARGETS) -
                      dtype_advice=dtype_advice)
 
 
-def weights_parameter(name: str = "weights") -> Parameter:
-    """The optional per-class weights input of a labelled loss (not differentiable)."""
+def weights_parameter(name: str = "weights", *, differentiable: bool = False) -> Parameter:
+    """The optional per-class weights input of a labelled loss: not differentiable in the
+    loss (differentiating it raises), differentiable in its gradient op, which JAX
+    differentiates (``differentiable=True``: what a second derivative w.r.t. the weights
+    is, e.g. of a weighted gradient penalty)."""
     return Parameter(name, doc="per-class weights, shape (C,)", optional=True,
-                     differentiable=False)
+                     differentiable=differentiable)
 
 
 def labels_in_range(scores, labels, weights=None, *rest, ignore_index=None, **attrs):
