@@ -166,8 +166,9 @@ def _gradient_op_cases():
     ]
 
 
-@pytest.mark.parametrize("name,op,xs,attrs", _gradient_op_cases(),
-                         ids=[c[0] for c in _gradient_op_cases()])
+@pytest.mark.parametrize("name,op,xs,attrs", [
+    pytest.param(*c, id=c[0], marks=[pytest.mark.slow] if "linear" in c[0] else [])  # 25 s
+    for c in _gradient_op_cases()])
 def test_gradient_ops_each_input_alone(name, op, xs, attrs, x64):
     """Each float input of a gradient op differentiated alone, the others closed over
     (symbolic zero tangents), against float64 finite differences in both modes and to second

@@ -380,9 +380,11 @@ def test_transform_matrix(case, dtype, transform):
 
 # Each input differentiated alone (and, past two inputs, all but one), the others closed
 # over: JAX passes them symbolic zero tangents, a path the full matrix never takes
-# (linear_cross_entropy's jvp returned uninitialized memory on it).  float32 in the default
-# run; every dtype behind the slow marker.
-ALONE_TRANSFORMS = ("jvp", "jit_jvp", "linearize", "jacfwd", "grad", "jacrev", "hessian")
+# (linear_cross_entropy's jvp returned uninitialized memory on it).  jvp, jit(jvp), grad and
+# hessian in float32 in the default run; linearize, jacfwd, jacrev and every other dtype
+# behind the slow marker.
+ALONE_TRANSFORMS = ("jvp", "jit_jvp", "grad", "hessian")  # default run: float32
+ALONE_SLOW_TRANSFORMS = ("linearize", "jacfwd", "jacrev")  # and every dtype: slow
 
 
 def _subsets(case):
@@ -399,7 +401,10 @@ ALONE = [c.alone(wrt) for c in CASES + STRUCTURED for wrt in _subsets(c)]
 
 @pytest.mark.parametrize(("case", "dtype", "transform"),
                          _matrix(ALONE, ALONE_TRANSFORMS, ("float32",),
-                                 slow_dtypes=("bfloat16", "float16", "float64")))
+                                 slow_dtypes=("bfloat16", "float16", "float64"))
+                         + [pytest.param(*p.values, marks=pytest.mark.slow, id=p.id)
+                            for p in _matrix(ALONE, ALONE_SLOW_TRANSFORMS, ("float32",),
+                                             slow_dtypes=("bfloat16", "float16", "float64"))])
 def test_each_input_alone(case, dtype, transform):
     _check_transform(case, dtype, transform)
 
