@@ -387,9 +387,7 @@ class Op:
         # against zero constants (docs/design.md, "Symbolic zeros").
         @functools.partial(fn.defjvp, symbolic_zeros=True)
         def jvp(primals, tangents):
-            tangents = [None if t is None or isinstance(t, SymbolicZero) else t
-                        for t in tangents]
-            self._refuse_nondifferentiable(tangents)
+            tangents = self._checked_tangents(tangents)
             if jvp_override is not None:  # a fused kernel's own linearization
                 return jvp_override(primals, tangents)
             y = fn(*primals)
@@ -413,9 +411,7 @@ class Op:
 
         @functools.partial(fn.defjvp, symbolic_zeros=True)
         def jvp(primals, tangents):
-            tangents = [None if t is None or isinstance(t, SymbolicZero) else t
-                        for t in tangents]
-            self._refuse_nondifferentiable(tangents)
+            tangents = self._checked_tangents(tangents)
             moving = [i for i, t in enumerate(tangents) if t is not None]
 
             def of_moving(*values):
@@ -429,13 +425,16 @@ class Op:
 
         return fn
 
-    def _refuse_nondifferentiable(self, tangents: Sequence[Any]) -> None:
-        """A float input the registered gradient does not cover is refused when it is
-        differentiated, never given a silent zero derivative."""
+    def _checked_tangents(self, tangents: Sequence[Any]) -> list[Any]:
+        """The tangents with None for symbolic zeros (inputs not differentiated); a float
+        input the schema marks non-differentiable is refused when it is differentiated, never
+        given a silent zero derivative."""
+        tangents = [None if t is None or isinstance(t, SymbolicZero) else t for t in tangents]
         for i, t in enumerate(tangents):
             if t is not None and i not in self._differentiable and jax.numpy.issubdtype(
                     jax.typeof(t).dtype, jax.numpy.inexact):
                 raise self.schema.nondifferentiable_error(i)
+        return tangents
 
 
 def _is_default(attribute: Attribute, value: Any) -> bool:
