@@ -256,8 +256,9 @@ class Op:
         # attributes at their defaults are left out, so that every spelling of a call (n=6,
         # n=6.0, no n) shares the fast path's jit cache entry
         given = {k: v for k, v in attrs.items() if not _is_default(schema.attribute(k), v)}
-        return self._jitted(*arrays, implementation=self._choose(implementation, attrs),
-                            **given)
+        if (choice := self._choose(implementation, attrs)) is not None:
+            given["implementation"] = choice  # left out when None, as the fast path does
+        return self._jitted(*arrays, **given)
 
     def _traced_core(self):
         """The jitted function: checks at trace time (the fast path skipped them), then the

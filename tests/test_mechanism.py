@@ -141,3 +141,15 @@ def test_leaky_relu_inplace_only_for_positive_alpha():
     np.testing.assert_allclose(jo.leaky_relu.inplace(x, alpha=0.5), -1.0)
     with pytest.raises(ValueError, match="alpha=-0.5 <= 0 its gradient reads X"):
         jo.leaky_relu.inplace(jnp.ones(8), alpha=-0.5)
+
+
+def test_fast_and_full_call_paths_share_one_compilation():
+    """A NumPy input takes the full path (checks before the jit), a JAX array the fast one;
+    both reach the same jit cache entry, so the second spelling compiles nothing."""
+    x = np.linspace(-3, 3, 7, dtype=np.float32)
+    y = jnp.asarray(x)
+    jo.relu_n(x, n=4.0)  # full path: compiles
+    with count_compiles() as c:
+        jo.relu_n(y, n=4.0)  # fast path
+        jo.relu_n(y, n=4)
+    assert len(c) == 0
