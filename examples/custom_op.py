@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 import jaxops
+from jaxops.testing import opcheck
 
 
 @jaxops.defop(name="Squareplus", domain="example.ops")
@@ -41,14 +42,9 @@ def main(argv=None) -> dict:
     print("dy/dx  ", grad)
     out = {"x": x, "y": y, "grad": grad, "tangent": tangent, "hessian": hess,
            "jaxpr": str(jax.make_jaxpr(jax.grad(lambda x: squareplus(x).sum()))(x))}
-    try:
-        from jaxops.testing import opcheck
-    except ImportError:  # an older jaxops
-        opcheck = None
-    if opcheck is not None:
-        out["report"] = opcheck(squareplus, x.reshape(1, 7), b=1.0)
-        print(out["report"])
-    try:
+    out["report"] = opcheck(squareplus, x.reshape(1, 7), b=1.0)  # AssertionError if broken
+    print(out["report"])
+    try:  # the onnx extra
         import onnxruntime as ort
 
         from jaxops import onnx as jonnx
