@@ -7,9 +7,9 @@ markers (``tests/test_docs_tables.py`` keeps the two equal).
 Every column that is a fact of an op's schema is read from it: the function, op_type,
 version and domain, the inputs (optional, scalar, integer, not differentiable), the
 attributes with their defaults, the registered gradient op with its inputs and outputs, and
-the input/output pairs that may share a buffer.  Only the prose that no schema holds (the
-formula in the README's notation, the convention at the kink) is written here, keyed by
-op_type; its order is the table's order (families together).
+the input/output pairs that may share a buffer, and the two cells of prose (the formula in
+the README's notation, the derivative's convention at the kink) from the schema's
+``formula`` and ``convention`` fields, written in the op's own block.
 
     >>> from jaxops import _tables
     >>> print(_tables.operator_rows()[0])
@@ -29,35 +29,6 @@ START = "<!-- ops-table:start -->"
 END = "<!-- ops-table:end -->"
 COMMAND = "python -m jaxops._tables --write"
 
-#: op_type -> (y =, at the kink): the prose no schema holds, in the table's order.
-PROSE: dict[str, tuple[str, str]] = {
-    "Relu": ("max(0, x)", "0 at x = 0"),
-    "ReluN": ("min(max(0, x), n)", "0 at 0 and n"),
-    "LeakyRelu": ("x if x ≥ 0 else α·x", "1 at +0, α at −0; gradient reads X if α ≤ 0"),
-    "PRelu": ("x if x ≥ 0 else slope·x", "1 at 0; slope broadcasts to x"),
-    "Clip": ("min(max(x, min), max)", "0 at both bounds (d/dmin, d/dmax take it)"),
-    "Softsign": ("x / (1 + \\|x\\|)", "softsign''(0) = 0"),
-    "Sigmoid": ("1 / (1 + e^−x)", "smooth"),
-    "Tanh": ("tanh x", "smooth"),
-    "Exp": ("e^x", "smooth"),
-    "Log": ("ln x", "±inf at ±0"),
-    "Softmax": ("e^x / Σ e^x", "masked rows → 0"),
-    "LogSoftmax": ("x − log Σ e^x", "−inf entries → −inf"),
-    "MeanSquaredError": ("(p − t)²", "—"),
-    "MeanAbsoluteError": ("\\|p − t\\|", "0 at p = t"),
-    "MeanSquaredLogError": ("(log1p p − log1p t)²", "—"),
-    "HingeLoss": ("max(0, 1 − y·s), y = ±1", "0 at the margin (autodiff via relu)"),
-    "KLDivergence": ("q (log q − log p)", "0·log 0 = 0 (autodiff, double where)"),
-    "SigmoidCrossEntropyWithLogits": ("stable log loss from logits", "—"),
-    "SoftmaxCrossEntropyLoss": ("−w[l]·log_softmax(s, axis=1)[l]", "fully ignored → 0"),
-    "LinearCrossEntropyLoss": ("softmax_cross_entropy(h @ w, labels), chunked: no N×V logits",
-                               "fully ignored → 0"),
-    "NegativeLogLikelihoodLoss": ("−w[l]·x[l] along axis 1", "fully ignored → 0"),
-    "CrossEntropy": ("−Σ t·log p", "0·log 0 = 0"),
-    "BatchNormalization": ("γ(x − μ)/√(σ² + ε) + β → (y, mean, var)",
-                           "two-pass f32 moments (kernel: one shifted pass)"),
-}
-
 HEADER = (
     "| function | op_type (domain) | y = | inputs | attributes | gradient op | in place "
     "| at the kink |\n"
@@ -66,17 +37,16 @@ HEADER = (
 
 
 def forward_schemas() -> tuple[OpSchema, ...]:
-    """jaxops' own ops that are not some op's gradient op, in the table's order."""
-    builtin = schema.builtin_schemas()
-    gradients = {s.gradient for s in builtin if s.gradient}
-    forward = {s.name: s for s in builtin if s.name not in gradients}
-    missing, stale = forward.keys() - PROSE.keys(), PROSE.keys() - forward.keys()
-    if missing or stale:
-        raise KeyError(
-            f"jaxops._tables.PROSE does not match the registry: add {sorted(missing)}, remove "
-            f"{sorted(stale)} (each op's formula and kink convention), then run {COMMAND}."
+    """jaxops' own ops that are not some op's gradient op, in registration order (the
+    family modules' order in ``jaxops/__init__.py``, then each module's)."""
+    forward = schema.builtin_forward_schemas()
+    bare = [s.name for s in forward if not (s.formula and s.convention)]
+    if bare:
+        raise ValueError(
+            f"{bare}: a built-in op's schema needs formula= and convention= (the table's "
+            f"'y =' and 'at the kink' cells), then run {COMMAND}."
         )
-    return tuple(forward[name] for name in PROSE)
+    return forward
 
 
 def _code(name: str) -> str:
@@ -136,9 +106,8 @@ def operator_rows() -> list[str]:
     """One Markdown table row per forward op."""
     rows = []
     for s in forward_schemas():
-        formula, kink = PROSE[s.name]
-        cells = (_code(s.function), _op_type(s), formula, _inputs(s), _attributes(s),
-                 _gradient(s), _inplace(s), kink)
+        cells = (_code(s.function), _op_type(s), s.formula, _inputs(s), _attributes(s),
+                 _gradient(s), _inplace(s), s.convention)
         rows.append("| " + " | ".join(cells) + " |")
     return rows
 

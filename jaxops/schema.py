@@ -245,6 +245,10 @@ class OpSchema:
       default_implementation: platform -> the implementation a call without
         ``implementation=`` runs there; ``"xla"`` on platforms not listed.  A Pallas kernel
         becomes a default only where a committed benchmark shows it winning (docs/kernels.md).
+      formula / convention: the README operator table's prose, the one thing about an op no
+        other field holds: what it computes in the table's notation (``"max(0, x)"``) and the
+        derivative's convention at its kinks (``"0 at x = 0"``; ``"smooth"`` where there is
+        none).  Empty for ops outside the table (gradient ops, users' ops).
     """
 
     name: str
@@ -271,6 +275,8 @@ class OpSchema:
         default_factory=lambda: {"xla": XLA_PLATFORMS}
     )
     default_implementation: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    formula: str = ""
+    convention: str = ""
 
     def attribute(self, name: str) -> Attribute:
         for a in self.attributes:
@@ -446,11 +452,23 @@ def get(name: str) -> OpSchema:
                    "'leaky_relu').")
 
 
-def builtin_schemas() -> tuple[OpSchema, ...]:
-    """jaxops' own schemas (domains ai.onnx and ai.jaxops), without users' ops."""
-    return tuple(s for s in all_schemas() if s.domain in ("", JAXOPS_DOMAIN))
+def builtin_schemas(*, sort: bool = True) -> tuple[OpSchema, ...]:
+    """jaxops' own schemas (domains ai.onnx and ai.jaxops), without users' ops; sorted by
+    op_type, or with ``sort=False`` in registration order (family by family, each op
+    before its gradient op, as the ops modules declare them)."""
+    return tuple(s for s in all_schemas(sort=sort) if s.domain in ("", JAXOPS_DOMAIN))
 
 
-def all_schemas() -> tuple[OpSchema, ...]:
-    """Every registered schema (ops and gradient ops), sorted by op_type."""
-    return tuple(_REGISTRY[k] for k in sorted(_REGISTRY))
+def builtin_forward_schemas() -> tuple[OpSchema, ...]:
+    """jaxops' own ops that are not some op's gradient op, in registration order: the ops
+    of README's table, and those :mod:`jaxops.flax` makes modules of."""
+    builtin = builtin_schemas(sort=False)
+    gradients = {s.gradient for s in builtin if s.gradient}
+    return tuple(s for s in builtin if s.name not in gradients)
+
+
+def all_schemas(*, sort: bool = True) -> tuple[OpSchema, ...]:
+    """Every registered schema (ops and gradient ops), sorted by op_type, or with
+    ``sort=False`` in registration order."""
+    names = sorted(_REGISTRY) if sort else list(_REGISTRY)
+    return tuple(_REGISTRY[k] for k in names)

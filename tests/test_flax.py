@@ -19,7 +19,7 @@ import pytest
 from flax import linen as nn, nnx
 
 import jaxops as jo
-from jaxops.flax import linen as jnn, nnx as jnnx
+from jaxops.flax import _common, linen as jnn, nnx as jnnx
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,17 +42,23 @@ class Act:
         return getattr(jnn, self.name)(**self.kwargs)
 
 
+# Flax's function where it is not named as the op, and where the derivatives differ
+_FLAX = {"relu_n": nnx.relu6, "softsign": nnx.soft_sign}
+_DIFFERS_AT_MINUS_ZERO = {"leaky_relu"}
+
+
+def _generated(op) -> Act:
+    fn = op.schema.function
+    return Act(_common.module_name(fn), {}, op, _FLAX.get(fn, getattr(nnx, fn, None)),
+               differs_at_minus_zero=fn in _DIFFERS_AT_MINUS_ZERO)
+
+
+# every module made from the registry with its defaults, and some attributes
 ACTIVATIONS = [
-    Act("ReLU", {}, jo.relu, nnx.relu),
-    Act("ReluN", {}, jo.relu_n, nnx.relu6),
+    *(_generated(op) for op in _common.activation_ops()),
     Act("ReluN", {"n": 2.0}, partial(jo.relu_n, n=2.0), None),
-    Act("LeakyReLU", {}, jo.leaky_relu, nnx.leaky_relu, differs_at_minus_zero=True),
     Act("LeakyReLU", {"alpha": 0.2}, partial(jo.leaky_relu, alpha=0.2),
         partial(nnx.leaky_relu, negative_slope=0.2), differs_at_minus_zero=True),
-    Act("Softsign", {}, jo.softsign, nnx.soft_sign),
-    Act("Sigmoid", {}, jo.sigmoid, nnx.sigmoid),
-    Act("Tanh", {}, jo.tanh, nnx.tanh),
-    Act("Softmax", {}, jo.softmax, nnx.softmax),
     Act("Softmax", {"axis": 0}, partial(jo.softmax, axis=0), partial(nnx.softmax, axis=0)),
 ]
 
@@ -85,12 +91,34 @@ def test_import_jaxops_flax_without_flax_says_what_to_install(monkeypatch):
 
 
 def test_both_apis_have_the_same_layers():
-    names = {"BatchNorm", "LeakyReLU", "PReLU", "ReLU", "ReluN", "Sigmoid", "Softmax",
-             "Softsign", "Tanh"}
-    assert set(jnnx.__all__) == set(jnn.__all__) == names | {"module_for"}
-    for name in names:
+    explicit = {"BatchNorm", "PReLU"}
+    generated = {_common.module_name(op.schema.function) for op in _common.activation_ops()}
+    # the names users had before the modules were generated are still there
+    assert {"ReLU", "ReluN", "LeakyReLU", "Softsign", "Sigmoid", "Tanh", "Softmax"} <= generated
+    assert set(jnnx.__all__) == set(jnn.__all__) == explicit | generated | {
+        "module_for", "ACTIVATIONS"}
+    assert set(jnnx.ACTIVATIONS) == set(jnn.ACTIVATIONS) == generated
+    for name in explicit | generated:
         assert issubclass(getattr(jnnx, name), nnx.Module)
         assert issubclass(getattr(jnn, name), nn.Module)
+
+
+def test_every_one_input_builtin_op_is_a_module():
+    # an op added to a family module becomes a module with nothing written in jaxops.flax
+    for s in jo.schema.builtin_forward_schemas():
+        if len(s.inputs) == 1 and len(s.outputs) == 1:
+            name = _common.module_name(s.function)
+            assert getattr(jnnx, name) is jnnx.ACTIVATIONS[name]
+            assert jnnx.ACTIVATIONS[name].__doc__.startswith(f":func:`jaxops.{s.function}`")
+            assert jnn.ACTIVATIONS[name].__doc__.startswith(f":func:`jaxops.{s.function}`")
+
+
+@pytest.mark.parametrize(("function", "name"), [
+    ("relu", "ReLU"), ("relu_n", "ReluN"), ("leaky_relu", "LeakyReLU"), ("gelu", "GELU"),
+    ("silu", "SiLU"), ("hard_swish", "HardSwish"), ("log_softmax", "LogSoftmax"),
+    ("selu", "SELU"), ("glu", "GLU"), ("mish", "Mish")])
+def test_module_names_follow_pytorch(function, name):
+    assert _common.module_name(function) == name
 
 
 def test_readme_names_every_flax_module():
@@ -99,9 +127,9 @@ def test_readme_names_every_flax_module():
     readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
     paragraph = readme[readme.index("Flax modules for `flax.nnx`"):]
     paragraph = paragraph[:paragraph.index("\n\n")]
-    layers = set(jnnx.__all__) - {"module_for", "ReLU"}  # ReLU: jaxops.flax.nnx.ReLU
-    assert {n for n in layers if f"`{n}`" not in paragraph} == set()
-    assert "`jaxops.flax.nnx.ReLU`" in paragraph and "`module_for(op)`" in paragraph
+    for name in ("`PReLU`", "`BatchNorm`", "`jaxops.flax.nnx.ReLU`", "`module_for(op)`",
+                 "`LeakyReLU`", "`ACTIVATIONS`"):
+        assert name in paragraph
 
 
 # -------------------------------------------------------------------------- activations
@@ -214,7 +242,8 @@ def test_activation_modules_read_their_schema(act):
         assert f"{s.name}-{s.since_version}" in doc and f"``{s.gradient}``" in doc
         for a in s.attributes:
             assert f"  {a.name}: {a.type}, default {a.default!r}; {a.doc}" in doc
-        assert f"flax.{api}." in doc  # See also: Flax's counterpart
+        if act.flax is not None:
+            assert f"See also: ``flax.{api}." in doc  # Flax's counterpart
         module = cls()
         for a in s.attributes:
             assert getattr(module, a.name) == a.default

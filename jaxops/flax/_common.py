@@ -19,6 +19,41 @@ from jaxops.schema import JAXOPS_DOMAIN, Attribute
 
 _PYTHON_TYPES = {"float": float, "int": int, "bool": bool, "string": str}
 
+#: Words of a function name as PyTorch writes them in its module names (``nn.GELU``).
+_WORDS = {"relu": "ReLU", "gelu": "GELU", "silu": "SiLU", "elu": "ELU", "selu": "SELU",
+          "celu": "CELU", "glu": "GLU"}
+#: Module names that predate the rule, kept so that users' code keeps working.
+_NAMES = {"relu_n": "ReluN"}
+#: Flax's counterpart where its name is not the op's function name, or a note is due.
+_FLAX_NOTES = {
+    "relu": "``{api}.relu`` (the same values and derivative)",
+    "relu_n": "``{api}.relu6`` (``n=6``)",
+    "leaky_relu": "``{api}.leaky_relu`` (its ``negative_slope`` is ``alpha``)",
+    "softsign": "``{api}.soft_sign``",
+}
+
+
+def module_name(function: str) -> str:
+    """The module class name for the op ``jaxops.<function>``: ``gelu`` -> ``GELU``,
+    ``leaky_relu`` -> ``LeakyReLU``, ``log_softmax`` -> ``LogSoftmax``."""
+    return _NAMES.get(function) or "".join(_WORDS.get(w, w.capitalize())
+                                           for w in function.split("_"))
+
+
+def activation_ops() -> tuple[jo.Op, ...]:
+    """The built-in ops that are modules of their own in both Flax APIs: every forward op of
+    README's table with one array input and one output, in the table's order.  An op added
+    to a family module becomes a module with nothing written here."""
+    return tuple(getattr(jo, s.function) for s in jo.schema.builtin_forward_schemas()
+                 if len(s.inputs) == 1 and len(s.outputs) == 1)
+
+
+def flax_counterpart(function: str, api: Any, api_name: str) -> str | None:
+    """The "See also" note: Flax's function of the same name, where it has one."""
+    if function in _FLAX_NOTES:
+        return _FLAX_NOTES[function].format(api=api_name)
+    return f"``{api_name}.{function}``" if hasattr(api, function) else None
+
 
 @dataclasses.dataclass(frozen=True)
 class Activation:

@@ -5,9 +5,13 @@ works under ``nnx.jit``, ``nnx.grad``, ``nnx.vmap`` and the JAX transforms.  Sta
 activations are modules here (Flax NNX has them as plain functions, ``nnx.relu`` ...) so that
 they can sit in ``nnx.Sequential`` and carry their attributes (``ReluN(n=6.0)``).
 
-The activation modules (:class:`ReLU`, :class:`ReluN`, :class:`LeakyReLU`, :class:`Softsign`,
-:class:`Sigmoid`, :class:`Tanh`, :class:`Softmax`) are made from their ops' schemas by
-:func:`module_for`, one explicit line each below: the constructor takes the op's attributes
+The activation modules are made from the registry: every op of README's table with one
+array input and one output (``jaxops.relu`` ... ``jaxops.log_softmax``) becomes a module by
+:func:`module_for`, named as PyTorch names its module (``ReLU``, ``LeakyReLU``, ``GELU``,
+``LogSoftmax``; :data:`ACTIVATIONS` maps the names to the classes), so an op added to a
+family module is a module here with nothing written.  Static type checkers do not see these
+generated names; ``module_for(jaxops.relu, "ReLU")`` gives the same class explicitly.  The
+constructor takes the op's attributes
 with the schema's defaults (and checks them), ``__call__(x)`` calls the op, and the
 docstring is read from the schema.  ``module_for`` takes any op of one array input and static
 attributes, yours too (an op made with ``jaxops.defop``)::
@@ -55,10 +59,7 @@ from jax.typing import ArrayLike
 import jaxops as jo
 from jaxops.flax import _common
 
-__all__ = [
-    "BatchNorm", "LeakyReLU", "PReLU", "ReLU", "ReluN", "Sigmoid", "Softmax", "Softsign", "Tanh",
-    "module_for",
-]
+__all__ = ["ACTIVATIONS", "BatchNorm", "PReLU", "module_for"]  # + the activation modules
 
 
 def module_for(op: jo.Op, name: str | None = None, *,
@@ -113,15 +114,19 @@ def module_for(op: jo.Op, name: str | None = None, *,
     })
 
 
-# The activation modules: one line per op, read from its schema.
-ReLU = module_for(jo.relu, "ReLU", see_also="``flax.nnx.relu`` (the same values and derivative)")
-ReluN = module_for(jo.relu_n, "ReluN", see_also="``flax.nnx.relu6`` (``n=6``)")
-LeakyReLU = module_for(jo.leaky_relu, "LeakyReLU",
-                       see_also="``flax.nnx.leaky_relu`` (its ``negative_slope`` is ``alpha``)")
-Softsign = module_for(jo.softsign, "Softsign", see_also="``flax.nnx.soft_sign``")
-Sigmoid = module_for(jo.sigmoid, "Sigmoid", see_also="``flax.nnx.sigmoid``")
-Tanh = module_for(jo.tanh, "Tanh", see_also="``flax.nnx.tanh``")
-Softmax = module_for(jo.softmax, "Softmax", see_also="``flax.nnx.softmax``")
+# The activation modules: one per op of _common.activation_ops(), read from its schema.
+def _activations() -> dict[str, type[nnx.Module]]:
+    modules = {}
+    for op in _common.activation_ops():
+        name = _common.module_name(op.schema.function)
+        modules[name] = module_for(op, name, see_also=_common.flax_counterpart(
+            op.schema.function, nnx, "flax.nnx"))
+    return modules
+
+
+ACTIVATIONS: dict[str, type[nnx.Module]] = _activations()
+globals().update(ACTIVATIONS)
+__all__ += sorted(ACTIVATIONS)
 
 
 class PReLU(nnx.Module):

@@ -31,6 +31,8 @@ RELU = schema.register(OpSchema(
     doc="Y = max(0, X), elementwise.",
     inputs=_X, outputs=_Y, allow_inplace=((0, 0),), gradient="ReluGradient",
     cost_fn=pointwise_cost(flops=0),
+    formula="max(0, x)",
+    convention="0 at x = 0",
 ))
 
 
@@ -101,6 +103,8 @@ RELU_N = schema.register(OpSchema(
     inputs=_X, outputs=_Y, allow_inplace=((0, 0),), gradient="ReluNGradient",
     attributes=(Attribute("n", "float", 6.0, doc="upper bound, > 0", check=_positive),),
     cost_fn=pointwise_cost(flops=2),
+    formula="min(max(0, x), n)",
+    convention="0 at 0 and n",
 ))
 
 
@@ -177,6 +181,8 @@ LEAKY_RELU = schema.register(OpSchema(
     inputs=_X, outputs=_Y, allow_inplace=((0, 0),), inplace_condition=_leaky_inplace,
     gradient="LeakyReluGradient", attributes=(_ALPHA,),
     cost_fn=pointwise_cost(flops=2),
+    formula="x if x ≥ 0 else α·x",
+    convention="1 at +0, α at −0; gradient reads X if α ≤ 0",
 ))
 
 
@@ -251,6 +257,8 @@ SOFTSIGN = schema.register(OpSchema(
     outputs=(Parameter("output", doc="output tensor"),),
     gradient="SoftsignGradient",
     cost_fn=pointwise_cost(flops=3),
+    formula="x / (1 + \\|x\\|)",
+    convention="softsign''(0) = 0",
 ))
 
 
@@ -338,6 +346,8 @@ SIGMOID = schema.register(OpSchema(
     doc="Y = 1 / (1 + exp(-X)), elementwise.",
     inputs=_X, outputs=_Y, allow_inplace=((0, 0),), gradient="SigmoidGradient",
     cost_fn=pointwise_cost(flops=3, transcendentals=1),
+    formula="1 / (1 + e^−x)",
+    convention="smooth",
 ))
 
 
@@ -389,6 +399,8 @@ TANH = schema.register(OpSchema(
     outputs=(Parameter("output", doc="hyperbolic tangent of the input"),),
     allow_inplace=((0, 0),), gradient="TanhGradient",
     cost_fn=pointwise_cost(transcendentals=1),
+    formula="tanh x",
+    convention="smooth",
 ))
 
 
@@ -456,6 +468,8 @@ CLIP = schema.register(OpSchema(
     outputs=(Parameter("output", doc="clipped tensor"),),
     allow_inplace=((0, 0),), gradient="ClipGradient",
     cost_fn=pointwise_cost(flops=2),
+    formula="min(max(x, min), max)",
+    convention="0 at both bounds (d/dmin, d/dmax take it)",
 ))
 
 
@@ -559,6 +573,8 @@ PRELU = schema.register(OpSchema(
             Parameter("slope", doc="learnable slope, unidirectionally broadcastable to X")),
     outputs=_Y, gradient="PReluGradient", infer_fn=_prelu_infer,
     cost_fn=pointwise_cost(flops=2),
+    formula="x if x ≥ 0 else slope·x",
+    convention="1 at 0; slope broadcasts to x",
 ))
 
 

@@ -140,6 +140,8 @@ SOFTMAX_CROSS_ENTROPY = schema.register(OpSchema(
     value_check=labels_in_range, gradient="SoftmaxCrossEntropyLossGradient",
     infer_fn=_labelled_infer, cost_fn=_labelled_cost(flops=5, exps=1, logs_per_entry=1),
     implementations=XLA_AND_PALLAS,
+    formula="−w[l]·log_softmax(s, axis=1)[l]",
+    convention="fully ignored → 0",
 ))
 
 
@@ -316,6 +318,8 @@ NLL_LOSS = schema.register(OpSchema(
     type_constraints=LABELLED_TYPES, elementwise=False, identical_type_and_shape=False,
     value_check=labels_in_range, gradient="NegativeLogLikelihoodLossGradient",
     infer_fn=_labelled_infer, cost_fn=_labelled_cost(flops=0, exps=0, logs_per_entry=0),
+    formula="−w[l]·x[l] along axis 1",
+    convention="fully ignored → 0",
 ))
 
 
@@ -450,6 +454,8 @@ CROSS_ENTROPY = schema.register(OpSchema(
     attributes=(_FROM_LOGITS, _AXIS, REDUCTION), elementwise=False,
     identical_type_and_shape=False, gradient="CrossEntropyGradient", infer_fn=_ce_infer,
     cost_fn=_ce_cost(flops=3),
+    formula="−Σ t·log p",
+    convention="0·log 0 = 0",
 ))
 
 

@@ -18,6 +18,8 @@ LOG = schema.register(OpSchema(
     outputs=(Parameter("output", doc="natural logarithm of the input"),),
     gradient="LogGradient",
     cost_fn=pointwise_cost(transcendentals=1),
+    formula="ln x",
+    convention="±inf at ±0",
 ))
 
 
@@ -79,6 +81,8 @@ EXP = schema.register(OpSchema(
     outputs=(Parameter("output", doc="exponential of the input"),),
     allow_inplace=((0, 0),), gradient="ExpGradient",
     cost_fn=pointwise_cost(transcendentals=1),
+    formula="e^x",
+    convention="smooth",
 ))
 
 

@@ -216,6 +216,8 @@ LINEAR_CROSS_ENTROPY = schema.register(OpSchema(
     # measured on an H100: 1.12-1.26x faster than the chunked XLA path at equal memory
     # (benchmarks/results/fused-gpu.md, docs/kernels.md)
     default_implementation={"cuda": "pallas"},
+    formula="softmax_cross_entropy(h @ w, labels), chunked: no N×V logits",
+    convention="fully ignored → 0",
 ))
 
 

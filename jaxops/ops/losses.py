@@ -70,7 +70,8 @@ _PRED_TARGET = (Parameter("predictions", doc="model outputs"),
 # ----------------------------------------------------------------------- MSE, MAE, MSLE
 
 MSE = _loss_schema("MeanSquaredError", "mse", "loss = (predictions - targets)^2",
-                   _PRED_TARGET, flops=2)
+                   _PRED_TARGET, flops=2,
+                   formula="(p − t)²", convention="—")
 
 
 @defop(MSE)
@@ -91,7 +92,8 @@ def mse(predictions: ArrayLike, targets: ArrayLike, *, reduction: str = "mean") 
 
 
 MAE = _loss_schema("MeanAbsoluteError", "mae", "loss = |predictions - targets|",
-                   _PRED_TARGET, flops=2)
+                   _PRED_TARGET, flops=2,
+                   formula="\\|p − t\\|", convention="0 at p = t")
 
 
 @defop(MAE)
@@ -114,7 +116,8 @@ def mae(predictions: ArrayLike, targets: ArrayLike, *, reduction: str = "mean") 
 
 MSLE = _loss_schema("MeanSquaredLogError", "msle",
                     "loss = (log(1 + predictions) - log(1 + targets))^2, inputs > -1",
-                    _PRED_TARGET, flops=3, transcendentals=2)
+                    _PRED_TARGET, flops=3, transcendentals=2,
+                    formula="(log1p p − log1p t)²", convention="—")
 
 
 @defop(MSLE)
@@ -148,7 +151,8 @@ def _labels_pm1(scores, labels, **attrs) -> str | None:
 HINGE = _loss_schema("HingeLoss", "hinge", "loss = max(0, 1 - labels * scores), labels in ±1",
                      (Parameter("scores", doc="decision values"),
                       Parameter("labels", doc="-1 or +1, same shape")), flops=3,
-                     value_check=_labels_pm1)
+                     value_check=_labels_pm1, formula="max(0, 1 − y·s), y = ±1",
+                     convention="0 at the margin (autodiff via relu)")
 
 
 @defop(HINGE)
@@ -179,6 +183,7 @@ KL_DIVERGENCE = _loss_schema(
      Parameter("targets", doc="target probabilities (log-probabilities if log_target)")),
     flops=3, transcendentals=1,
     attributes=(Attribute("log_target", "bool", False, doc="targets are log-probabilities"),),
+    formula="q (log q − log p)", convention="0·log 0 = 0 (autodiff, double where)",
 )
 
 
@@ -230,6 +235,7 @@ BCE = _loss_schema(
     "loss = max(z, 0) - z t + log(1 + exp(-|z|)) for logits z and targets t",
     _LOGITS_TARGETS, flops=5, transcendentals=2,
     gradient="SigmoidCrossEntropyWithLogitsGradient",
+    formula="stable log loss from logits", convention="—",
 )
 
 

@@ -122,6 +122,8 @@ BATCH_NORM = schema.register(OpSchema(
     attributes=(_EPSILON, _MOMENTUM, _TRAINING), type_constraints=_TYPES, elementwise=False,
     identical_type_and_shape=False, gradient="BatchNormalizationGradient",
     infer_fn=_bn_infer, cost_fn=_bn_cost(6), implementations=XLA_AND_PALLAS,
+    formula="γ(x − μ)/√(σ² + ε) + β → (y, mean, var)",
+    convention="two-pass f32 moments (kernel: one shifted pass)",
 ))
 
 

@@ -97,6 +97,8 @@ SOFTMAX = schema.register(OpSchema(
     attributes=(_AXIS,), elementwise=False, allow_inplace=((0, 0),), gradient="SoftmaxGradient",
     implementations=XLA_AND_PALLAS,
     infer_fn=_check_axis, cost_fn=_row_cost(flops=4, exps=1, logs_per_row=0),
+    formula="e^x / Σ e^x",
+    convention="masked rows → 0",
 ))
 
 
@@ -167,6 +169,8 @@ LOG_SOFTMAX = schema.register(OpSchema(
     attributes=(_AXIS,), elementwise=False, allow_inplace=((0, 0),),
     gradient="LogSoftmaxGradient", infer_fn=_check_axis, implementations=XLA_AND_PALLAS,
     cost_fn=_row_cost(flops=4, exps=1, logs_per_row=1),
+    formula="x − log Σ e^x",
+    convention="−inf entries → −inf",
 ))
 
 
