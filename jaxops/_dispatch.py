@@ -88,7 +88,7 @@ class Kernel:
     op's registered gradient) and ``supports(**attrs) -> reason | None``."""
 
     def __init__(self, fn: Callable[..., Any], jvp: Callable[..., Any] | None,
-                 transpose: Callable[..., Any] | Literal["self"] | None,
+                 transpose: Callable[..., Any] | None,
                  supports: Callable[..., str | None]):
         self.fn, self.jvp, self.transpose, self.supports = fn, jvp, transpose, supports
 

@@ -23,7 +23,7 @@ import functools
 import inspect
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import jax
 import numpy as np
@@ -334,7 +334,7 @@ class Op:
         return vjp
 
     def defimpl(self, name: str, *, jvp: Callable[..., Any] | None = None,
-                transpose: Callable[..., Any] | Literal["self"] | None = None,
+                transpose: Callable[..., Any] | None = None,
                 supports: Callable[..., str | None] = lambda **attrs: None):
         """Register ``fn(*inputs, interpret, **attributes)`` as the ``name`` implementation
         (a kernel) on the platforms the schema lists for it, and declare how it is
@@ -346,7 +346,7 @@ class Op:
         * ``transpose``, for a kernel linear in the op's last input (a gradient op's ``dY``):
           ``transpose(*other_inputs, *output_cotangents, interpret, **attributes)`` returns
           the last input's cotangent as a 1-tuple; output cotangents that are zero arrive
-          as None.  ``"self"``: the kernel is its own transpose (a symmetric Jacobian).
+          as None.
           Reverse mode runs the kernel, forward mode the transpose, and derivatives in the
           other inputs are those of the XLA implementation, the kernel's twin
           (:func:`jaxops._ad.linear_pair`); a ``transpose`` function is its own twin, so it
@@ -401,13 +401,8 @@ class Op:
 
         apply = tupled(functools.partial(kernel.fn, interpret=interpret, **attrs))
         twin = tupled(functools.partial(self._impl, **attrs))
-        if kernel.transpose == "self":
-            transpose, twin_transpose = apply, twin
-        else:
-            transpose = functools.partial(kernel.transpose, interpret=interpret, **attrs)
-            twin_transpose = None  # the transpose function itself
-        pair = linear_pair(apply, transpose, twin=twin, twin_transpose=twin_transpose,
-                           name=f"{self.schema.function}_kernel")
+        transpose = functools.partial(kernel.transpose, interpret=interpret, **attrs)
+        pair = linear_pair(apply, transpose, twin=twin, name=f"{self.schema.function}_kernel")
         n, single = self._n_inputs - 1, len(self.schema.outputs) == 1
 
         def run(*xs):
