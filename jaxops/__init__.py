@@ -12,6 +12,14 @@ from jaxops.clipping import (
     clip_by_value as clip_by_value,
     global_norm as global_norm,
 )
+from jaxops.kernels import (  # noqa: F401
+    # imported for their effect: each fused op's kernel package registers its Pallas
+    # kernels on the op (jaxops/kernels/__init__.py); not public names
+    batch_norm as _batch_norm_kernels,
+    linear_cross_entropy as _linear_cross_entropy_kernels,
+    softmax as _softmax_kernels,
+    softmax_cross_entropy as _softmax_cross_entropy_kernels,
+)
 from jaxops.ops.activations import (
     clip as clip,
     clip_gradient as clip_gradient,

@@ -84,12 +84,13 @@ batching.primitive_batchers[_unavailable_p] = _unavailable_batch
 
 class Kernel:
     """A registered non-XLA implementation (``op.defimpl``): ``fn(*inputs, interpret,
-    **attrs)``, an optional ``jvp(primals, tangents, *, interpret, **attrs)`` replacing the
-    transposed registered gradient, and ``supports(**attrs) -> reason | None``."""
+    **attrs)``, how it is differentiated (``jvp`` or ``transpose``, at most one; neither: the
+    op's registered gradient) and ``supports(**attrs) -> reason | None``."""
 
     def __init__(self, fn: Callable[..., Any], jvp: Callable[..., Any] | None,
+                 transpose: Callable[..., Any] | None,
                  supports: Callable[..., str | None]):
-        self.fn, self.jvp, self.supports = fn, jvp, supports
+        self.fn, self.jvp, self.transpose, self.supports = fn, jvp, transpose, supports
 
 
 def unavailable(schema, arrays, attrs):

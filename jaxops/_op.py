@@ -30,6 +30,7 @@ import numpy as np
 from jax.custom_derivatives import SymbolicZero
 
 from jaxops import schema as _schema_registry
+from jaxops._ad import linear_pair
 from jaxops._dispatch import IMPLEMENTATIONS, Implementation, Kernel, unavailable
 from jaxops._recording import is_recording, record
 from jaxops.schema import FLOAT_TYPES, JAXOPS_DOMAIN, Attribute, OpSchema, Parameter
@@ -333,22 +334,43 @@ class Op:
         return vjp
 
     def defimpl(self, name: str, *, jvp: Callable[..., Any] | None = None,
+                transpose: Callable[..., Any] | None = None,
                 supports: Callable[..., str | None] = lambda **attrs: None):
         """Register ``fn(*inputs, interpret, **attributes)`` as the ``name`` implementation
-        (a kernel) on the platforms the schema lists for it.
+        (a kernel) on the platforms the schema lists for it, and declare how it is
+        differentiated -- here and nowhere else -- by one of:
 
-        ``jvp(primals, tangents, *, interpret, **attributes) -> (y, t_y)`` replaces the
-        default rule (the transpose of the registered gradient) for a fused kernel that
-        computes its own gradient in the forward pass; tangents of inputs not differentiated
-        are None.  ``supports(**attributes)`` names attribute values the kernel does not
-        handle (None: all)."""
+        * neither ``jvp`` nor ``transpose``: through the op's registered gradient, as the XLA
+          implementation is (forward mode: its transpose; reverse mode: the gradient op,
+          which inherits the implementation and so runs its own kernel).
+        * ``transpose``, for a kernel linear in the op's last input (a gradient op's ``dY``):
+          ``transpose(*other_inputs, *output_cotangents, interpret, **attributes)`` returns
+          the last input's cotangent as a 1-tuple; output cotangents that are zero arrive
+          as None.
+          Reverse mode runs the kernel, forward mode the transpose, and derivatives in the
+          other inputs are those of the XLA implementation, the kernel's twin
+          (:func:`jaxops._ad.linear_pair`); a ``transpose`` function is its own twin, so it
+          is written in differentiable ``jnp``.
+        * ``jvp(primals, tangents, *, interpret, **attributes) -> (y, t_y)``, for a fused
+          kernel that computes its gradient in the forward pass: the op's linearization
+          (tangents of inputs not differentiated are None).  Kernel outputs it uses are
+          differentiated as their XLA twin (:func:`jaxops._ad.with_twin_derivative`), and a
+          linear part meant to run a gradient op's kernel in reverse mode is that gradient
+          op's transpose (``jax.linear_transpose``).
+
+        ``supports(**attributes)`` names attribute values the kernel does not handle (None:
+        all)."""
         schema = self.schema
         if name == "xla" or name not in schema.implementations:
             raise ValueError(f"{schema.name}: the schema lists no {name!r} "
                              f"implementation ({dict(schema.implementations)})")
+        if jvp is not None and transpose is not None:
+            raise ValueError(f"{schema.name}: declare one of jvp= (a fused kernel's own "
+                             "linearization) and transpose= (a kernel linear in its last "
+                             "input), not both.")
 
         def register(fn):
-            self._kernels[name] = Kernel(fn, jvp, supports)
+            self._kernels[name] = Kernel(fn, jvp, transpose, supports)
             self._with_gradient.cache_clear()
             return fn
 
@@ -361,8 +383,33 @@ class Op:
             return functools.partial(self._impl, **attrs), None
         kernel, interpret = self._kernels["pallas"], choice == "pallas_interpret"
         forward = functools.partial(kernel.fn, interpret=interpret, **attrs)
+        if kernel.transpose is not None:
+            return self._linear_kernel(kernel, interpret, attrs), None
         jvp = kernel.jvp and functools.partial(kernel.jvp, interpret=interpret, **attrs)
         return forward, jvp
+
+    def _linear_kernel(self, kernel: Kernel, interpret: bool, attrs: dict):
+        """A kernel linear in the last input, paired with its declared transpose and
+        differentiated in the other inputs as the XLA implementation (``defimpl``)."""
+
+        def tupled(f):  # the pair's functions return tuples
+            def g(*args):
+                out = f(*args)
+                return out if isinstance(out, tuple) else (out,)
+
+            return g
+
+        apply = tupled(functools.partial(kernel.fn, interpret=interpret, **attrs))
+        twin = tupled(functools.partial(self._impl, **attrs))
+        transpose = functools.partial(kernel.transpose, interpret=interpret, **attrs)
+        pair = linear_pair(apply, transpose, twin=twin, name=f"{self.schema.function}_kernel")
+        n, single = self._n_inputs - 1, len(self.schema.outputs) == 1
+
+        def run(*xs):
+            outs = pair(xs[:n], xs[n:])
+            return outs[0] if single else outs
+
+        return run
 
     def _make_with_gradient(self, attr_items: tuple[tuple[str, Any], ...],
                             choice: str) -> Callable[..., Any]:

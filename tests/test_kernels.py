@@ -305,7 +305,7 @@ def test_batch_norm_kernels_merge_many_tiles_per_program(shape, monkeypatch):
     """Few programs (``_PROGRAMS = 2``), so each walks several tiles: (37, 3, 70) has 3 row
     blocks per program and a block past the end of N; (5, 2, 5000) walks 10 tiles, two along
     S.  Mean 1e4, std 1e-2: the in-kernel merges must work on the shifted scale."""
-    from jaxops.kernels import triton
+    from jaxops.kernels.batch_norm import triton
 
     monkeypatch.setattr(triton, "_PROGRAMS", 2)
     for f in (triton.batch_norm_statistics, triton.batch_norm_sums):

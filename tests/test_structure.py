@@ -148,7 +148,8 @@ def test_allowances_are_still_needed():
 def test_the_walk_sees_the_whole_package():
     names = {_module_name(p) for p in PACKAGE_DIR.rglob("*.py")}
     assert {"jaxops", "jaxops.ops.cross_entropy", "jaxops.ops.loss_machinery",
-            "jaxops.flax._common", "jaxops.kernels.triton", "jaxops.onnx.importer"} <= names
+            "jaxops.flax._common", "jaxops.kernels.batch_norm.triton",
+            "jaxops.onnx.importer"} <= names
 
 
 # The checker itself, on sources that break the rule and sources that keep it: a structure
@@ -179,3 +180,63 @@ def test_checker_flags(importer, source):
 ])
 def test_checker_allows(importer, is_package, source):
     assert not violations(source, importer, is_package)
+
+
+# ------------------------------------------------------------------- kernels by op
+# jaxops/kernels/__init__.py: one package per fused op, its glue in __init__.py, its Pallas
+# code in one module per backend; kernel packages import their op modules, never the reverse.
+
+KERNELS_DIR = PACKAGE_DIR / "kernels"
+BACKENDS = ("triton",)
+
+
+def _imported_modules(path: pathlib.Path) -> set[str]:
+    importer, out = _module_name(path), set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = _resolve_from(importer, _is_package(path), node)
+            out |= {base} | {f"{base}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+    return out
+
+
+def _kernel_packages():
+    return sorted(p for p in KERNELS_DIR.iterdir() if (p / "__init__.py").is_file())
+
+
+def test_kernel_packages_each_register_and_have_backend_code():
+    packages = _kernel_packages()
+    assert {p.name for p in packages} >= {"softmax", "softmax_cross_entropy", "batch_norm",
+                                          "linear_cross_entropy"}
+    for package in packages:
+        glue = (package / "__init__.py").read_text()
+        assert ".defimpl(" in glue, f"{package.name}: its glue registers no kernel"
+        backends = [b for b in BACKENDS if (package / f"{b}.py").is_file()]
+        uses = {m for m in _imported_modules(package / "__init__.py")
+                if any(m.endswith(f".{b}") for b in BACKENDS)}
+        assert backends or uses, f"{package.name}: no backend module, and uses none"
+
+
+def test_only_backend_modules_import_pallas():
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        backend = path.stem in BACKENDS or path.stem in {f"_{b}_tiles" for b in BACKENDS}
+        if not backend:
+            pallas = {m for m in _imported_modules(path) if "pallas" in m.split(".")}
+            assert not pallas, f"{path}: Pallas outside a backend module ({pallas})"
+
+
+def test_backend_modules_know_nothing_of_ops_or_autodiff():
+    for path in sorted(KERNELS_DIR.rglob("*.py")):
+        if path.stem in BACKENDS:
+            bad = {m for m in _imported_modules(path) if m.startswith(
+                ("jaxops.ops", "jaxops._op", "jaxops._ad", "jaxops.schema"))}
+            assert not bad, f"{path}: a backend module imports {bad}"
+
+
+def test_op_modules_do_not_import_their_kernels():
+    for path in sorted((PACKAGE_DIR / "ops").glob("*.py")):
+        kernel_packages = {f"jaxops.kernels.{p.name}" for p in _kernel_packages()}
+        bad = {m for m in _imported_modules(path)
+               if any(_inside(m, k) for k in kernel_packages)}
+        assert not bad, f"{path}: imports its kernel package {bad} (the reverse is the rule)"

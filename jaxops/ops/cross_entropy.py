@@ -11,11 +11,13 @@ ignored or empty batch has mean 0, not NaN; ``ignore_index`` must be an int32 va
 implemented once, in :mod:`jaxops.ops.loss_machinery`.
 
 Everything is computed in float32 for half-precision scores and cast back once.
+
+softmax_cross_entropy's fused Pallas kernel, and how it is differentiated:
+:mod:`jaxops.kernels.softmax_cross_entropy`.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 
 import jax
@@ -24,10 +26,8 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from jaxops import schema
-from jaxops._ad import with_twin_derivative
 from jaxops._numerics import upcast
 from jaxops._op import defop
-from jaxops.kernels import triton
 from jaxops.ops.loss_machinery import (
     IGNORE_INDEX,
     LABELLED_TYPES,
@@ -39,7 +39,6 @@ from jaxops.ops.loss_machinery import (
     loss_coefficient,
     loss_shape,
     reduce,
-    reduce_entries,
     reduce_weighted,
     spread,
     weights_parameter,
@@ -240,20 +239,10 @@ def softmax_cross_entropy_gradient(
     return ((jnp.exp(lp) - _one_hot(safe, c, lp.dtype)) * coef[:, None]).astype(log_prob.dtype)
 
 
-# The fused Pallas kernel: one pass over the scores computes each row's loss with an online
-# log-sum-exp and writes its gradient softmax - onehot alongside; the op's linearization is
-# the contraction with that gradient, so reverse mode only scales it by the weights and
-# dloss (no second pass over the scores), and forward mode works too.  Outputs of the kernel
-# are differentiated as their XLA twin (second derivatives).
-
-def _score_rows(scores, labels):
-    """(rows, C) scores with the class axis last, and the (rows,) labels."""
-    return jnp.moveaxis(scores, 1, -1).reshape(-1, scores.shape[1]), labels.reshape(-1)
-
-
 def cross_entropy_rows_xla(x, labels, *, ignore_index):
     """Per-row loss (compute dtype) and gradient softmax - onehot (dtype of x) of (rows, C)
-    scores, in XLA: the kernel's twin, and linear_cross_entropy's per-chunk step."""
+    scores, in XLA: the twin of the fused kernel (:mod:`jaxops.kernels.softmax_cross_entropy`)
+    and linear_cross_entropy's per-chunk step."""
     xf = upcast(x)
     logp = log_softmax(xf, axis=1, implementation="xla")
     ignored = labels == ignore_index if ignore_index is not None else jnp.zeros_like(labels,
@@ -265,44 +254,6 @@ def cross_entropy_rows_xla(x, labels, *, ignore_index):
     onehot = _one_hot(safe, x.shape[1], xf.dtype)
     g = jnp.exp(logp) - jnp.where(valid[:, None], onehot, jnp.zeros_like(onehot))
     return loss.astype(xf.dtype), jnp.where(ignored[:, None], 0.0, g).astype(x.dtype)
-
-
-def _cross_entropy_rows(x, labels, *, ignore_index, interpret):
-    kernel = functools.partial(triton.softmax_cross_entropy_rows, ignore_index=ignore_index,
-                               with_gradient=True, interpret=interpret)
-    twin = functools.partial(cross_entropy_rows_xla, ignore_index=ignore_index)
-    return with_twin_derivative(kernel, twin)(x, labels)
-
-
-def _sce_pallas_supports(*, return_log_prob, **attrs):
-    return "return_log_prob=True (the kernel does not write log_prob)" if return_log_prob \
-        else None
-
-
-def _softmax_cross_entropy_pallas(scores, labels, weights=None, *, ignore_index, reduction,
-                                  return_log_prob, interpret):
-    x, t = _score_rows(scores, labels)
-    (loss,) = triton.softmax_cross_entropy_rows(x, t, ignore_index=ignore_index,
-                                                with_gradient=False, interpret=interpret)
-    return reduce_entries(loss.reshape(labels.shape), labels, weights, scores.shape[1],
-                          ignore_index=ignore_index, reduction=reduction).astype(scores.dtype)
-
-
-def _softmax_cross_entropy_pallas_jvp(primals, tangents, *, ignore_index, reduction,
-                                      return_log_prob, interpret):
-    scores, labels, weights = primals
-    x, t = _score_rows(scores, labels)
-    loss, g = _cross_entropy_rows(x, t, ignore_index=ignore_index, interpret=interpret)
-    dx, _ = _score_rows(upcast(tangents[0]), labels)
-    t_rows = jnp.sum(upcast(g) * dx, axis=1)  # <gradient, tangent> per row
-    y, t_y = (reduce_entries(r.reshape(labels.shape), labels, weights, scores.shape[1],
-                             ignore_index=ignore_index, reduction=reduction)
-              .astype(scores.dtype) for r in (loss, t_rows))
-    return y, t_y
-
-
-softmax_cross_entropy.defimpl("pallas", jvp=_softmax_cross_entropy_pallas_jvp,
-                              supports=_sce_pallas_supports)(_softmax_cross_entropy_pallas)
 
 
 # ---------------------------------------------------------------- NegativeLogLikelihoodLoss

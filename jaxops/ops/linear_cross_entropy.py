@@ -19,7 +19,9 @@ here the tokens go through in chunks of ``chunk_size`` rows (a ``lax.scan``), so
   fused linear cross-entropy): per chunk the fused softmax cross-entropy kernel writes the loss
   and ``G`` in one pass over the logits, ``dh`` and ``dw`` are accumulated right away, and the
   backward only scales them by ``dloss``: 3 passes.  It supports ``reduction`` "mean" and
-  "sum" (a per-entry ``dloss`` cannot be applied after ``dw`` is summed).
+  "sum" (a per-entry ``dloss`` cannot be applied after ``dw`` is summed).  That path, and how
+  it is differentiated, is :mod:`jaxops.kernels.linear_cross_entropy`; it shares this
+  module's chunked scans (``loss_scan``, ``gradient_scan``, ``xla_rows``).
 
 Semantics (labels, ``ignore_index``, class weights, reductions, a fully ignored batch) are
 those of :func:`jaxops.softmax_cross_entropy` with classes on the last axis of the logits.
@@ -36,10 +38,9 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from jax.typing import ArrayLike
 
 from jaxops import schema
-from jaxops._ad import linear_pair, with_twin_derivative
+from jaxops._ad import linear_pair
 from jaxops._numerics import upcast
 from jaxops._op import defop
-from jaxops.kernels import triton
 from jaxops.kernels.sharding import padded_spec, row_axes
 from jaxops.ops.cross_entropy import cross_entropy_rows_xla
 from jaxops.ops.loss_machinery import (
@@ -150,18 +151,12 @@ def _logits(hc, w):
     return jnp.matmul(hc, w, preferred_element_type=upcast(hc).dtype)
 
 
-def _xla_rows(ignore_index):
+def xla_rows(ignore_index):
     """Each chunk's step in XLA: logits -> (per-row loss, G = softmax - onehot)."""
     return functools.partial(cross_entropy_rows_xla, ignore_index=ignore_index)
 
 
-def _kernel_rows(ignore_index, interpret, with_gradient=True):
-    """Each chunk's step by the fused kernel (the loss alone without ``with_gradient``)."""
-    return functools.partial(triton.softmax_cross_entropy_rows, ignore_index=ignore_index,
-                             with_gradient=with_gradient, interpret=interpret)
-
-
-def _loss_scan(h, w, labels, rows, chunk_size):
+def loss_scan(h, w, labels, rows, chunk_size):
     """Per-row loss (compute dtype), chunk by chunk; ``rows(z, labels)[0]`` is the loss."""
     n = h.shape[0]
     hc, lc = _chunks(h, labels, _chunk(h, w.shape[1], chunk_size))
@@ -173,7 +168,7 @@ def _loss_scan(h, w, labels, rows, chunk_size):
     return _unchunk(loss, n)
 
 
-def _gradient_scan(h, w, labels, coef, rows, chunk_size):
+def gradient_scan(h, w, labels, coef, rows, chunk_size):
     """(per-row loss, dh, dw) for per-entry coefficients ``coef`` = d total / d loss_n:
     ``rows(z, labels) -> (loss, G)`` on each chunk, ``dh = (coef G) w^T``, ``dw += h^T (coef
     G)``."""
@@ -252,7 +247,7 @@ def linear_cross_entropy(
       Wijmans et al., "Cut Your Losses in Large-Vocabulary Language Models" (2024);
       Liger-Kernel's FusedLinearCrossEntropy.
     """
-    loss = _loss_scan(h, w, labels, _xla_rows(ignore_index), chunk_size)
+    loss = loss_scan(h, w, labels, xla_rows(ignore_index), chunk_size)
     return reduce_entries(loss, labels, weights, w.shape[1], ignore_index=ignore_index,
                           reduction=reduction).astype(h.dtype)
 
@@ -290,7 +285,7 @@ def _gradient_pair(ignore_index, reduction, chunk_size, has_weights):
         coef, _ = loss_coefficient(labels, weights if has_weights else None, dloss,
                                    w.shape[1], ignore_index=ignore_index, reduction=reduction)
         coef = jnp.broadcast_to(coef, labels.shape)
-        _, dh, dw = _gradient_scan(h, w, labels, coef, _xla_rows(ignore_index), chunk_size)
+        _, dh, dw = gradient_scan(h, w, labels, coef, xla_rows(ignore_index), chunk_size)
         return dh, dw
 
     def transpose(h, w, labels, weights, th, tw):
@@ -337,45 +332,3 @@ def linear_cross_entropy_gradient(
     pair = _gradient_pair(ignore_index, reduction, chunk_size, weights is not None)
     wts = weights if weights is not None else jnp.zeros((0,), h.dtype)
     return pair((h, w, labels, wts), (dloss,))
-
-
-# ------------------------------------------------------------------------ the Pallas path
-
-def _pallas_supports(*, reduction, **attrs):
-    return None if reduction != "none" else (
-        "reduction='none' (a per-entry dloss cannot scale dw after the forward summed it)")
-
-
-def _linear_cross_entropy_pallas(h, w, labels, weights=None, *, ignore_index, reduction,
-                                 chunk_size, interpret):
-    """The loss alone (no gradient wanted): the kernel without its gradient output."""
-    loss = _loss_scan(h, w, labels, _kernel_rows(ignore_index, interpret, with_gradient=False),
-                      chunk_size)
-    return reduce_entries(loss, labels, weights, w.shape[1], ignore_index=ignore_index,
-                          reduction=reduction).astype(h.dtype)
-
-
-def _linear_cross_entropy_pallas_jvp(primals, tangents, *, ignore_index, reduction,
-                                     chunk_size, interpret):
-    """(loss, dh, dw) in one pass per chunk (the fused kernel writes G), differentiated as
-    the XLA scan; the tangent is <dh, th> + <dw, tw>, which reverse mode only scales.  The
-    mechanism calls it only when th or tw is nonzero (None: a symbolic zero)."""
-    h, w, labels, weights = primals
-    coef, _ = loss_coefficient(labels, weights, jnp.ones((), upcast(h).dtype), w.shape[1],
-                               ignore_index=ignore_index, reduction=reduction)
-    fused = with_twin_derivative(
-        functools.partial(_gradient_scan, rows=_kernel_rows(ignore_index, interpret),
-                          chunk_size=chunk_size),
-        functools.partial(_gradient_scan, rows=_xla_rows(ignore_index),
-                          chunk_size=chunk_size))
-    loss, dh, dw = fused(h, w, labels, jnp.broadcast_to(coef, labels.shape))
-    y = reduce_entries(loss, labels, weights, w.shape[1], ignore_index=ignore_index,
-                       reduction=reduction).astype(h.dtype)
-    # None: a symbolic zero tangent (that input is not differentiated): no term
-    t_y = sum(jnp.sum(upcast(g) * upcast(t)) for g, t in zip((dh, dw), tangents[:2],
-                                                               strict=True) if t is not None)
-    return y, t_y.astype(h.dtype)
-
-
-linear_cross_entropy.defimpl("pallas", jvp=_linear_cross_entropy_pallas_jvp,
-                             supports=_pallas_supports)(_linear_cross_entropy_pallas)

@@ -8,11 +8,14 @@ computed, ``var = mean(d^2) - mean(d)^2``, where ``mean(d)`` is the rounding err
 first mean.  A channel with mean 1e4 and standard deviation 1e-2 keeps its variance to
 float32 rounding instead of losing it to cancellation (``E[x^2] - E[x]^2`` returns 0 or
 negative values there).
+
+The training-mode Pallas kernels, and how they are differentiated:
+:mod:`jaxops.kernels.batch_norm`, which shares this module's public helpers (``moments``,
+``normalize``, ``running``, ``backward``, ``reduce_axes``, ``per_channel``).
 """
 
 from __future__ import annotations
 
-import functools
 import math
 
 import jax
@@ -21,11 +24,8 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from jaxops import schema
-from jaxops._ad import linear_pair, with_twin_derivative
 from jaxops._numerics import upcast
 from jaxops._op import defop
-from jaxops.kernels import triton
-from jaxops.kernels.sharding import per_channel_reduction
 from jaxops.schema import (
     FLOAT_TYPES,
     JAXOPS_DOMAIN,
@@ -46,28 +46,28 @@ _TRAINING = Attribute("training", "bool", False, onnx_name="training_mode",
 _TYPES = {"T": FLOAT_TYPES, "T1": FLOAT_TYPES, "T2": FLOAT_TYPES}
 
 
-def _reduce_axes(x) -> tuple[int, ...]:
+def reduce_axes(x) -> tuple[int, ...]:
     return (0, *range(2, x.ndim))
 
 
 def _count(x) -> int:
     """M, the number of values each channel's statistics average: N * d1 * ... (0 for an
     empty batch; never divided by a channel count, which may be 0 too)."""
-    return math.prod(x.shape[i] for i in _reduce_axes(x))
+    return math.prod(x.shape[i] for i in reduce_axes(x))
 
 
-def _per_channel(v, ndim):
+def per_channel(v, ndim):
     """A (C,) vector shaped to broadcast against (N, C, d1, ...)."""
     return v.reshape((1, -1) + (1,) * (ndim - 2))
 
 
-def _moments(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+def moments(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Per-channel mean and population variance of ``x`` (N, C, ...), in float32 or wider,
     by the corrected two-pass (no cancellation for large means; no slicing of the batch
     axis, so a batch-sharded ``x`` stays sharded)."""
-    xf, axes = upcast(x), _reduce_axes(x)
+    xf, axes = upcast(x), reduce_axes(x)
     rough = jax.lax.stop_gradient(jnp.mean(xf, axis=axes))
-    d = xf - _per_channel(rough, x.ndim)
+    d = xf - per_channel(rough, x.ndim)
     dmean = jnp.mean(d, axis=axes)  # the rounding error of ``rough``: small
     return rough + dmean, jnp.mean(d * d, axis=axes) - dmean * dmean
 
@@ -176,21 +176,21 @@ def batch_norm(
       Ioffe and Szegedy, "Batch Normalization" (2015); ONNX BatchNormalization-15.
     """
     if training:
-        mu, sigma2 = _moments(x)
-        new_mean, new_var = _running(mean, var, mu, sigma2, momentum)
+        mu, sigma2 = moments(x)
+        new_mean, new_var = running(mean, var, mu, sigma2, momentum)
     else:
         mu, sigma2, new_mean, new_var = upcast(mean), upcast(var), mean, var
-    return _normalize(x, scale, bias, mu, sigma2, epsilon), new_mean, new_var
+    return normalize(x, scale, bias, mu, sigma2, epsilon), new_mean, new_var
 
 
-def _normalize(x, scale, bias, mu, sigma2, epsilon):
+def normalize(x, scale, bias, mu, sigma2, epsilon):
     nd = x.ndim
     inv = jax.lax.rsqrt(sigma2 + epsilon)
-    y = (upcast(x) - _per_channel(mu, nd)) * _per_channel(inv * upcast(scale), nd)
-    return (y + _per_channel(upcast(bias), nd)).astype(x.dtype)
+    y = (upcast(x) - per_channel(mu, nd)) * per_channel(inv * upcast(scale), nd)
+    return (y + per_channel(upcast(bias), nd)).astype(x.dtype)
 
 
-def _running(mean, var, mu, sigma2, momentum):
+def running(mean, var, mu, sigma2, momentum):
     """The running statistics updated with the batch's."""
     new_mean = momentum * upcast(mean) + (1 - momentum) * mu
     new_var = momentum * upcast(var) + (1 - momentum) * sigma2
@@ -200,16 +200,16 @@ def _running(mean, var, mu, sigma2, momentum):
 @batch_norm.defgrad
 def _batch_norm_vjp(x, scale, bias, mean, var, outs, douts, *, epsilon, momentum, training):
     dy, dnew_mean, dnew_var = douts
-    saved_mean, saved_var = _moments(x) if training else (mean, var)
+    saved_mean, saved_var = moments(x) if training else (mean, var)
     dx, dscale, dbias, dmean, dvar = batch_norm_gradient(
         x, scale, saved_mean, saved_var, dy, epsilon=epsilon, training=training)
     # the running statistics' own (linear) paths
     dnm, dnv = upcast(dnew_mean), upcast(dnew_var)
     if training:
         m_count = _count(x)
-        centered = upcast(x) - _per_channel(saved_mean, x.ndim)
-        extra = (_per_channel((1 - momentum) * dnm, x.ndim)
-                 + 2 * (1 - momentum) * centered * _per_channel(dnv, x.ndim)) / m_count
+        centered = upcast(x) - per_channel(saved_mean, x.ndim)
+        extra = (per_channel((1 - momentum) * dnm, x.ndim)
+                 + 2 * (1 - momentum) * centered * per_channel(dnv, x.ndim)) / m_count
         dx = (upcast(dx) + extra).astype(x.dtype)
         dmean, dvar = momentum * dnm, momentum * dnv
     else:
@@ -220,19 +220,19 @@ def _batch_norm_vjp(x, scale, bias, mean, var, outs, douts, *, epsilon, momentum
 # training mode's backward, given per-channel sums (XLA here, the kernel's in the Pallas path)
 
 def _xla_sums(x, dy, mu, inv):
-    axes, nd = _reduce_axes(x), x.ndim
+    axes, nd = reduce_axes(x), x.ndim
     g = upcast(dy)
-    xhat = (upcast(x) - _per_channel(mu, nd)) * _per_channel(inv, nd)
+    xhat = (upcast(x) - per_channel(mu, nd)) * per_channel(inv, nd)
     return jnp.sum(g, axis=axes), jnp.sum(g * xhat, axis=axes)
 
 
-def _backward(x, scale, mu, inv, dy, *, sums):
+def backward(x, scale, mu, inv, dy, *, sums):
     """Training mode's (dx, dscale, dbias) from the batch statistics ``mu``, ``inv``."""
     nd, m_count = x.ndim, _count(x)
     sum_dy, sum_dy_xhat = sums(x, dy, mu, inv)
-    xhat = (upcast(x) - _per_channel(mu, nd)) * _per_channel(inv, nd)
-    dx = _per_channel(upcast(scale) * inv, nd) * (
-        upcast(dy) - (_per_channel(sum_dy, nd) + xhat * _per_channel(sum_dy_xhat, nd)) / m_count)
+    xhat = (upcast(x) - per_channel(mu, nd)) * per_channel(inv, nd)
+    dx = per_channel(upcast(scale) * inv, nd) * (
+        upcast(dy) - (per_channel(sum_dy, nd) + xhat * per_channel(sum_dy_xhat, nd)) / m_count)
     return dx.astype(x.dtype), sum_dy_xhat.astype(scale.dtype), sum_dy.astype(scale.dtype)
 
 
@@ -292,128 +292,12 @@ def batch_norm_gradient(
     mu, gamma = upcast(saved_mean), upcast(scale)
     inv = jax.lax.rsqrt(upcast(saved_var) + epsilon)
     if training:
-        dx, dscale, dbias = _backward(x, scale, mu, inv, dy, sums=_xla_sums)
+        dx, dscale, dbias = backward(x, scale, mu, inv, dy, sums=_xla_sums)
         zeros = jnp.zeros_like(saved_mean)  # the statistics Y used are functions of X
         return dx, dscale, dbias, zeros, zeros
     dbias, dscale = _xla_sums(x, dy, mu, inv)
-    dx = _per_channel(gamma * inv, x.ndim) * upcast(dy)
+    dx = per_channel(gamma * inv, x.ndim) * upcast(dy)
     dmean = -dbias * gamma * inv
     dvar = -0.5 * dscale * gamma * inv * inv
     return (dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(scale.dtype),
             dmean.astype(saved_mean.dtype), dvar.astype(saved_mean.dtype))
-
-
-# ------------------------------------------------------------------------ the Pallas path
-# Training mode only (inference is one elementwise pass, which XLA fuses).  The kernels do
-# the reductions: the batch statistics in one pass over x (jaxops.kernels.triton), and the
-# backward's sum(dy), sum(dy * xhat) in one pass over (x, dy); the normalization and dx are
-# elementwise XLA.  The forward's linearization is a linear_pair whose transpose is the
-# backward kernel, with the batch statistics kept from the forward (the XLA path's
-# registered gradient recomputes them): reverse mode reads x and dy twice in all.  On an
-# explicitly sharded batch each device reduces its shard and the partial results are
-# combined over the mesh axes (psum), so the statistics are the global batch's.
-
-def _pallas_supports(*, training, **attrs):
-    return None if training else ("training=False (inference is one elementwise pass, "
-                                  "which XLA fuses)")
-
-
-def _kernel_moments(x, *, interpret):
-    """Batch mean and population variance (compute dtype) by the statistics kernel."""
-
-    def local(x, axes):
-        shift = upcast(x[0].reshape(x.shape[1], -1)[:, 0])  # near the channel's data
-        if axes:
-            shift = jax.lax.pmean(shift, axes)  # one shift for every shard
-        mean, var = triton.batch_norm_statistics(x, shift, interpret=interpret)
-        if axes:  # equal shard sizes: the merged variance is a mean of shifted variances
-            total = jax.lax.pmean(mean, axes)
-            var = jax.lax.pmean(var + jnp.square(mean - total), axes)
-            mean = total
-        return mean + shift, var
-
-    return per_channel_reduction(local, x)
-
-
-def _kernel_sums(x, dy, mu, inv, *, interpret):
-    def local(x, dy, mu, inv, axes):
-        sums = triton.batch_norm_sums(x, dy, mu, inv, interpret=interpret)
-        return tuple(jax.lax.psum(v, axes) for v in sums) if axes else sums
-
-    return per_channel_reduction(local, x, dy, mu, inv)
-
-
-def _tangent(x, scale, mu, inv, tx, tscale, tbias):
-    """The transpose of :func:`_backward`: the tangent of y for tangents of x, scale, B
-    (None: a symbolic zero, whose term is skipped)."""
-    nd, axes = x.ndim, _reduce_axes(x)
-    xhat = (upcast(x) - _per_channel(mu, nd)) * _per_channel(inv, nd)
-    terms = []
-    if tx is not None:
-        t = upcast(tx)
-        centred = (t - _per_channel(jnp.mean(t, axis=axes), nd)
-                   - xhat * _per_channel(jnp.mean(t * xhat, axis=axes), nd))
-        terms.append(_per_channel(upcast(scale) * inv, nd) * centred)
-    if tscale is not None:
-        terms.append(xhat * _per_channel(upcast(tscale), nd))
-    if tbias is not None:
-        terms.append(jnp.broadcast_to(_per_channel(upcast(tbias), nd), x.shape))
-    return (sum(terms[1:], terms[0]).astype(x.dtype),)
-
-
-@functools.cache
-def _pairs(interpret: bool):
-    """(tangent map, backward kernel) as linear_pairs, each the other's transpose."""
-    kernel = functools.partial(_backward, sums=functools.partial(_kernel_sums,
-                                                                 interpret=interpret))
-    xla = functools.partial(_backward, sums=_xla_sums)
-    return (linear_pair(_tangent, kernel, twin_transpose=xla, name="batch_norm_tangent"),
-            linear_pair(kernel, _tangent, twin=xla, name="batch_norm_gradient_kernel"))
-
-
-def _batch_norm_pallas(x, scale, bias, mean, var, *, epsilon, momentum, training, interpret):
-    mu, sigma2 = _kernel_moments(x, interpret=interpret)
-    return (_normalize(x, scale, bias, mu, sigma2, epsilon),
-            *_running(mean, var, mu, sigma2, momentum))
-
-
-def _batch_norm_pallas_jvp(primals, tangents, *, epsilon, momentum, training, interpret):
-    x, scale, bias, mean, var = primals
-    tx, tscale, tbias, tmean, tvar = tangents
-    moments = with_twin_derivative(functools.partial(_kernel_moments, interpret=interpret),
-                                   _moments)
-    mu, sigma2 = moments(x)
-    inv = jax.lax.rsqrt(sigma2 + epsilon)
-    # None: a symbolic zero tangent (that input is not differentiated)
-    if tx is None and tscale is None and tbias is None:
-        ty = jnp.zeros_like(x)
-    else:
-        (ty,) = _pairs(interpret)[0]((x, scale, mu, inv), (tx, tscale, tbias))
-    # the running statistics' tangents (linear in tx; JAX transposes them)
-    axes = _reduce_axes(x)
-    zero = jnp.zeros(mean.shape, upcast(x).dtype)
-    if tx is None:
-        t_mu = t_sigma2 = zero
-    else:
-        tf = upcast(tx)
-        t_mu = jnp.mean(tf, axis=axes)
-        t_sigma2 = 2 * jnp.mean((upcast(x) - _per_channel(mu, x.ndim)) * tf, axis=axes)
-    t_running = _running(zero.astype(mean.dtype) if tmean is None else tmean,
-                         zero.astype(var.dtype) if tvar is None else tvar,
-                         t_mu, t_sigma2, momentum)
-    return ((_normalize(x, scale, bias, mu, sigma2, epsilon),
-             *_running(mean, var, mu, sigma2, momentum)), (ty, *t_running))
-
-
-def _batch_norm_gradient_pallas(x, scale, saved_mean, saved_var, dy, *, epsilon, training,
-                                interpret):
-    mu = upcast(saved_mean)
-    inv = jax.lax.rsqrt(upcast(saved_var) + epsilon)
-    dx, dscale, dbias = _pairs(interpret)[1]((x, scale, mu, inv), (dy,))
-    zeros = jnp.zeros_like(saved_mean)  # training: the statistics are functions of x
-    return dx, dscale, dbias, zeros, zeros
-
-
-batch_norm.defimpl("pallas", jvp=_batch_norm_pallas_jvp,
-                   supports=_pallas_supports)(_batch_norm_pallas)
-batch_norm_gradient.defimpl("pallas", supports=_pallas_supports)(_batch_norm_gradient_pallas)

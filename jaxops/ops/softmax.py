@@ -4,11 +4,13 @@ Numerics: the row maximum is subtracted before ``exp`` (no overflow for large lo
 half-precision inputs are computed in float32 and the sums accumulate there.  A row that is
 entirely ``-inf`` (fully masked) has softmax 0, not 0/0 = NaN; ``-inf`` entries have
 softmax 0 and log-softmax ``-inf`` (log 0), and every gradient stays finite.
+
+The Pallas kernels of these four ops, and how they are differentiated:
+:mod:`jaxops.kernels.softmax`.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 
 import jax
@@ -16,10 +18,8 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxops import schema
-from jaxops._ad import linear_pair
 from jaxops._numerics import upcast
 from jaxops._op import defop
-from jaxops.kernels import triton
 from jaxops.schema import JAXOPS_DOMAIN, XLA_AND_PALLAS, Attribute, Cost, OpSchema, Parameter
 
 _AXIS = Attribute("axis", "int", -1, doc="the axis to normalize over, in [-rank, rank)")
@@ -51,16 +51,6 @@ def _row_cost(flops: float, exps: float, logs_per_row: float):
         return Cost(flops * n, exps * n + logs_per_row * rows, nbytes * len(in_avals), nbytes)
 
     return cost
-
-
-def _as_rows(x: jax.Array, axis: int):
-    """``x`` as a 2-D (rows, C) array with ``axis`` last, and the function undoing it."""
-    moved = jnp.moveaxis(x, axis, -1)
-
-    def restore(rows):
-        return jnp.moveaxis(rows.reshape(moved.shape), -1, axis)
-
-    return moved.reshape(-1, moved.shape[-1]), restore
 
 
 def _shifted(xf: jax.Array, axis: int) -> jax.Array:
@@ -228,55 +218,3 @@ def log_softmax_gradient(y: ArrayLike, dy: ArrayLike, *, axis: int = -1) -> jax.
     """
     yf, dyf = upcast(y), upcast(dy)
     return (dyf - jnp.exp(yf) * jnp.sum(dyf, axis=axis, keepdims=True)).astype(dy.dtype)
-
-
-# ------------------------------------------------------------------------ Pallas kernels
-# The forward kernels are the primal of the op's custom_jvp; the gradient ops' kernels are
-# linear in dy, registered with their transposes (jaxops._ad.linear_pair), so reverse mode
-# runs the backward kernel and forward mode the transposed map.
-
-def _softmax_pallas(x, *, axis, interpret, log):
-    rows, restore = _as_rows(x, axis)
-    return restore(triton.softmax_rows(rows, log=log, interpret=interpret))
-
-
-softmax.defimpl("pallas")(functools.partial(_softmax_pallas, log=False))
-log_softmax.defimpl("pallas")(functools.partial(_softmax_pallas, log=True))
-
-
-def _softmax_gradient_rows(y, dy):
-    return (softmax_gradient(y, dy, axis=-1, implementation="xla"),)
-
-
-def _log_softmax_gradient_rows(y, dy):
-    return (log_softmax_gradient(y, dy, axis=-1, implementation="xla"),)
-
-
-def _log_softmax_gradient_transpose(y, t):
-    """The transpose of ``dy -> dy - exp(y) * sum(dy)``: ``t -> t - sum(exp(y) * t)``."""
-    yf, tf = upcast(y), upcast(t)
-    return ((tf - jnp.sum(jnp.exp(yf) * tf, axis=-1, keepdims=True)).astype(t.dtype),)
-
-
-@functools.cache
-def _gradient_pair(log: bool, interpret: bool):
-    def kernel(y, dy):
-        return (triton.softmax_rows_gradient(y, dy, log=log, interpret=interpret),)
-
-    if log:
-        return linear_pair(kernel, _log_softmax_gradient_transpose,
-                           twin=_log_softmax_gradient_rows, name="log_softmax_gradient_kernel")
-    # softmax's Jacobian diag(y) - y y^T is symmetric: the kernel is its own transpose
-    return linear_pair(kernel, kernel, twin=_softmax_gradient_rows,
-                       twin_transpose=_softmax_gradient_rows, name="softmax_gradient_kernel")
-
-
-def _softmax_gradient_pallas(y, dy, *, axis, interpret, log):
-    y_rows, _ = _as_rows(y, axis)
-    dy_rows, restore = _as_rows(dy, axis)
-    (dx,) = _gradient_pair(log, interpret)((y_rows,), (dy_rows,))
-    return restore(dx)
-
-
-softmax_gradient.defimpl("pallas")(functools.partial(_softmax_gradient_pallas, log=False))
-log_softmax_gradient.defimpl("pallas")(functools.partial(_softmax_gradient_pallas, log=True))
