@@ -34,7 +34,10 @@ from jaxops._dispatch import IMPLEMENTATIONS, Implementation, Kernel, unavailabl
 from jaxops._recording import is_recording, record
 from jaxops.schema import FLOAT_TYPES, JAXOPS_DOMAIN, Attribute, OpSchema, Parameter
 
-__all__ = ["Op", "defop"]
+__all__ = ["Op", "defop", "op_of"]
+
+# op_type -> the Op made most recently of that schema (``op_of`` checks it is the registered one)
+_OPS: dict[str, Op] = {}
 
 # Trace-time state: the implementation an op's gradient ops inherit (``Op._choose``).  Export
 # recording is not here but in jaxops._recording: its mode must be part of JAX's cache keys.
@@ -183,6 +186,7 @@ class Op:
         # concrete-value check; the jit's own cache then makes them as cheap as a jax.nn call
         self._fast = schema.value_check is None
         self._attribute_cache: dict[tuple, dict] = {}
+        _OPS[schema.name] = self
 
     def __repr__(self) -> str:
         s = self.schema
@@ -436,6 +440,12 @@ class Op:
                     jax.typeof(t).dtype, jax.numpy.inexact):
                 raise self.schema.nondifferentiable_error(i)
         return tangents
+
+
+def op_of(schema: OpSchema) -> Op | None:
+    """The :class:`Op` made of ``schema`` (the registered record itself), or None."""
+    op = _OPS.get(schema.name)
+    return op if op is not None and op.schema is schema else None
 
 
 def _is_default(attribute: Attribute, value: Any) -> bool:
