@@ -186,6 +186,8 @@ class Op:
         # concrete-value check; the jit's own cache then makes them as cheap as a jax.nn call
         self._fast = schema.value_check is None
         self._attribute_cache: dict[tuple, dict] = {}
+        self.onnx_body: Callable[..., Any] | None = None
+        self.onnx_native_type = False
         _OPS[schema.name] = self
 
     def __repr__(self) -> str:
@@ -335,6 +337,22 @@ class Op:
         self._vjp = vjp
         self._with_gradient.cache_clear()
         return vjp
+
+    def defonnx(self, body: Callable[..., Any] | None = None, *, native_type: bool = False):
+        """Register ``body(b, *input names, **attributes) -> output name(s)``, the op's ONNX
+        function body written with the builder ``b`` of :mod:`jaxops.onnx.functions`
+        (``b.op("Mul", x, y)``; an omitted optional input's name is None).  Without one, the
+        exporter derives the body from the implementation.  ``native_type=True``: the body
+        computes in its inputs' own type (a comparison), not float32 for float16/bfloat16
+        inputs.  Nothing here imports onnx: the builder is handed in at export."""
+
+        def register(fn):
+            if self.onnx_body is not None:
+                raise ValueError(f"{self.name} already has an ONNX body")
+            self.onnx_body, self.onnx_native_type = fn, native_type
+            return fn
+
+        return register if body is None else register(body)
 
     def defimpl(self, name: str, *, jvp: Callable[..., Any] | None = None,
                 supports: Callable[..., str | None] = lambda **attrs: None):

@@ -673,7 +673,7 @@ def _is_canonical_body(n, fn: onnx.FunctionProto, opset: int) -> bool:
     with its registered gradient, stand in for the body."""
     try:
         schema = jo.schema.get(n.proto.op_type)
-        if schema.domain != JAXOPS_DOMAIN or schema.name not in functions.BODIES:
+        if schema.domain != JAXOPS_DOMAIN or functions.body_of(schema) is None:
             return False
         attrs = schema.canonical_attributes(_jaxops_attrs(n, schema))
         ins = [*n.inputs, *[None] * (len(schema.inputs) - len(n.inputs))]
