@@ -586,6 +586,7 @@ def _registered(domain: str, op_type: str):
     return schema
 
 
+@functools.cache  # onnx.defs is fixed for the process; asked once per node and trace
 def _signature(op_type: str, version: int):
     """What of an ai.onnx definition a node can say: inputs and outputs (names, options),
     attributes (names, types, defaults).  Definitions with one signature differ in types."""
