@@ -35,7 +35,10 @@ from jaxops._dispatch import IMPLEMENTATIONS, Implementation, Kernel, unavailabl
 from jaxops._recording import is_recording, record
 from jaxops.schema import FLOAT_TYPES, JAXOPS_DOMAIN, Attribute, OpSchema, Parameter
 
-__all__ = ["Op", "defop"]
+__all__ = ["Op", "defop", "op_of"]
+
+# op_type -> the Op made most recently of that schema (``op_of`` checks it is the registered one)
+_OPS: dict[str, Op] = {}
 
 # Trace-time state: the implementation an op's gradient ops inherit (``Op._choose``).  Export
 # recording is not here but in jaxops._recording: its mode must be part of JAX's cache keys.
@@ -184,6 +187,9 @@ class Op:
         # concrete-value check; the jit's own cache then makes them as cheap as a jax.nn call
         self._fast = schema.value_check is None
         self._attribute_cache: dict[tuple, dict] = {}
+        self.onnx_body: Callable[..., Any] | None = None
+        self.onnx_native_type = False
+        _OPS[schema.name] = self
 
     def __repr__(self) -> str:
         s = self.schema
@@ -332,6 +338,22 @@ class Op:
         self._vjp = vjp
         self._with_gradient.cache_clear()
         return vjp
+
+    def defonnx(self, body: Callable[..., Any] | None = None, *, native_type: bool = False):
+        """Register ``body(b, *input names, **attributes) -> output name(s)``, the op's ONNX
+        function body written with the builder ``b`` of :mod:`jaxops.onnx.functions`
+        (``b.op("Mul", x, y)``; an omitted optional input's name is None).  Without one, the
+        exporter derives the body from the implementation.  ``native_type=True``: the body
+        computes in its inputs' own type (a comparison), not float32 for float16/bfloat16
+        inputs.  Nothing here imports onnx: the builder is handed in at export."""
+
+        def register(fn):
+            if self.onnx_body is not None:
+                raise ValueError(f"{self.name} already has an ONNX body")
+            self.onnx_body, self.onnx_native_type = fn, native_type
+            return fn
+
+        return register if body is None else register(body)
 
     def defimpl(self, name: str, *, jvp: Callable[..., Any] | None = None,
                 transpose: Callable[..., Any] | None = None,
@@ -483,6 +505,12 @@ class Op:
                     jax.typeof(t).dtype, jax.numpy.inexact):
                 raise self.schema.nondifferentiable_error(i)
         return tangents
+
+
+def op_of(schema: OpSchema) -> Op | None:
+    """The :class:`Op` made of ``schema`` (the registered record itself), or None."""
+    op = _OPS.get(schema.name)
+    return op if op is not None and op.schema is schema else None
 
 
 def _is_default(attribute: Attribute, value: Any) -> bool:

@@ -559,12 +559,16 @@ def test_a_models_own_function_body_runs_as_written(monkeypatch):
 
 
 def _spy_on_jaxops_ops(monkeypatch):
+    """The ai.jaxops nodes that run as jaxops ops (through the registry), in order."""
     used = []
-    real = importer._jaxops_domain_op
-    for key, handler in list(importer._HANDLERS.items()):
-        if handler is real:
-            monkeypatch.setitem(importer._HANDLERS, key,
-                                lambda n: used.append(n.proto.op_type) or real(n))
+    real = importer._registry_op
+
+    def spy(n, schema):
+        if schema.domain == "ai.jaxops":
+            used.append(n.proto.op_type)
+        return real(n, schema)
+
+    monkeypatch.setattr(importer, "_registry_op", spy)
     return used
 
 

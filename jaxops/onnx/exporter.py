@@ -3,14 +3,14 @@
 The function is traced with :func:`jaxops._recording.recording`, in which every jaxops op is one
 ``jaxops_op`` equation carrying its schema and attributes; that equation becomes one ONNX node
 (op_type, ONNX attribute names, the ai.onnx version the schema follows).  Ops that ONNX lacks
-become nodes in the ``ai.jaxops`` domain backed by model-local functions
-(:mod:`jaxops.onnx.functions`); an op without a hand-written body (an op of another domain)
-becomes a node of its own domain whose function is derived from its implementation
-(:func:`derived_function_proto`).  The JAX primitives of an ordinary model (``dot_general``,
-elementwise arithmetic, reshapes, broadcasts, reductions, comparisons, ``select_n``, casts,
-nested ``jit``/``custom_jvp`` calls) map to standard ONNX ops; constants and closed-over
-parameters become initializers.  Anything else raises ``NotImplementedError`` naming the
-primitive and the line that made it.
+become nodes in the ``ai.jaxops`` domain backed by model-local functions (bodies declared
+beside the ops with ``Op.defonnx``, built by :mod:`jaxops.onnx.functions`); an op without a
+hand-written body becomes a node of its own domain whose function is derived from its
+implementation (:func:`derived_function_proto`).  The JAX primitives of an ordinary model
+(``dot_general``, elementwise arithmetic, reshapes, broadcasts, reductions, comparisons,
+``select_n``, casts, nested ``jit``/``custom_jvp`` calls) map to standard ONNX ops; constants
+and closed-over parameters become initializers.  Anything else raises ``NotImplementedError``
+naming the primitive and the line that made it.
 """
 
 from __future__ import annotations
@@ -355,8 +355,8 @@ def _emit_jaxops(g: _Graph, eqn, ins: list[str]) -> list[str]:
     it = iter(eqn.invars)
     in_avals = [next(it).aval if present else None for present in eqn.params["present"]]
     out_avals = [v.aval for v in eqn.outvars]
-    if schema.domain == JAXOPS_DOMAIN and schema.name in functions.BODIES:
-        # hand-written: shape-generic and exact (ONNX's own Softmax, Clip, ...)
+    if functions.body_of(schema) is not None:
+        # hand-written beside the op: shape-generic and exact (ONNX's own Softmax, Clip, ...)
         fn = functions.function_proto(schema, attrs, g.opset, in_avals, out_avals)
     else:
         fn = derived_function_proto(schema, eqn.params["run"].value, attrs, g.opset, in_avals,

@@ -1,12 +1,16 @@
 """Import an ONNX model as a pure JAX function.
 
 Nodes run as jaxops ops where jaxops has the op (so gradients are the registered ones) and as
-``jnp``/``lax`` otherwise.  Version-dependent semantics follow the opset the model imports:
-Softmax/LogSoftmax before 13 flatten to 2-D at ``axis`` (default 1), after 13 normalize one
-axis (default -1); Clip before 11 takes ``min``/``max`` attributes, after 11 optional inputs;
-BatchNormalization 14/15 read ``training_mode``.  Float initializers are parameters, returned
-in ``ImportedModel.params`` and replaceable per call (for training); integer initializers and
-``Constant`` nodes are static (shapes, axes).
+``jnp``/``lax`` otherwise.  A node whose (domain, op_type) has a registered jaxops schema runs
+that op through the registry (:func:`_registry_op`): attribute names and defaults are the
+schema's, read at import, so an op registered later imports with no edit here.  For ai.onnx,
+the definition the model's opset resolves to must be the one jaxops follows or have its
+signature (inputs, outputs, attributes with defaults: the versions between differ in types);
+older definitions that differ take the legacy handlers: Softmax/LogSoftmax before 13 flatten
+to 2-D at ``axis`` (default 1), Clip before 11 takes ``min``/``max`` attributes,
+BatchNormalization before 14 is inference by output count.  Float initializers are
+parameters, returned in ``ImportedModel.params`` and replaceable per call (for training);
+integer initializers and ``Constant`` nodes are static (shapes, axes).
 
 Models may come from anyone (docs/onnx.md, "Security model"): no file is read unless the
 caller names a directory (:mod:`jaxops.onnx.tensors`), every tensor the model makes is bounded
@@ -16,6 +20,7 @@ before it is allocated, the model's own function bodies run as written, and ever
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable
@@ -29,6 +34,7 @@ import onnx.inliner
 from onnx import AttributeProto, TensorProto, helper
 
 import jaxops as jo
+from jaxops._op import op_of
 from jaxops.onnx import functions
 from jaxops.onnx.tensors import (
     DEFAULT_MAX_TENSOR_BYTES,
@@ -138,10 +144,7 @@ for _t, _f in {"Add": jnp.add, "Sub": jnp.subtract, "Mul": jnp.multiply, "Div": 
 for _t, _f in {"Neg": jnp.negative, "Abs": jnp.abs, "Sign": jnp.sign, "Sqrt": jnp.sqrt,
                "Reciprocal": jnp.reciprocal, "Floor": jnp.floor, "Ceil": jnp.ceil,
                "Erf": jax.scipy.special.erf, "Not": jnp.logical_not, "IsNaN": jnp.isnan,
-               "Identity": lambda x: x, "Softplus": jax.nn.softplus,
-               # jaxops ops: their registered gradients apply
-               "Exp": jo.exp, "Log": jo.log, "Tanh": jo.tanh, "Sigmoid": jo.sigmoid,
-               "Relu": jo.relu, "Softsign": jo.softsign}.items():
+               "Identity": lambda x: x, "Softplus": jax.nn.softplus}.items():
     _op(_t)(lambda n, f=_f: f(n.inputs[0]))
 
 
@@ -157,16 +160,6 @@ def _constant(n):  # evaluated once at import (ImportedModel._constant), never t
     raise AssertionError("Constant nodes are evaluated at import")
 
 
-@_op("LeakyRelu")
-def _leaky(n):
-    return jo.leaky_relu(n.inputs[0], alpha=n.attr("alpha", 0.01))
-
-
-@_op("PRelu")
-def _prelu(n):
-    return jo.prelu(*n.inputs[:2])
-
-
 @_op("Mod")
 def _mod(n):
     return (jnp.fmod if n.attr("fmod", 0) else jnp.remainder)(*n.inputs[:2])
@@ -179,32 +172,47 @@ def _isinf(n):
     return (jnp.isposinf(x) & bool(pos)) | (jnp.isneginf(x) & bool(neg))
 
 
+# ------------------------------------- older definitions of ops jaxops implements
+# A node whose ONNX definition (the version the model's opset resolves to) has the signature
+# of the one jaxops follows runs through the registry (_registry_op); these are the older
+# definitions whose signature, and so meaning, differs.  A change of meaning without one of
+# signature would have to be refused in _follows and handled here; for the ops jaxops
+# implements there is none: the versions with equal signatures differ in type constraints,
+# and their docs in formatting and Clip-12's note on min > max (jaxops' clip, for Clip-11 too).
+
 @_op("Clip")
-def _clip(n):
+def _clip_before_11(n):
+    """Clip-6: the bounds are attributes (from 11, optional inputs)."""
     x = n.inputs[0]
-    if n.version < 11:
-        lo, hi = n.attr("min", -np.inf), n.attr("max", np.inf)
-        lo, hi = jnp.asarray(lo, x.dtype), jnp.asarray(hi, x.dtype)
-    else:
-        lo = n.inputs[1] if n.has(1) else None
-        hi = n.inputs[2] if n.has(2) else None
+    lo = jnp.asarray(n.attr("min", -np.inf), x.dtype)
+    hi = jnp.asarray(n.attr("max", np.inf), x.dtype)
     return jo.clip(x, lo, hi)
 
 
-def _flattened(f, x, axis):
-    """Softmax-1/11 semantics: normalize over the flattened trailing dims from ``axis``."""
+@_op("Softmax", "LogSoftmax")
+def _softmax_before_13(n):
+    """Softmax-1/11 and LogSoftmax-1/11: normalize over the trailing dims from ``axis``
+    (default 1), flattened to 2-D (from 13, over one axis, default -1)."""
+    f = jo.softmax if n.proto.op_type == "Softmax" else jo.log_softmax
+    x = n.inputs[0]
+    axis = n.axis(n.attr("axis", 1), x.ndim)
     shape = x.shape
     y = f(x.reshape(math.prod(shape[:axis]), math.prod(shape[axis:])), axis=-1)
     return y.reshape(shape)
 
 
-@_op("Softmax", "LogSoftmax")
-def _softmax(n):
-    f = jo.softmax if n.proto.op_type == "Softmax" else jo.log_softmax
-    x = n.inputs[0]
-    if n.version < 13:
-        return _flattened(f, x, n.axis(n.attr("axis", 1), x.ndim))
-    return f(x, axis=n.axis(n.attr("axis", -1), x.ndim))
+@_op("BatchNormalization")
+def _batch_norm_before_14(n):
+    """BatchNormalization-7/9: training by output count (refused), ``spatial`` (7; 0 is
+    refused).  Inference: running statistics normalize, as jaxops' inference mode."""
+    n_out = len([o for o in n.proto.output if o])
+    if n_out > 1:
+        n.fail(f"BatchNormalization-{n.version} with {n_out} outputs is training mode by output "
+               "count (mean, var, saved_mean, saved_var); only its inference form (one output) "
+               "is imported. Opset 14 and later say training_mode.")
+    if n.attr("spatial", 1) == 0:
+        n.fail("spatial=0 (statistics per element, not per channel) is not supported.")
+    return jo.batch_norm(*n.inputs[:5], epsilon=n.attr("epsilon", 1e-5))[0]
 
 
 def _cast_type(n) -> np.dtype:
@@ -408,41 +416,6 @@ def _argmax(n):
     return index.astype(jax.dtypes.canonicalize_dtype(np.int64))
 
 
-@_op("BatchNormalization")
-def _batch_norm(n):
-    n_out = len([o for o in n.proto.output if o])
-    if n.version < 14 and n_out > 1:
-        n.fail(f"BatchNormalization-{n.version} with {n_out} outputs is training mode by output "
-               "count (mean, var, saved_mean, saved_var); only its inference form (one output) "
-               "is imported. Opset 14 and later say training_mode.")
-    if n.attr("spatial", 1) == 0:
-        n.fail("spatial=0 (statistics per element, not per channel) is not supported.")
-    training = bool(n.attr("training_mode", 0)) if n.version >= 14 else False
-    if not training and n_out > 1:
-        n.fail(f"in inference mode (training_mode=0) BatchNormalization has one output, Y; the "
-               f"node asks for {n_out}. Set training_mode=1 for the running statistics, or "
-               "drop the extra outputs.")
-    y, m, v = jo.batch_norm(*n.inputs[:5], epsilon=n.attr("epsilon", 1e-5),
-                            momentum=n.attr("momentum", 0.9), training=training)
-    return (y, m, v) if training else y
-
-
-@_op("SoftmaxCrossEntropyLoss")
-def _sce(n):
-    weights = n.inputs[2] if n.has(2) else None
-    n_out = len([o for o in n.proto.output if o])
-    return jo.softmax_cross_entropy(
-        n.inputs[0], n.inputs[1], weights, ignore_index=n.attr("ignore_index"),
-        reduction=n.attr("reduction", "mean"), return_log_prob=n_out > 1)
-
-
-@_op("NegativeLogLikelihoodLoss")
-def _nll(n):
-    weight = n.inputs[2] if n.has(2) else None
-    return jo.nll_loss(n.inputs[0], n.inputs[1], weight, ignore_index=n.attr("ignore_index"),
-                       reduction=n.attr("reduction", "mean"))
-
-
 def _check_indices(n, indices, size: int) -> None:
     """ONNX Gather: indices in [-size, size - 1]; out-of-range is an error, not a fill."""
     indices = np.asarray(indices)
@@ -596,9 +569,41 @@ def _static_value(n: _Node):
     return None
 
 
-# ------------------------------------------------------------------------ ai.jaxops ops
+# ----------------------------------------------------- jaxops ops, through the registry
+
+def _registered(domain: str, op_type: str):
+    """The registered schema of the jaxops op (ai.onnx or ai.jaxops) ``op_type``, whose
+    :class:`jaxops.Op` is ``op_of(schema)``, or None.  The registry is read at each import, so
+    an op registered later imports with no edit here."""
+    if domain not in ("", JAXOPS_DOMAIN):
+        return None
+    try:
+        schema = jo.schema.get(op_type)
+    except KeyError:
+        return None
+    if schema.name != op_type or schema.domain != domain or op_of(schema) is None:
+        return None  # get() also takes function names; a schema without an op runs nothing
+    return schema
+
+
+@functools.cache  # onnx.defs is fixed for the process; asked once per node and trace
+def _signature(op_type: str, version: int):
+    """What of an ai.onnx definition a node can say: inputs and outputs (names, options),
+    attributes (names, types, defaults).  Definitions with one signature differ in types."""
+    d = onnx.defs.get_schema(op_type, version, "")
+    return ([(p.name, p.option) for p in d.inputs], [(p.name, p.option) for p in d.outputs],
+            {k: (a.type, a.default_value.SerializeToString()) for k, a in d.attributes.items()})
+
+
+def _follows(schema, version: int) -> bool:
+    """Whether ``version`` of an ai.onnx op (the one the model's opset resolves to) means
+    what jaxops' schema follows: the same version, or one with the same signature."""
+    return version == schema.since_version or (
+        _signature(schema.name, version) == _signature(schema.name, schema.since_version))
+
 
 def _jaxops_attrs(n, schema) -> dict:
+    """The node's attributes as the op's keywords: ONNX names and the schema's defaults."""
     attrs = {a.name: n.attr(a.onnx_name or a.name, a.default) for a in schema.attributes
              if a.onnx}
     for a in schema.attributes:
@@ -607,14 +612,59 @@ def _jaxops_attrs(n, schema) -> dict:
     return attrs
 
 
-def _jaxops_domain_op(n):
-    schema = jo.schema.get(n.proto.op_type)
-    return getattr(jo, schema.function)(*n.inputs, **_jaxops_attrs(n, schema))
+def _registry_op(n, schema):
+    """Run the node as the jaxops op of ``schema``.  Omitted optional inputs are None; a
+    jaxops-only attribute (``onnx=False``) keeps its default, except ``return_<output>``,
+    which is set when the node asks for that optional output (SoftmaxCrossEntropyLoss's
+    ``log_prob``).  Outputs the node does not name are dropped."""
+    if len(n.inputs) > len(schema.inputs):
+        n.fail(f"has {len(n.inputs)} inputs; {schema.name}-{schema.since_version} takes at "
+               f"most {len(schema.inputs)} ({', '.join(p.name for p in schema.inputs)}). Fix "
+               "the model.")
+    attrs = _jaxops_attrs(n, schema)
+    names = list(n.proto.output)
+    for k, p in enumerate(schema.outputs):
+        flag = f"return_{p.name}"
+        if p.optional and any(a.name == flag and not a.onnx for a in schema.attributes):
+            attrs[flag] = k < len(names) and bool(names[k])
+    if schema.name == "BatchNormalization" and not attrs["training"]:
+        # ONNX: in inference mode the node has one output (jaxops returns the statistics)
+        asked = len([o for o in names if o])
+        if asked > 1:
+            n.fail(f"in inference mode (training_mode=0) BatchNormalization has one output, "
+                   f"Y; the node asks for {asked}. Set training_mode=1 for the running "
+                   "statistics, or drop the extra outputs.")
+    out = op_of(schema)(*n.inputs, *[None] * (len(schema.inputs) - len(n.inputs)), **attrs)
+    outs = out if isinstance(out, tuple) else (out,)
+    return outs[:max(len(names), 1)] if len(outs) > 1 else out
 
 
-for _s in jo.schema.all_schemas():
-    if _s.domain == JAXOPS_DOMAIN:
-        _HANDLERS[(JAXOPS_DOMAIN, _s.name)] = _jaxops_domain_op
+def _resolve(domain: str, op_type: str, opset: int) -> Handler | None:
+    """What runs a node of ``op_type`` in a model importing ``domain`` at ``opset``: the
+    jaxops op (through the registry) where the definition is the one jaxops follows, else a
+    handler of this module (a standard op, or an older definition of a jaxops op), else
+    None."""
+    schema = _registered(domain, op_type)
+    if schema is not None:
+        if domain == JAXOPS_DOMAIN:
+            return functools.partial(_registry_op, schema=schema)
+        try:
+            version = onnx.defs.get_schema(op_type, opset, "").since_version
+        except onnx.defs.SchemaError:
+            return None
+        if _follows(schema, version):
+            return functools.partial(_registry_op, schema=schema)
+    return _HANDLERS.get((domain, op_type))
+
+
+def _known(domain: str, op_type: str) -> bool:
+    """Whether some definition of the op is imported (a jaxops op, or a handler here)."""
+    return (domain, op_type) in _HANDLERS or _registered(domain, op_type) is not None
+
+
+def _known_ops() -> set[tuple[str, str]]:
+    return {*_HANDLERS, *((s.domain, s.name) for s in jo.schema.all_schemas()
+                          if _registered(s.domain, s.name) is not None)}
 
 
 def _is_canonical_body(n, fn: onnx.FunctionProto, opset: int) -> bool:
@@ -624,7 +674,7 @@ def _is_canonical_body(n, fn: onnx.FunctionProto, opset: int) -> bool:
     with its registered gradient, stand in for the body."""
     try:
         schema = jo.schema.get(n.proto.op_type)
-        if schema.domain != JAXOPS_DOMAIN or schema.name not in functions.BODIES:
+        if schema.domain != JAXOPS_DOMAIN or functions.body_of(schema) is None:
             return False
         attrs = schema.canonical_attributes(_jaxops_attrs(n, schema))
         ins = [*n.inputs, *[None] * (len(schema.inputs) - len(n.inputs))]
@@ -723,7 +773,7 @@ class ImportedModel:
             key = (node.domain, node.op_type, node.overload)
             if inline and key in self._functions:  # its size was bounded: _check_node_count
                 fn = self._functions[key]
-                jaxops_op = (_domain(node), node.op_type) in _HANDLERS
+                jaxops_op = _registered(_domain(node), node.op_type) is not None
                 # jaxops' own bodies use ops the importer lacks (Range): a body that may
                 # never run is refused only when it has to (not jaxops' canonical body)
                 body = self._prepare(self._inline(node), inline=False, defer=jaxops_op)
@@ -796,12 +846,6 @@ class ImportedModel:
 
     def _handler(self, node) -> Handler:
         domain = _domain(node)
-        key = (domain, node.op_type)
-        if key not in _HANDLERS:
-            known = sorted(f"{d + '.' if d else ''}{t}" for d, t in _HANDLERS)
-            raise ValueError(f"{_PREFIX}: {_describe(node)}: unsupported op {node.op_type!r} "
-                             f"in domain {node.domain or 'ai.onnx'!r}. Supported: "
-                             f"{', '.join(known)}.")
         if domain == "":
             version = self.opsets.get("", 1)
             if not MIN_IMPORT_OPSET <= version <= MAX_IMPORT_OPSET:
@@ -809,12 +853,29 @@ class ImportedModel:
                     f"{_PREFIX}: the model imports ai.onnx opset {version}; supported: "
                     f"{MIN_IMPORT_OPSET} to {MAX_IMPORT_OPSET} (before {MIN_IMPORT_OPSET}, "
                     "arithmetic broadcast by attributes, not numpy rules).")
-            try:
-                onnx.defs.get_schema(node.op_type, version, "")
-            except onnx.defs.SchemaError:
-                raise ValueError(f"{_PREFIX}: {node.op_type} does not exist in opset "
-                                 f"{version}.") from None
-        return _HANDLERS[key]
+            if _known(domain, node.op_type):
+                try:
+                    onnx.defs.get_schema(node.op_type, version, "")
+                except onnx.defs.SchemaError:
+                    raise ValueError(f"{_PREFIX}: {node.op_type} does not exist in opset "
+                                     f"{version}.") from None
+        handler = _resolve(domain, node.op_type, self.opsets.get(domain, 1))
+        if handler is not None:
+            return handler
+        schema = _registered(domain, node.op_type)
+        if schema is not None:  # an ai.onnx definition jaxops does not follow
+            v = onnx.defs.get_schema(node.op_type, self.opsets.get("", 1), "").since_version
+            raise ValueError(
+                f"{_PREFIX}: {_describe(node)}: opset {self.opsets.get('', 1)} has "
+                f"{node.op_type}-{v}, whose inputs, outputs or attributes differ from "
+                f"{node.op_type}-{schema.since_version}, which jaxops implements "
+                f"(jaxops.{schema.function}); {node.op_type}-{v} is not imported. Convert the "
+                f"model to an opset where {node.op_type} is version {schema.since_version} "
+                "(onnx.version_converter.convert_version).")
+        known = sorted(f"{d + '.' if d else ''}{t}" for d, t in _known_ops())
+        raise ValueError(f"{_PREFIX}: {_describe(node)}: unsupported op {node.op_type!r} "
+                         f"in domain {node.domain or 'ai.onnx'!r}. Supported: "
+                         f"{', '.join(known)}.")
 
     def _version(self, node) -> int:
         if _domain(node) != "":
@@ -922,7 +983,7 @@ class ImportedModel:
         n.inputs = [_to_jax(x) for x in ins]
         if k in program.bodies:
             fn, body = program.bodies[k]
-            if not ((_domain(node), node.op_type) in _HANDLERS and
+            if not (_registered(_domain(node), node.op_type) is not None and
                     _is_canonical_body(n, fn, self.opsets.get("", 1))):
                 if body.error is not None:
                     raise body.error
@@ -1153,18 +1214,19 @@ def supported_imports() -> dict[str, dict[str, list[int]]]:
     """``{domain: {op_type: [versions]}}``: each op type ``import_model`` runs, with the
     versions of it (ONNX ``since_version``) found in ai.onnx opsets ``MIN_IMPORT_OPSET`` to
     the newest that the installed ``onnx`` knows."""
-    newest = MAX_IMPORT_OPSET
     out: dict[str, dict[str, list[int]]] = {"ai.onnx": {}, JAXOPS_DOMAIN: {}}
-    for domain, op_type in _HANDLERS:
+    for domain, op_type in _known_ops():
         if domain == JAXOPS_DOMAIN:
-            out[JAXOPS_DOMAIN][op_type] = [1]
+            out[JAXOPS_DOMAIN][op_type] = [_registered(domain, op_type).since_version]
             continue
         versions = set()
-        for opset in range(MIN_IMPORT_OPSET, newest + 1):
+        for opset in range(MIN_IMPORT_OPSET, MAX_IMPORT_OPSET + 1):
             try:
-                versions.add(onnx.defs.get_schema(op_type, opset, "").since_version)
+                version = onnx.defs.get_schema(op_type, opset, "").since_version
             except onnx.defs.SchemaError:
-                pass  # not yet in this opset
+                continue  # not yet in this opset
+            if _resolve(domain, op_type, opset) is not None:
+                versions.add(version)
         out["ai.onnx"][op_type] = sorted(versions)
     return {d: dict(sorted(ops.items())) for d, ops in out.items()}
 

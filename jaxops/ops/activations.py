@@ -89,6 +89,11 @@ def relu_gradient(y: ArrayLike, dy: ArrayLike) -> jax.Array:
     return jnp.where(y > 0, dy, jnp.zeros_like(dy))
 
 
+@relu_gradient.defonnx(native_type=True)
+def _relu_gradient_onnx(b, y, dy):
+    return b.op("Where", b.op("Greater", y, b.const(0.0, y)), dy, b.const(0.0, dy))
+
+
 # ---------------------------------------------------------------------------------- ReluN
 
 def _positive(n: float) -> str | None:
@@ -134,6 +139,11 @@ def relu_n(x: ArrayLike, *, n: float = 6.0) -> jax.Array:
     return jnp.minimum(jnp.maximum(x, jnp.zeros((), x.dtype)), jnp.asarray(n, x.dtype))
 
 
+@relu_n.defonnx(native_type=True)
+def _relu_n_onnx(b, x, *, n):
+    return b.op("Clip", x, b.const(0.0, x), b.const(n, x))
+
+
 @relu_n.defgrad
 def _relu_n_vjp(x, y, dy, *, n):
     return relu_n_gradient(y, dy, n=n)
@@ -158,6 +168,12 @@ def relu_n_gradient(y: ArrayLike, dy: ArrayLike, *, n: float = 6.0) -> jax.Array
       Array([0., 1., 0.], dtype=float32)
     """
     return jnp.where((y > 0) & (y < jnp.asarray(n, y.dtype)), dy, jnp.zeros_like(dy))
+
+
+@relu_n_gradient.defonnx(native_type=True)
+def _relu_n_gradient_onnx(b, y, dy, *, n):
+    inside = b.op("And", b.op("Greater", y, b.const(0.0, y)), b.op("Less", y, b.const(n, y)))
+    return b.op("Where", inside, dy, b.const(0.0, dy))
 
 
 # ----------------------------------------------------------------------------- LeakyRelu
@@ -248,6 +264,16 @@ def leaky_relu_gradient(y: ArrayLike, dy: ArrayLike, *, alpha: float = 0.01) -> 
     return jnp.where(jnp.signbit(y), alpha * dyf, dyf).astype(dy.dtype)
 
 
+@leaky_relu_gradient.defonnx
+def _leaky_relu_gradient_onnx(b, y, dy, *, alpha):
+    # the sign bit of y: y < 0, or -0.0 (1/y = -inf).  (A NaN's sign bit is not visible to
+    # ONNX ops: a NaN y gives dy, where jaxops reads its sign bit.)  Not derived: ONNX has no
+    # bitcast for jnp.signbit.
+    zero = b.const(0.0, y)
+    negative = b.op("Or", b.op("Less", y, zero), b.op("Less", b.op("Reciprocal", y), zero))
+    return b.op("Where", negative, b.op("Mul", dy, b.const(alpha, dy)), dy)
+
+
 # ------------------------------------------------------------------------------ Softsign
 
 SOFTSIGN = schema.register(OpSchema(
@@ -326,6 +352,12 @@ def softsign_gradient(x: ArrayLike, dy: ArrayLike) -> jax.Array:
     return (dyf * (r * r)).astype(dy.dtype)
 
 
+@softsign_gradient.defonnx
+def _softsign_gradient_onnx(b, x, dy):
+    r = b.op("Reciprocal", b.op("Add", b.const(1.0, x), b.op("Abs", x)))
+    return b.op("Mul", dy, b.op("Mul", r, r))
+
+
 # ------------------------------------------------------------------------ Sigmoid, Tanh
 
 def _reads_y(name: str, formula: str) -> OpSchema:
@@ -392,6 +424,11 @@ def sigmoid_gradient(y: ArrayLike, dy: ArrayLike) -> jax.Array:
     return (upcast(dy) * (yf * (1 - yf))).astype(dy.dtype)
 
 
+@sigmoid_gradient.defonnx
+def _sigmoid_gradient_onnx(b, y, dy):
+    return b.op("Mul", dy, b.op("Mul", y, b.op("Sub", b.const(1.0, y), y)))
+
+
 TANH = schema.register(OpSchema(
     name="Tanh", function="tanh", since_version=13, inherit_onnx_schema=True,
     doc="output = tanh(input), elementwise.",
@@ -442,6 +479,11 @@ def tanh_gradient(y: ArrayLike, dy: ArrayLike) -> jax.Array:
     """
     yf = upcast(y)
     return (upcast(dy) * (1 - yf * yf)).astype(dy.dtype)
+
+
+@tanh_gradient.defonnx
+def _tanh_gradient_onnx(b, y, dy):
+    return b.op("Mul", dy, b.op("Sub", b.const(1.0, y), b.op("Mul", y, y)))
 
 
 # ---------------------------------------------------------------------------------- Clip
@@ -547,6 +589,16 @@ def clip_gradient(
       Array([0., 1., 0.], dtype=float32)
     """
     return jnp.where(_clip_mask(y, min, max), dy, jnp.zeros_like(dy))
+
+
+@clip_gradient.defonnx(native_type=True)
+def _clip_gradient_onnx(b, y, dy, lo, hi):
+    if lo is None and hi is None:
+        return b.op("Identity", dy)
+    masks = ([b.op("Greater", y, b.op("CastLike", lo, y))] if lo is not None else []) + (
+        [b.op("Less", y, b.op("CastLike", hi, y))] if hi is not None else [])
+    inside = masks[0] if len(masks) == 1 else b.op("And", *masks)
+    return b.op("Where", inside, dy, b.const(0.0, dy))
 
 
 # --------------------------------------------------------------------------------- PRelu
@@ -655,3 +707,17 @@ def prelu_gradient(x: ArrayLike, slope: ArrayLike, dy: ArrayLike) -> tuple[jax.A
     dx = jnp.where(negative, sf * dyf, dyf)
     dslope = _sum_to_shape(jnp.where(negative, dyf * xf, jnp.zeros_like(dyf)), jnp.shape(slope))
     return dx.astype(dy.dtype), dslope.astype(slope.dtype)
+
+
+@prelu_gradient.defonnx
+def _prelu_gradient_onnx(b, x, slope, dy):
+    rank, shape = len(b.avals[0].shape), tuple(b.avals[1].shape)
+    b.specialize(rank=rank, slope_shape="x".join(map(str, shape)) or "scalar")
+    negative = b.op("Less", x, b.const(0.0, x))
+    dx = b.op("Where", negative, b.op("Mul", slope, dy), dy)
+    lead = rank - len(shape)  # slope broadcasts from the right: sum where it was stretched
+    axes = list(range(lead)) + [lead + i for i, n in enumerate(shape) if n == 1]
+    dslope = b.op("Where", negative, b.op("Mul", dy, x), b.const(0.0, dy))
+    if axes:
+        dslope = b.op("ReduceSum", dslope, b.ints(axes), keepdims=1)
+    return dx, b.op("Reshape", dslope, b.ints(shape))

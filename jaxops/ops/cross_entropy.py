@@ -239,6 +239,61 @@ def softmax_cross_entropy_gradient(
     return ((jnp.exp(lp) - _one_hot(safe, c, lp.dtype)) * coef[:, None]).astype(log_prob.dtype)
 
 
+def _onnx_label_coefficient(b, scores, labels, weights, dloss, ignore_index, reduction):
+    """(coef, safe) in ONNX ops: d total / d loss_n = w[label_n] * dloss (NaN for an
+    out-of-range label), spread over the reduction, and the labels clamped into range; as
+    :func:`loss_coefficient` computes it."""
+    c = b.op("Gather", b.op("Shape", scores), b.ints([1]), axis=0)
+    c = b.op("CastLike", c, labels)
+    zero_l = b.op("CastLike", b.ints([0]), labels)
+    out_of_range = b.op("Or", b.op("Less", labels, zero_l),
+                        b.op("GreaterOrEqual", labels, c))
+    if ignore_index is not None:
+        ignored = b.op("Equal", labels, b.op("CastLike", b.ints([ignore_index]), labels))
+        invalid = b.op("And", out_of_range, b.op("Not", ignored))
+        skip = b.op("Or", ignored, invalid)
+    else:
+        ignored, invalid, skip = None, out_of_range, out_of_range
+    safe = b.op("Where", skip, zero_l, labels)
+    zero, one = b.const(0.0, dloss), b.const(1.0, dloss)
+    if weights is not None:
+        w = b.op("CastLike", b.op("Gather", weights, safe, axis=0), dloss)
+    else:
+        w = b.op("Where", b.op("Equal", labels, labels), one, zero)  # ones, labels' shape
+    if ignored is not None:
+        w = b.op("Where", ignored, zero, w)
+    g = dloss
+    if reduction == "mean":
+        denom = b.op("ReduceSum", w, keepdims=0)
+        empty = b.op("Equal", denom, zero)
+        g = b.op("Where", empty, zero, b.op("Div", g, b.op("Where", empty, one, denom)))
+    nan = b.const(float("nan"), dloss)
+    coef = b.op("Where", invalid, nan, b.op("Mul", w, g))
+    return b.op("Unsqueeze", coef, b.ints([1])), safe
+
+
+def _onnx_one_hot(b, safe, scores, like):
+    """onehot(safe) on axis 1 as ``like``'s type: labels == a (1, C, 1, ...) class iota.
+    (Not ONNX's OneHot: onnxruntime's CPU kernel lacks most of its type combinations.)"""
+    rank = len(b.avals[0].shape)
+    b.specialize(rank=rank)
+    c = b.op("Squeeze", b.op("Gather", b.op("Shape", scores), b.ints([1]), axis=0))
+    classes = b.op("Range", b.op("Squeeze", b.ints([0])), c, b.op("Squeeze", b.ints([1])))
+    classes = b.op("Reshape", b.op("CastLike", classes, safe), b.ints([1, -1] + [1] * (rank - 2)))
+    hit = b.op("Equal", b.op("Unsqueeze", safe, b.ints([1])), classes)
+    return b.op("Where", hit, b.const(1.0, like), b.const(0.0, like))
+
+
+@softmax_cross_entropy_gradient.defonnx
+def _softmax_cross_entropy_gradient_onnx(b, log_prob, labels, weights, dloss, *, ignore_index,
+                                         reduction):
+    # not derived: the implementation gathers the class weights (no ONNX translation)
+    coef, safe = _onnx_label_coefficient(b, log_prob, labels, weights, dloss, ignore_index,
+                                         reduction)
+    p = b.op("Exp", log_prob)
+    return b.op("Mul", b.op("Sub", p, _onnx_one_hot(b, safe, log_prob, p)), coef)
+
+
 def cross_entropy_rows_xla(x, labels, *, ignore_index):
     """Per-row loss (compute dtype) and gradient softmax - onehot (dtype of x) of (rows, C)
     scores, in XLA: the twin of the fused kernel (:mod:`jaxops.kernels.softmax_cross_entropy`)
@@ -350,6 +405,12 @@ def nll_loss_gradient(
     return (-_one_hot(safe, c, coef.dtype) * coef[:, None]).astype(input.dtype)
 
 
+@nll_loss_gradient.defonnx
+def _nll_loss_gradient_onnx(b, x, labels, weights, dloss, *, ignore_index, reduction):
+    coef, safe = _onnx_label_coefficient(b, x, labels, weights, dloss, ignore_index, reduction)
+    return b.op("CastLike", b.op("Neg", b.op("Mul", _onnx_one_hot(b, safe, x, coef), coef)), x)
+
+
 # ------------------------------------------------------------- CrossEntropy (distributions)
 
 _AXIS = Attribute("axis", "int", -1, doc="the class axis, in [-rank, rank)")
@@ -456,6 +517,16 @@ def cross_entropy(
     return reduce(loss, reduction, inputs.dtype)
 
 
+@cross_entropy.defonnx
+def _cross_entropy_onnx(b, x, t, *, from_logits, axis, reduction):
+    zero = b.const(0.0, t)
+    logp = b.op("LogSoftmax", x, axis=axis) if from_logits else b.op("Log", x)
+    empty = b.op("Equal", t, zero)
+    term = b.op("Where", empty, zero, b.op("Mul", t, b.op("Where", empty, zero, logp)))
+    return b.reduce(b.op("Neg", b.op("ReduceSum", term, b.ints([axis]), keepdims=0)),
+                    reduction)
+
+
 def _spread(dloss, x, axis, reduction):
     """d total / d loss_n per example, broadcastable against ``x`` along ``axis``."""
     examples = x.shape[:axis % x.ndim] + x.shape[axis % x.ndim + 1:]
@@ -511,3 +582,22 @@ def cross_entropy_gradient(
         # at t = x = 0 is kept out, giving 0 (0 - t: +0, not -0, where t = 0)
         dx = (0.0 - t) / jnp.where((t == 0) & (x == 0), 1.0, x)
     return (dx * g).astype(inputs.dtype)
+
+
+@cross_entropy_gradient.defonnx
+def _cross_entropy_gradient_onnx(b, x, t, dloss, *, from_logits, axis, reduction):
+    g = b.op("Div", dloss, b.count(x, dloss, axis)) if reduction == "mean" else dloss
+    if reduction == "none":
+        g = b.op("Unsqueeze", g, b.ints([axis]))
+    if from_logits:
+        # jaxops' softmax of a fully masked (all -inf) row is 0; ONNX's Softmax gives NaN
+        empty_row = b.op("Equal", b.op("ReduceMax", x, b.ints([axis]), keepdims=1),
+                         b.const(float("-inf"), x))
+        p = b.op("Where", empty_row, b.const(0.0, x), b.op("Softmax", x, axis=axis))
+        dx = b.op("Sub", b.op("Mul", p, b.op("ReduceSum", t, b.ints([axis]), keepdims=1)), t)
+    else:
+        zero = b.const(0.0, t)
+        empty = b.op("Equal", t, zero)
+        dx = b.op("Where", empty, zero, b.op("Neg", b.op(
+            "Div", t, b.op("Where", empty, b.const(1.0, x), x))))
+    return b.op("Mul", dx, g)

@@ -74,6 +74,11 @@ def log_gradient(x: ArrayLike, dy: ArrayLike) -> jax.Array:
     return (upcast(dy) / upcast(x)).astype(dy.dtype)
 
 
+@log_gradient.defonnx
+def _log_gradient_onnx(b, x, dy):
+    return b.op("Div", dy, x)
+
+
 EXP = schema.register(OpSchema(
     name="Exp", function="exp", since_version=13, inherit_onnx_schema=True,
     doc="output = e^input, elementwise.",
@@ -129,3 +134,8 @@ def exp_gradient(y: ArrayLike, dy: ArrayLike) -> jax.Array:
       Array([6.], dtype=float32)
     """
     return (upcast(dy) * upcast(y)).astype(dy.dtype)
+
+
+@exp_gradient.defonnx
+def _exp_gradient_onnx(b, y, dy):
+    return b.op("Mul", dy, y)

@@ -42,7 +42,7 @@ from jaxops._ad import linear_pair
 from jaxops._numerics import upcast
 from jaxops._op import defop
 from jaxops.kernels.sharding import padded_spec, row_axes
-from jaxops.ops.cross_entropy import cross_entropy_rows_xla
+from jaxops.ops.cross_entropy import cross_entropy_rows_xla, softmax_cross_entropy_gradient
 from jaxops.ops.loss_machinery import (
     IGNORE_INDEX,
     LABELLED_TYPES,
@@ -252,6 +252,16 @@ def linear_cross_entropy(
                           reduction=reduction).astype(h.dtype)
 
 
+@linear_cross_entropy.defonnx
+def _linear_cross_entropy_onnx(b, h, w, labels, weights, *, ignore_index, reduction, **unused):
+    """The logits materialized (an ONNX graph has no chunked loop worth its cost; the
+    implementation's scan has no ONNX translation)."""
+    z = b.op("MatMul", h, w)
+    attrs = {"reduction": reduction} | ({} if ignore_index is None else
+                                        {"ignore_index": ignore_index})
+    return b.op("SoftmaxCrossEntropyLoss", z, labels, *([weights] if weights else []), **attrs)
+
+
 @linear_cross_entropy.defgrad
 def _linear_cross_entropy_vjp(h, w, labels, weights, loss, dloss, **attrs):
     return linear_cross_entropy_gradient(h, w, labels, weights, dloss, **attrs)
@@ -332,3 +342,13 @@ def linear_cross_entropy_gradient(
     pair = _gradient_pair(ignore_index, reduction, chunk_size, weights is not None)
     wts = weights if weights is not None else jnp.zeros((0,), h.dtype)
     return pair((h, w, labels, wts), (dloss,))
+
+
+@linear_cross_entropy_gradient.defonnx
+def _linear_cross_entropy_gradient_onnx(b, h, w, labels, weights, dloss, *, ignore_index,
+                                        reduction, **unused):
+    logp = b.op("LogSoftmax", b.op("MatMul", h, w), axis=1)
+    dz = softmax_cross_entropy_gradient.onnx_body(b, logp, labels, weights, dloss,
+                                                  ignore_index=ignore_index, reduction=reduction)
+    return (b.op("MatMul", dz, b.op("Transpose", w, perm=[1, 0])),
+            b.op("MatMul", b.op("Transpose", h, perm=[1, 0]), dz))

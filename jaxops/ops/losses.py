@@ -91,6 +91,12 @@ def mse(predictions: ArrayLike, targets: ArrayLike, *, reduction: str = "mean") 
     return reduce(d * d, reduction, predictions.dtype)
 
 
+@mse.defonnx
+def _mse_onnx(b, p, t, *, reduction):
+    d = b.op("Sub", p, t)
+    return b.reduce(b.op("Mul", d, d), reduction)
+
+
 MAE = _loss_schema("MeanAbsoluteError", "mae", "loss = |predictions - targets|",
                    _PRED_TARGET, flops=2,
                    formula="\\|p − t\\|", convention="0 at p = t")
@@ -112,6 +118,11 @@ def mae(predictions: ArrayLike, targets: ArrayLike, *, reduction: str = "mean") 
     """
     d = upcast(predictions) - upcast(targets)
     return reduce(d * jnp.sign(d), reduction, predictions.dtype)  # sign(0) = 0 at the kink
+
+
+@mae.defonnx
+def _mae_onnx(b, p, t, *, reduction):
+    return b.reduce(b.op("Abs", b.op("Sub", p, t)), reduction)
 
 
 MSLE = _loss_schema("MeanSquaredLogError", "msle",
@@ -136,6 +147,13 @@ def msle(predictions: ArrayLike, targets: ArrayLike, *, reduction: str = "mean")
     """
     d = jnp.log1p(upcast(predictions)) - jnp.log1p(upcast(targets))
     return reduce(d * d, reduction, predictions.dtype)
+
+
+@msle.defonnx
+def _msle_onnx(b, p, t, *, reduction):
+    one = b.const(1.0, p)
+    d = b.op("Sub", b.op("Log", b.op("Add", p, one)), b.op("Log", b.op("Add", t, one)))
+    return b.reduce(b.op("Mul", d, d), reduction)
 
 
 # -------------------------------------------------------------------------------- Hinge
@@ -172,6 +190,11 @@ def hinge(scores: ArrayLike, labels: ArrayLike, *, reduction: str = "mean") -> j
     """
     s, y = upcast(scores), upcast(labels)
     return reduce(relu(1 - y * s), reduction, scores.dtype)
+
+
+@hinge.defonnx
+def _hinge_onnx(b, s, y, *, reduction):
+    return b.reduce(b.op("Relu", b.op("Sub", b.const(1.0, s), b.op("Mul", y, s))), reduction)
 
 
 # ---------------------------------------------------------------------------------- KL
@@ -223,6 +246,20 @@ def kl_divergence(
     return reduce(loss, reduction, log_predictions.dtype)
 
 
+@kl_divergence.defonnx
+def _kl_divergence_onnx(b, lp, t, *, log_target, reduction):
+    zero = b.const(0.0, t)
+    if log_target:
+        empty = b.op("IsInf", t, detect_positive=0)
+        safe = b.op("Where", empty, zero, t)
+        loss = b.op("Mul", b.op("Exp", safe), b.op("Sub", safe, lp))
+    else:
+        empty = b.op("Equal", t, zero)
+        safe = b.op("Where", empty, b.const(1.0, t), t)
+        loss = b.op("Mul", t, b.op("Sub", b.op("Log", safe), lp))
+    return b.reduce(b.op("Where", empty, zero, loss), reduction)
+
+
 # ----------------------------------------------------------- logistic (binary) cross-entropy
 
 _LOGITS_TARGETS = (
@@ -263,6 +300,14 @@ def binary_cross_entropy(
     z, t = upcast(logits), upcast(targets)
     loss = jnp.maximum(z, 0) - z * t + jnp.log1p(jnp.exp(-jnp.abs(z)))
     return reduce(loss, reduction, logits.dtype)
+
+
+@binary_cross_entropy.defonnx
+def _binary_cross_entropy_onnx(b, z, t, *, reduction):
+    zero = b.const(0.0, z)
+    loss = b.op("Sub", b.op("Max", z, zero), b.op("Mul", z, t))
+    loss = b.op("Add", loss, b.op("Softplus", b.op("Neg", b.op("Abs", z))))
+    return b.reduce(loss, reduction)
 
 
 @binary_cross_entropy.defgrad
@@ -307,3 +352,9 @@ def binary_cross_entropy_gradient(
     """
     z, t = upcast(logits), upcast(targets)
     return ((jax.lax.logistic(z) - t) * spread(dloss, z.shape, reduction)).astype(logits.dtype)
+
+
+@binary_cross_entropy_gradient.defonnx
+def _binary_cross_entropy_gradient_onnx(b, z, t, dloss, *, reduction):
+    g = b.op("Div", dloss, b.count(z, dloss)) if reduction == "mean" else dloss
+    return b.op("Mul", b.op("Sub", b.op("Sigmoid", z), t), g)

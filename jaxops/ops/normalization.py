@@ -301,3 +301,30 @@ def batch_norm_gradient(
     dvar = -0.5 * dscale * gamma * inv * inv
     return (dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(scale.dtype),
             dmean.astype(saved_mean.dtype), dvar.astype(saved_mean.dtype))
+
+
+@batch_norm_gradient.defonnx
+def _batch_norm_gradient_onnx(b, x, scale, mean, var, dy, *, epsilon, training):
+    rank = len(b.avals[0].shape)
+    b.specialize(rank=rank)
+    axes = b.ints([0, *range(2, rank)])
+
+    def per_channel(v):
+        return b.op("Unsqueeze", v, axes)
+
+    inv = b.op("Reciprocal", b.op("Sqrt", b.op("Add", var, b.const(epsilon, var))))
+    xhat = b.op("Mul", b.op("Sub", x, per_channel(mean)), per_channel(inv))
+    dbias = b.op("ReduceSum", dy, axes, keepdims=0)
+    dscale = b.op("ReduceSum", b.op("Mul", dy, xhat), axes, keepdims=0)
+    k = per_channel(b.op("Mul", scale, inv))
+    if training:
+        centred = b.op("Add", per_channel(dbias), b.op("Mul", xhat, per_channel(dscale)))
+        centred = b.op("Div", centred, b.count(x, dy, 1))
+        dx = b.op("Mul", k, b.op("Sub", dy, centred))
+        dmean = dvar = b.zeros_like(mean)
+    else:
+        dx = b.op("Mul", k, dy)
+        dmean = b.op("Neg", b.op("Mul", dbias, b.op("Mul", scale, inv)))
+        dvar = b.op("Mul", b.const(-0.5, dscale), b.op("Mul", dscale, b.op(
+            "Mul", scale, b.op("Mul", inv, inv))))
+    return dx, dscale, dbias, dmean, dvar

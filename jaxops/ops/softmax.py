@@ -149,6 +149,12 @@ def softmax_gradient(y: ArrayLike, dy: ArrayLike, *, axis: int = -1) -> jax.Arra
     return (yf * (dyf - inner)).astype(dy.dtype)
 
 
+@softmax_gradient.defonnx
+def _softmax_gradient_onnx(b, y, dy, *, axis):
+    inner = b.op("ReduceSum", b.op("Mul", dy, y), b.ints([axis]), keepdims=1)
+    return b.op("Mul", y, b.op("Sub", dy, inner))
+
+
 # ---------------------------------------------------------------------------- LogSoftmax
 
 LOG_SOFTMAX = schema.register(OpSchema(
@@ -218,3 +224,9 @@ def log_softmax_gradient(y: ArrayLike, dy: ArrayLike, *, axis: int = -1) -> jax.
     """
     yf, dyf = upcast(y), upcast(dy)
     return (dyf - jnp.exp(yf) * jnp.sum(dyf, axis=axis, keepdims=True)).astype(dy.dtype)
+
+
+@log_softmax_gradient.defonnx
+def _log_softmax_gradient_onnx(b, y, dy, *, axis):
+    total = b.op("ReduceSum", dy, b.ints([axis]), keepdims=1)
+    return b.op("Sub", dy, b.op("Mul", b.op("Exp", y), total))
