@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import numpy as np
 from reference import CASES, STRUCTURED
 
@@ -26,6 +27,7 @@ class Example:
     op: object  # the public jaxops op
     inputs: tuple  # in schema order, None for an omitted optional input
     attrs: dict
+    kinks: tuple[float, ...] = ()  # of the reference case it came from
 
     @property
     def function(self) -> str:
@@ -54,7 +56,8 @@ def _from_table(rng):
             continue
         xs = case.sample(rng, case.shape or SHAPE)
         label = case.name + "".join(f",{k}={v}" for k, v in case.attrs.items())
-        yield Example(label, case.op, _off_kinks(xs, case.kinks), dict(case.attrs))
+        yield Example(label, case.op, _off_kinks(xs, case.kinks), dict(case.attrs),
+                      case.kinks)
 
 
 def _labelled(rng):
@@ -137,7 +140,46 @@ def _linear_cross_entropy(rng):
                       (h, w, labels, wts, np.float64(rng.uniform(-2, 2))), attrs)
 
 
+def _gradient_op_inputs(forward: Example, rng) -> tuple | None:
+    """The inputs of ``forward``'s gradient op, read from the two schemas by name: an input
+    named as a forward input takes its value, one named as a forward output the op's output
+    there, and ``d<output>`` a random cotangent of that output's shape.  None where a name
+    matches none of these (that gradient op needs an example written out)."""
+    fs = forward.op.schema
+    gs = jo.schema.get(fs.gradient)
+    with jax.enable_x64(True):  # the float64 inputs give the float64 output
+        outs = forward.op(*forward.inputs, **forward.attrs)
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    by_name = {p.name: x for p, x in zip(fs.inputs, forward.inputs, strict=False)}
+    # an output at a kink of the forward op is a kink of a gradient op that reads it (relu's
+    # Y = 0): moved off it, as the inputs were
+    by_name |= {p.name: _off_kinks((np.asarray(y, np.float64),), forward.kinks)[0]
+                for p, y in zip(fs.outputs, outs, strict=True)}
+    by_name |= {f"d{p.name}": rng.uniform(-2, 2, np.shape(y))
+                for p, y in zip(fs.outputs, outs, strict=True)}
+    if any(p.name not in by_name and not p.optional for p in gs.inputs):
+        return None
+    return tuple(by_name.get(p.name) for p in gs.inputs)
+
+
+def _gradient_ops_of(found: tuple[Example, ...], rng):
+    """An example for each gradient op that has none, from its forward op's first example:
+    an op added with one row in the reference table has its gradient op checked too."""
+    have = {e.function for e in found}
+    for e in found:
+        fs = e.op.schema
+        if fs.gradient is None or (gs := jo.schema.get(fs.gradient)).function in have:
+            continue
+        inputs = _gradient_op_inputs(e, rng)
+        if inputs is not None:
+            have.add(gs.function)
+            yield Example(f"{gs.function}[from {e.name}]", getattr(jo, gs.function), inputs,
+                          {k: v for k, v in e.attrs.items()
+                           if any(a.name == k for a in gs.attributes)})
+
+
 def examples() -> tuple[Example, ...]:
     rng = np.random.default_rng(0)
-    return (*_from_table(rng), *_labelled(rng), *_cross_entropy_gradients(rng),
-            *_prelu_gradient(rng), *_batch_norm(rng), *_linear_cross_entropy(rng))
+    found = (*_from_table(rng), *_labelled(rng), *_cross_entropy_gradients(rng),
+             *_prelu_gradient(rng), *_batch_norm(rng), *_linear_cross_entropy(rng))
+    return (*found, *_gradient_ops_of(found, rng))

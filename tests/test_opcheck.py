@@ -194,3 +194,17 @@ def test_opcheck_refuses_what_is_not_a_jaxops_op():
         opcheck(jnp.sin, X)
     with pytest.raises(TypeError, match="3 example inputs, but Softsign takes 1"):
         opcheck(jo.softsign, X, X, X)
+
+
+def test_a_gradient_op_without_an_example_gets_one_from_its_forward_op():
+    import opcheck_examples
+
+    (relu,) = [e for e in EXAMPLES.values() if e.function == "relu"][:1]
+    (derived,) = opcheck_examples._gradient_ops_of((relu,), np.random.default_rng(0))
+    assert derived.function == "relu_gradient"
+    y, dy = derived.inputs
+    x = relu.inputs[0]
+    np.testing.assert_array_equal(y[x > 0], x[x > 0])  # Y = relu(X), moved off its kink 0
+    assert np.all(np.abs(y) >= opcheck_examples.MARGIN)
+    assert dy.shape == y.shape
+    assert opcheck(derived.op, *derived.inputs, **derived.attrs).ok
