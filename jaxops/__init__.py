@@ -37,6 +37,8 @@ from jaxops.ops.activations import (
     softsign_gradient as softsign_gradient,
     tanh as tanh,
     tanh_gradient as tanh_gradient,
+    thresholded_relu as thresholded_relu,
+    thresholded_relu_gradient as thresholded_relu_gradient,
 )
 from jaxops.ops.cross_entropy import (
     cross_entropy as cross_entropy,

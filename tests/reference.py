@@ -210,6 +210,11 @@ def _relu_cases():
             "leaky_relu", jo.leaky_relu, {"alpha": a}, lambda x, a=a: _leaky(x, a),
             lambda x, a=a: (_leaky_slope(x, a),), lambda x: ((_zeros(x),),),
             _uniform(-3, 3, 0.0), kinks=(0.0,))
+    for a in (1.0, -0.5):
+        yield Case(
+            "thresholded_relu", jo.thresholded_relu, {"alpha": a},
+            lambda x, a=a: np.where(x <= a, 0.0, x), lambda x, a=a: ((x > a) * 1.0,),
+            lambda x: ((_zeros(x),),), _uniform(-3, 3, a, 0.0), kinks=(a,))
 
 
 def _softsign_log_cases():

@@ -274,6 +274,78 @@ def _leaky_relu_gradient_onnx(b, y, dy, *, alpha):
     return b.op("Where", negative, b.op("Mul", dy, b.const(alpha, dy)), dy)
 
 
+# ----------------------------------------------------------------------- ThresholdedRelu
+
+THRESHOLDED_RELU = schema.register(OpSchema(
+    name="ThresholdedRelu", function="thresholded_relu", since_version=22,
+    inherit_onnx_schema=True, doc="Y = X where X > alpha, else 0, elementwise.",
+    inputs=_X, outputs=_Y, gradient="ThresholdedReluGradient",
+    attributes=(Attribute("alpha", "float", 1.0, doc="the threshold", check=_finite),),
+    cost_fn=pointwise_cost(flops=1),
+    formula="x if x > α else 0",
+    convention="0 at x = α (the jump)",
+))
+
+
+@defop(THRESHOLDED_RELU)
+def thresholded_relu(x: ArrayLike, *, alpha: float = 1.0) -> jax.Array:
+    r"""Thresholded rectified linear unit.
+
+    .. math:: y = \begin{cases} x & x > \alpha \\ 0 & x \le \alpha \end{cases}, \qquad
+              y' = [x > \alpha]
+
+    For ``alpha != 0`` the function jumps at ``alpha``; the derivative there is 0, the
+    left-hand one (PyTorch's ``nn.Threshold(alpha, 0)`` backward).  NaN propagates.  The
+    gradient op reads X (Y = 0 cannot tell ``x <= alpha`` from ``x = 0 > alpha``), so the op
+    may not run in place.
+
+    Args:
+      x: float16, bfloat16, float32 or float64 array.
+      alpha: the threshold, finite.
+
+    Returns:
+      ``x`` where ``x > alpha``, else 0; same shape and dtype.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jaxops
+      >>> jaxops.thresholded_relu(jnp.array([0.5, 1.0, 2.0]))
+      Array([0., 0., 2.], dtype=float32)
+      >>> jax.grad(lambda x: jaxops.thresholded_relu(x, alpha=0.5).sum())(jnp.array([0.5, 1.0]))
+      Array([0., 1.], dtype=float32)
+
+    References:
+      ONNX ThresholdedRelu-22; Konda et al., "Zero-bias autoencoders and the benefits of
+      co-adapting features" (2015).
+    """
+    return jnp.where(x <= jnp.asarray(alpha, x.dtype), jnp.zeros_like(x), x)  # NaN stays NaN
+
+
+@thresholded_relu.defgrad
+def _thresholded_relu_vjp(x, y, dy, *, alpha):
+    return thresholded_relu_gradient(x, dy, alpha=alpha)
+
+
+THRESHOLDED_RELU_GRADIENT = schema.register(OpSchema(
+    name="ThresholdedReluGradient", function="thresholded_relu_gradient",
+    domain=JAXOPS_DOMAIN, doc="dX = dY where X > alpha, else 0.",
+    inputs=_X_DY, outputs=_DX, allow_inplace=((1, 0),),
+    attributes=(Attribute("alpha", "float", 1.0, doc="the threshold", check=_finite),),
+    cost_fn=pointwise_cost(flops=1),
+))
+
+
+@defop(THRESHOLDED_RELU_GRADIENT)
+def thresholded_relu_gradient(x: ArrayLike, dy: ArrayLike, *, alpha: float = 1.0) -> jax.Array:
+    r"""Gradient op of :func:`thresholded_relu`, from its input: ``dy * [x > alpha]``.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxops
+      >>> jaxops.thresholded_relu_gradient(jnp.array([1.0, 3.0]), jnp.ones(2))
+      Array([0., 1.], dtype=float32)
+    """
+    return jnp.where(x > jnp.asarray(alpha, x.dtype), dy, jnp.zeros_like(dy))
+
+
 # ------------------------------------------------------------------------------ Softsign
 
 SOFTSIGN = schema.register(OpSchema(
