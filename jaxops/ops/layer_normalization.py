@@ -117,6 +117,12 @@ def _sum_to_shape(g: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     return jnp.sum(g, axis=axes, keepdims=True).reshape(shape) if axes else g.reshape(shape)
 
 
+def _lifted(a: jax.Array, ndim: int) -> jax.Array:
+    """A parameter of lower rank reshaped to ``ndim`` with leading 1s (ONNX's unidirectional
+    broadcasting is right-aligned; jaxops' tests run with rank promotion refused)."""
+    return a.reshape((1,) * (ndim - a.ndim) + a.shape)
+
+
 def _moments(xf: jax.Array, axes: tuple[int, ...], epsilon: float):
     """Mean and 1/sqrt(variance + epsilon) over ``axes`` (kept), two-pass."""
     mu = jnp.mean(xf, axis=axes, keepdims=True)
@@ -135,8 +141,10 @@ def _rows(x, axis: int) -> int:
 
 
 def _row_cost(flops_per_element: float):
-    """Per element the stated flops, one rsqrt per normalized row; every input read once and
-    every output written once."""
+    """Per element the stated flops (XLA's count of the float32 formula: the forward's mean,
+    deviation, square, mean, scale and shift, 8 for layer norm; the gradient's recomputed
+    statistics and its three row means, 19), one rsqrt per normalized row; every input read
+    once and every output written once."""
 
     def cost(in_avals, out_avals, *, axis, **attrs):
         x = in_avals[0]
@@ -176,7 +184,7 @@ LAYER_NORM = schema.register(OpSchema(
     attributes=(_AXIS, _EPSILON, _STASH_TYPE),
     type_constraints={"T": FLOAT_TYPES, "U": ("float32", "bfloat16")}, elementwise=False,
     identical_type_and_shape=False, gradient="LayerNormalizationGradient",
-    infer_fn=_ln_infer, cost_fn=_row_cost(7),
+    infer_fn=_ln_infer, cost_fn=_row_cost(8),
     formula="(x − μ)/√(σ² + ε)·γ + β over axes axis… (two-pass f32 σ²)",
     convention="smooth (ε > 0; a constant row → β)",
 ))
@@ -229,9 +237,9 @@ def layer_norm(
     """
     xf = upcast(x)
     mu, inv = _moments(xf, _normalized_axes(x.ndim, axis), epsilon)
-    y = (xf - mu) * inv * upcast(scale)
+    y = (xf - mu) * inv * _lifted(upcast(scale), x.ndim)
     if bias is not None:
-        y = y + upcast(bias)
+        y = y + _lifted(upcast(bias), x.ndim)
     return y.astype(x.dtype)
 
 
@@ -255,7 +263,7 @@ LAYER_NORM_GRADIENT = schema.register(OpSchema(
              Parameter("dB", doc="gradient w.r.t. B, of its shape (when B is given)",
                        optional=True)),
     attributes=(_AXIS, _EPSILON, _STASH_TYPE), elementwise=False,
-    identical_type_and_shape=False, infer_fn=_ln_infer, cost_fn=_row_cost(15),
+    identical_type_and_shape=False, infer_fn=_ln_infer, cost_fn=_row_cost(19),
 ))
 
 
@@ -282,7 +290,7 @@ def layer_norm_gradient(
     xf, dyf = upcast(x), upcast(dy)
     mu, inv = _moments(xf, axes, epsilon)
     xhat = (xf - mu) * inv
-    g = dyf * upcast(scale)
+    g = dyf * _lifted(upcast(scale), x.ndim)
     dx = inv * (g - jnp.mean(g, axis=axes, keepdims=True)
                 - xhat * jnp.mean(g * xhat, axis=axes, keepdims=True))
     out = (dx.astype(x.dtype), _sum_to_shape(dyf * xhat, jnp.shape(scale)).astype(scale.dtype))
@@ -315,7 +323,7 @@ RMS_NORM = schema.register(OpSchema(
     attributes=(_AXIS, _EPSILON, _STASH_TYPE),
     type_constraints={"T": FLOAT_TYPES, "V": FLOAT_TYPES}, elementwise=False,
     identical_type_and_shape=False, gradient="RMSNormalizationGradient",
-    infer_fn=_rms_infer, cost_fn=_row_cost(5),
+    infer_fn=_rms_infer, cost_fn=_row_cost(4),
     formula="x/√(mean(x²) + ε)·γ over axes axis…",
     convention="smooth (ε > 0; a zero row → 0)",
 ))
@@ -361,7 +369,7 @@ def rms_norm(
     xf = upcast(x)
     axes = _normalized_axes(x.ndim, axis)
     inv = jax.lax.rsqrt(jnp.mean(xf * xf, axis=axes, keepdims=True) + epsilon)
-    return (xf * inv * upcast(scale)).astype(x.dtype)
+    return (xf * inv * _lifted(upcast(scale), x.ndim)).astype(x.dtype)
 
 
 @rms_norm.defgrad
@@ -379,7 +387,7 @@ RMS_NORM_GRADIENT = schema.register(OpSchema(
              Parameter("dscale", "V", doc="gradient w.r.t. scale, of its shape")),
     attributes=(_AXIS, _EPSILON, _STASH_TYPE),
     type_constraints={"T": FLOAT_TYPES, "V": FLOAT_TYPES}, elementwise=False,
-    identical_type_and_shape=False, infer_fn=_rms_infer, cost_fn=_row_cost(10),
+    identical_type_and_shape=False, infer_fn=_rms_infer, cost_fn=_row_cost(13),
 ))
 
 
@@ -403,7 +411,7 @@ def rms_norm_gradient(
     xf, dyf = upcast(x), upcast(dy)
     inv = jax.lax.rsqrt(jnp.mean(xf * xf, axis=axes, keepdims=True) + epsilon)
     xhat = xf * inv
-    g = dyf * upcast(scale)
+    g = dyf * _lifted(upcast(scale), x.ndim)
     dx = inv * (g - xhat * jnp.mean(g * xhat, axis=axes, keepdims=True))
     return (dx.astype(x.dtype),
             _sum_to_shape(dyf * xhat, jnp.shape(scale)).astype(scale.dtype))
@@ -453,16 +461,18 @@ GROUP_NORM = schema.register(OpSchema(
     outputs=(Parameter("Y", doc="normalized, the shape of X"),),
     attributes=(_NUM_GROUPS, _EPSILON, _STASH_TYPE), elementwise=False,
     identical_type_and_shape=False, gradient="GroupNormalizationGradient",
-    infer_fn=_gn_infer, cost_fn=_gn_cost(7),
+    infer_fn=_gn_infer, cost_fn=_gn_cost(8),
     formula="(x − μ_g)/√(σ_g² + ε)·γ_c + β_c, groups of channels (axis 1)",
     convention="smooth (ε > 0; a constant group → β)",
 ))
 
 
 def _grouped(x: jax.Array, num_groups: int) -> jax.Array:
-    """``x`` (N, C, ...) as (N, G, C/G * d1 * ...): one row per sample and group."""
+    """``x`` (N, C, d1, ...) as (N, G, C/G, d1, ...): the statistics are over axes 2, ...
+    (a split of the channel axis only, which keeps a batch-sharded ``x`` sharded: merging
+    C/G with d1 is a reshape JAX's explicit sharding refuses)."""
     n, c = x.shape[:2]
-    return x.reshape(n, num_groups, (c // num_groups) * math.prod(x.shape[2:]))
+    return x.reshape(n, num_groups, c // num_groups, *x.shape[2:])
 
 
 def _per_channel(v: jax.Array, ndim: int) -> jax.Array:
@@ -509,7 +519,7 @@ def group_norm(
       Wu and He, "Group Normalization" (2018); ONNX GroupNormalization-21.
     """
     xg = _grouped(upcast(x), num_groups)
-    mu, inv = _moments(xg, (2,), epsilon)
+    mu, inv = _moments(xg, tuple(range(2, xg.ndim)), epsilon)
     xhat = ((xg - mu) * inv).reshape(x.shape)
     y = xhat * _per_channel(upcast(scale), x.ndim) + _per_channel(upcast(bias), x.ndim)
     return y.astype(x.dtype)
@@ -532,7 +542,7 @@ GROUP_NORM_GRADIENT = schema.register(OpSchema(
              Parameter("dscale", doc="gradient w.r.t. scale (C,)"),
              Parameter("dbias", doc="gradient w.r.t. bias (C,)")),
     attributes=(_NUM_GROUPS, _EPSILON, _STASH_TYPE), elementwise=False,
-    identical_type_and_shape=False, infer_fn=_gn_infer, cost_fn=_gn_cost(15),
+    identical_type_and_shape=False, infer_fn=_gn_infer, cost_fn=_gn_cost(20),
 ))
 
 
@@ -558,12 +568,13 @@ def group_norm_gradient(
     """
     nd = x.ndim
     xg = _grouped(upcast(x), num_groups)
-    mu, inv = _moments(xg, (2,), epsilon)
+    axes = tuple(range(2, xg.ndim))
+    mu, inv = _moments(xg, axes, epsilon)
     xhat = (xg - mu) * inv
     dyf = upcast(dy)
     g = _grouped(dyf * _per_channel(upcast(scale), nd), num_groups)
-    dx = inv * (g - jnp.mean(g, axis=2, keepdims=True)
-                - xhat * jnp.mean(g * xhat, axis=2, keepdims=True))
+    dx = inv * (g - jnp.mean(g, axis=axes, keepdims=True)
+                - xhat * jnp.mean(g * xhat, axis=axes, keepdims=True))
     reduce = (0, *range(2, nd))
     dscale = jnp.sum(dyf * xhat.reshape(x.shape), axis=reduce)
     dbias = jnp.sum(dyf, axis=reduce)
