@@ -61,6 +61,9 @@ from jaxops.ops.normalization import (
     batch_norm as batch_norm,
     batch_norm_gradient as batch_norm_gradient,
 )
+
+# isort: split
+# after batch normalization: the README's table lists the ops in registration order
 from jaxops.ops.layer_normalization import (
     group_norm as group_norm,
     group_norm_gradient as group_norm_gradient,
