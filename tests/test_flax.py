@@ -127,8 +127,8 @@ def test_readme_names_every_flax_module():
     readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
     paragraph = readme[readme.index("Flax modules for `flax.nnx`"):]
     paragraph = paragraph[:paragraph.index("\n\n")]
-    for name in ("`PReLU`", "`BatchNorm`", "`jaxops.flax.nnx.ReLU`", "`module_for(op)`",
-                 "`LeakyReLU`", "`ACTIVATIONS`"):
+    for name in ("`PReLU`", "`BatchNorm`", "`LayerNorm`", "`RMSNorm`", "`GroupNorm`",
+                 "`jaxops.flax.nnx.ReLU`", "`module_for(op)`", "`LeakyReLU`", "`ACTIVATIONS`"):
         assert name in paragraph
 
 

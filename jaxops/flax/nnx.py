@@ -18,8 +18,9 @@ attributes, yours too (an op made with ``jaxops.defop``)::
 
     Squareplus = jaxops.flax.nnx.module_for(squareplus)      # Squareplus(b=4.0)(x)
 
-:class:`PReLU` (a learned slope) and :class:`BatchNorm` (parameters and running statistics)
-are written out.
+:class:`PReLU` (a learned slope), :class:`BatchNorm` (parameters and running statistics)
+and the per-sample normalizations :class:`LayerNorm`, :class:`RMSNorm` and :class:`GroupNorm`
+(learned scale and bias, with Flax's names, initializers and defaults) are written out.
 
 Example:
   >>> import jax.numpy as jnp
@@ -39,6 +40,13 @@ Differences from Flax's own layers, and why:
   ``nnx.PReLU`` learns one scalar.  ``PReLU()`` (``num_features=1``) is the shared-slope form,
   with Flax's initial value 0.01.  The parameter is named ``slope`` (ONNX) and has shape
   ``(num_features,)``.
+- :class:`LayerNorm`, :class:`RMSNorm` and :class:`GroupNorm` keep Flax's ``epsilon=1e-6``
+  (the ops default to ONNX's 1e-5) and parameter names, compute the variance in two passes
+  in float32 (Flax's default ``use_fast_variance=True`` uses E[x^2] - E[x]^2), return the
+  input's dtype (Flax promotes to the parameters'), and have no ``dtype``, ``axis_name`` or
+  ``axis_index_groups``.  ``reduction_axes`` must be trailing axes (the ONNX ops normalize
+  over ``axis, ..., rank - 1``); :class:`GroupNorm` normalizes over every non-batch axis
+  (Flax's default) and moves the channels-last input's channels to axis 1 and back.
 - :class:`BatchNorm` defaults to ``momentum=0.9`` (ONNX BatchNormalization and Caffe2's
   SpatialBN; Flax defaults to 0.99) and computes the batch variance in two passes
   (Flax's default ``use_fast_variance=True`` uses E[x^2] - E[x]^2).  It has no ``dtype``,
