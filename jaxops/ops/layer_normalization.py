@@ -5,8 +5,9 @@ Unlike batch normalization (:mod:`jaxops.ops.normalization`) the statistics are 
 sample's own, over a trailing block of axes (layer and RMS norm) or over a group of channels
 (group norm), so nothing is carried between calls.
 
-Numerics: half-precision inputs are computed in float32 (float64 inputs in float64: ONNX's
-``stash_type=1`` is "at least float32"), and the variance is taken in two passes, the mean
+Numerics: half-precision inputs are computed in float32 and float64 inputs in float64 (ONNX's
+``stash_type=1`` says float32; onnxruntime's LayerNormalization kernel keeps float64 too,
+while GroupNormalization-21's function body casts float64 to float32), and the variance is taken in two passes, the mean
 first and then the mean of the squared deviations (corrected by the first mean's rounding
 error, as batch_norm), so a row with a large mean and a small spread keeps its mean and
 variance (``E[x^2] - E[x]^2``, Flax's ``use_fast_variance=True``, loses the variance to
