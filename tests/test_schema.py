@@ -171,8 +171,9 @@ def test_cost_matches_xla_cost_analysis(s, dtype):
         # XLA:CPU counts every pass of an unfused row reduction (max, sum, normalize) and the
         # converts; Caffe2's ideal counts one read and one write.  Measured: up to 6.5x for
         # softmax, 10.1x for bfloat16 softmax_cross_entropy (log_softmax's passes, the
-        # float32 copy and the label gather), 1.0x-3.4x for the others.
-        assert cost.bytes_accessed <= xla["bytes accessed"] <= 12 * cost.bytes_accessed
+        # float32 copy and the label gather), 12.7x for bfloat16 group_norm_gradient (the
+        # recomputed statistics' passes over a float32 copy), 1.0x-4.9x for the others.
+        assert cost.bytes_accessed <= xla["bytes accessed"] <= 13 * cost.bytes_accessed
     assert cost.transcendentals == xla.get("transcendentals", 0.0)
     converts = len(s.inputs) + len(s.outputs) if dtype == jnp.bfloat16 else 0
     slack = (FLOP_SLACK + converts) * n

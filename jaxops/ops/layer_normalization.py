@@ -7,12 +7,12 @@ sample's own, over a trailing block of axes (layer and RMS norm) or over a group
 
 Numerics: half-precision inputs are computed in float32 and float64 inputs in float64 (ONNX's
 ``stash_type=1`` says float32; onnxruntime's LayerNormalization kernel keeps float64 too,
-while GroupNormalization-21's function body casts float64 to float32), and the variance is taken in two passes, the mean
-first and then the mean of the squared deviations (corrected by the first mean's rounding
-error, as batch_norm), so a row with a large mean and a small spread keeps its mean and
-variance (``E[x^2] - E[x]^2``, Flax's ``use_fast_variance=True``, loses the variance to
-cancellation).  A constant row has variance 0: it normalizes to 0 (``y = bias``) with
-finite derivatives as long as ``epsilon > 0``.
+while GroupNormalization-21's function body casts float64 to float32), and the variance is
+taken in two passes, the mean first and then the mean of the squared deviations (corrected
+by the first mean's rounding error, as batch_norm), so a row with a large mean and a small
+spread keeps its mean and variance (``E[x^2] - E[x]^2``, Flax's ``use_fast_variance=True``,
+loses the variance to cancellation).  A constant row has variance 0: it normalizes to 0
+(``y = bias``) with finite derivatives as long as ``epsilon > 0``.
 
 Gradient ops.  Each reads X (not Y: a scale of 0 hides X in Y) and recomputes the row
 statistics from it, so it takes the forward op's inputs and ``dY`` and nothing saved: the
@@ -151,9 +151,9 @@ def _rows(x, axis: int) -> int:
 
 def _row_cost(flops_per_element: float):
     """Per element the stated flops (XLA's count of the float32 formula: the forward's mean,
-    deviation, square, mean, scale and shift, 8 for layer norm; the gradient's recomputed
-    statistics and its three row means, 19), one rsqrt per normalized row; every input read
-    once and every output written once."""
+    deviation, its mean, square, mean, scale and shift, 9 for layer norm; the gradient's
+    recomputed statistics and its three row means, 20), one rsqrt per normalized row; every
+    input read once and every output written once."""
 
     def cost(in_avals, out_avals, *, axis, **attrs):
         x = in_avals[0]
@@ -193,7 +193,7 @@ LAYER_NORM = schema.register(OpSchema(
     attributes=(_AXIS, _EPSILON, _STASH_TYPE),
     type_constraints={"T": FLOAT_TYPES, "U": ("float32", "bfloat16")}, elementwise=False,
     identical_type_and_shape=False, gradient="LayerNormalizationGradient",
-    infer_fn=_ln_infer, cost_fn=_row_cost(8),
+    infer_fn=_ln_infer, cost_fn=_row_cost(9),
     formula="(x − μ)/√(σ² + ε)·γ + β over axes axis… (two-pass f32 σ²)",
     convention="smooth (ε > 0; a constant row → β)",
 ))
@@ -272,7 +272,7 @@ LAYER_NORM_GRADIENT = schema.register(OpSchema(
              Parameter("dB", doc="gradient w.r.t. B, of its shape (when B is given)",
                        optional=True)),
     attributes=(_AXIS, _EPSILON, _STASH_TYPE), elementwise=False,
-    identical_type_and_shape=False, infer_fn=_ln_infer, cost_fn=_row_cost(19),
+    identical_type_and_shape=False, infer_fn=_ln_infer, cost_fn=_row_cost(20),
 ))
 
 
@@ -472,7 +472,7 @@ GROUP_NORM = schema.register(OpSchema(
     outputs=(Parameter("Y", doc="normalized, the shape of X"),),
     attributes=(_NUM_GROUPS, _EPSILON, _STASH_TYPE), elementwise=False,
     identical_type_and_shape=False, gradient="GroupNormalizationGradient",
-    infer_fn=_gn_infer, cost_fn=_gn_cost(8),
+    infer_fn=_gn_infer, cost_fn=_gn_cost(9),
     formula="(x − μ_g)/√(σ_g² + ε)·γ_c + β_c, groups of channels (axis 1)",
     convention="smooth (ε > 0; a constant group → β)",
 ))
@@ -553,7 +553,7 @@ GROUP_NORM_GRADIENT = schema.register(OpSchema(
              Parameter("dscale", doc="gradient w.r.t. scale (C,)"),
              Parameter("dbias", doc="gradient w.r.t. bias (C,)")),
     attributes=(_NUM_GROUPS, _EPSILON, _STASH_TYPE), elementwise=False,
-    identical_type_and_shape=False, infer_fn=_gn_infer, cost_fn=_gn_cost(20),
+    identical_type_and_shape=False, infer_fn=_gn_infer, cost_fn=_gn_cost(21),
 ))
 
 
