@@ -4,6 +4,7 @@
     python -m benchmarks.fused --quick          # tiny shapes (CPU; the test suite runs this)
     python -m benchmarks.fused --cpu            # shapes a 2-core CPU runs in minutes
     python -m benchmarks.fused --ops sce,lce,bn --out benchmarks/results
+    python -m benchmarks.fused --ops ln,rms,gn  # the per-sample normalizations vs jnp and Flax
 
 For every case and implementation it reports the median (p20, p80) time of the forward and of
 ``value_and_grad`` (AOT-compiled, warmed up, calls interleaved, ``block_until_ready``), the
@@ -132,20 +133,97 @@ def _bn_case(shape, dtype):
                 {"jnp": jnp_bn, "xla": ours("xla"), "pallas": ours("pallas")})
 
 
+def _norm_case(op, shape, dtype):
+    """layer_norm / rms_norm over the last axis (N, H), group_norm (32 groups, or 4 when
+    quick) on channels-last images (N, H, W, C) as Flax's GroupNorm takes them (the jaxops
+    module moves C to axis 1 for the ONNX op and back).  Variants: the jnp formula a JAX user
+    writes (two-pass variance, float32 statistics), Flax's linen module (its defaults:
+    use_fast_variance=True), the jaxops op, and the jaxops linen module."""
+    from flax import linen as nn
+
+    from jaxops.flax import linen as jnn
+
+    c = shape[-1]
+    groups = min(32, c // 8)
+
+    def make(key):
+        k1, k2, k3 = jax.random.split(key, 3)
+        x = (jax.random.normal(k1, shape, jnp.float32) * 2 + 1).astype(dtype)
+        probe = jax.random.normal(k2, shape, jnp.float32).astype(dtype)
+        scale = jax.random.uniform(k3, (c,), jnp.float32, 0.5, 2)
+        return (x, scale, jnp.zeros(c), probe), (0, 1, 2)
+
+    def lifted(v):
+        return v.reshape((1,) * (len(shape) - 1) + (c,))
+
+    def formula(x, scale, bias):
+        xf = x.astype(jnp.float32)
+        if op == "group_norm":  # (N, ..., G, C/G): statistics over all but N and G
+            xg = xf.reshape(shape[0], -1, groups, c // groups)
+            mu = jnp.mean(xg, (1, 3), keepdims=True)
+            var = jnp.mean(jnp.square(xg - mu), (1, 3), keepdims=True)
+            xhat = ((xg - mu) * jax.lax.rsqrt(var + 1e-5)).reshape(shape)
+        elif op == "layer_norm":
+            mu = jnp.mean(xf, -1, keepdims=True)
+            xhat = (xf - mu) * jax.lax.rsqrt(jnp.mean(jnp.square(xf - mu), -1, keepdims=True)
+                                             + 1e-5)
+        else:
+            return (xf * jax.lax.rsqrt(jnp.mean(xf * xf, -1, keepdims=True) + 1e-5)
+                    * lifted(scale)).astype(dtype)
+        return (xhat * lifted(scale) + lifted(bias)).astype(dtype)
+
+    def jaxops_op(x, scale, bias):
+        if op == "group_norm":
+            y = jo.group_norm(jnp.moveaxis(x, -1, 1), scale.astype(dtype), bias.astype(dtype),
+                              num_groups=groups)
+            return jnp.moveaxis(y, 1, -1)
+        if op == "layer_norm":
+            return jo.layer_norm(x, scale.astype(dtype), bias.astype(dtype))
+        return jo.rms_norm(x, scale.astype(dtype))
+
+    def module(api):
+        kw = {"epsilon": 1e-5, **({"num_groups": groups} if op == "group_norm" else {})}
+        layer = getattr(api, {"layer_norm": "LayerNorm", "rms_norm": "RMSNorm",
+                              "group_norm": "GroupNorm"}[op])(**kw)
+
+        def apply(x, scale, bias):
+            params = {"scale": scale} if op == "rms_norm" else {"scale": scale, "bias": bias}
+            return layer.apply({"params": params}, x)
+
+        return apply
+
+    def loss(f):
+        def value(x, scale, bias, probe):
+            return jnp.sum(f(x, scale, bias).astype(jnp.float32) * probe.astype(jnp.float32))
+
+        return value
+
+    variants = {"jnp": loss(formula), "flax": loss(module(nn)), "xla": loss(jaxops_op),
+                "jaxops.flax": loss(module(jnn))}
+    return Case(op, dict(zip("NHWC" if op == "group_norm" else "NH", shape, strict=True)),
+                dtype, make, variants)
+
+
 def cases(quick: bool, ops: set[str], cpu: bool = False) -> list[Case]:
     out = []
     if quick:
         rows, vocab, dtypes = [(64, 1000)], [(64, 32, 1000)], ["float32"]
         images = [(8, 16, 7, 7)]
+        tokens, nhwc = [(64, 256)], [(4, 7, 7, 32)]
     elif cpu:  # the realistic shapes' smallest row count and widths, float32
         rows, vocab, dtypes = [(4096, 32768)], [(2048, 1024, 32768)], ["float32"]
         images = [(32, 64, 56, 56), (4096, 4096)]
+        tokens, nhwc = [(4096, 1024)], [(16, 28, 28, 128)]
     else:
         rows = [(4096, 32768), (16384, 32768), (4096, 128256)]
         vocab = [(4096, 1024, 32768), (16384, 4096, 128256), (8192, 1024, 65536)]
         dtypes = ["bfloat16", "float32"]
         # ResNet-50's first stages at batch 64 and 32; an MLP's activations
         images = [(64, 256, 56, 56), (32, 512, 28, 28), (16384, 4096)]
+        # transformer activations (tokens, hidden): a 4k and an 8k model at 16k tokens;
+        # a diffusion U-Net's group-normed feature maps
+        tokens = [(16384, 4096), (16384, 8192), (4096, 1024)]
+        nhwc = [(32, 64, 64, 256), (16, 32, 32, 512)]
     for dtype in dtypes:
         for n, c in rows:
             for op in ("softmax", "log_softmax"):
@@ -157,6 +235,11 @@ def cases(quick: bool, ops: set[str], cpu: bool = False) -> list[Case]:
             out.extend(_lce_case(n, h, v, dtype) for n, h, v in vocab)
         if "bn" in ops:
             out.extend(_bn_case(shape, dtype) for shape in images)
+        for key, op in (("ln", "layer_norm"), ("rms", "rms_norm")):
+            if key in ops:
+                out.extend(_norm_case(op, shape, dtype) for shape in tokens)
+        if "gn" in ops:
+            out.extend(_norm_case("group_norm", shape, dtype) for shape in nhwc)
     return out
 
 
@@ -227,7 +310,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--cpu", action="store_true", help="shapes a 2-core CPU runs in minutes")
-    p.add_argument("--ops", default="softmax,log_softmax,sce,lce,bn")
+    p.add_argument("--ops", default="softmax,log_softmax,sce,lce,bn,ln,rms,gn")
     p.add_argument("--reps", type=int, default=None)
     p.add_argument("--out", default=None, help="directory for fused-<platform>.{json,md}")
     a = p.parse_args(argv)

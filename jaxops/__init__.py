@@ -71,6 +71,17 @@ from jaxops.ops.normalization import (
     batch_norm as batch_norm,
     batch_norm_gradient as batch_norm_gradient,
 )
+
+# isort: split
+# after batch normalization: the README's table lists the ops in registration order
+from jaxops.ops.layer_normalization import (
+    group_norm as group_norm,
+    group_norm_gradient as group_norm_gradient,
+    layer_norm as layer_norm,
+    layer_norm_gradient as layer_norm_gradient,
+    rms_norm as rms_norm,
+    rms_norm_gradient as rms_norm_gradient,
+)
 from jaxops.ops.softmax import (
     log_softmax as log_softmax,
     log_softmax_gradient as log_softmax_gradient,

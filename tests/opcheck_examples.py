@@ -124,6 +124,18 @@ def _batch_norm(rng):
                       {"training": training})
 
 
+def _layer_normalization(rng):
+    x = rng.normal(0.5, 2, (4, 3, 5))
+    scale, bias, dy = rng.uniform(0.5, 2, 5), rng.normal(size=5), rng.normal(size=x.shape)
+    yield Example("layer_norm_gradient", jo.layer_norm_gradient, (x, scale, bias, dy), {})
+    yield Example("layer_norm_gradient[no B,axis=1]", jo.layer_norm_gradient,
+                  (x, rng.uniform(0.5, 2, (3, 1)), None, dy), {"axis": 1})
+    yield Example("rms_norm_gradient", jo.rms_norm_gradient, (x, scale, dy), {})
+    xg = rng.normal(0.5, 2, (2, 4, 3))
+    yield Example("group_norm_gradient", jo.group_norm_gradient,
+                  (xg, rng.uniform(0.5, 2, 4), rng.normal(size=xg.shape)), {"num_groups": 2})
+
+
 def _linear_cross_entropy(rng):
     n, hidden, v = 6, 3, 5
     h, w = rng.uniform(-2, 2, (n, hidden)), rng.uniform(-2, 2, (hidden, v))
@@ -181,5 +193,6 @@ def _gradient_ops_of(found: tuple[Example, ...], rng):
 def examples() -> tuple[Example, ...]:
     rng = np.random.default_rng(0)
     found = (*_from_table(rng), *_labelled(rng), *_cross_entropy_gradients(rng),
-             *_prelu_gradient(rng), *_batch_norm(rng), *_linear_cross_entropy(rng))
+             *_prelu_gradient(rng), *_batch_norm(rng), *_linear_cross_entropy(rng),
+             *_layer_normalization(rng))
     return (*found, *_gradient_ops_of(found, rng))

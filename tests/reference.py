@@ -753,14 +753,123 @@ def _batch_norm_cases():
                    vjp_ref=stats_vjp, **common)
 
 
+def _sum_to(g, shape):
+    """``g`` summed over the axes along which ``shape`` was broadcast to ``g.shape``."""
+    lead = g.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(lead + i for i, n in enumerate(shape)
+                                      if n == 1 and g.shape[lead + i] != 1)
+    return g.sum(axes, keepdims=True).reshape(shape)
+
+
+def _standardized(x, axes, eps):
+    """(x - mean) / sqrt(var + eps) over ``axes`` (population variance), and the 1/sqrt."""
+    mu = x.mean(axes, keepdims=True)
+    inv = 1 / np.sqrt(((x - mu) ** 2).mean(axes, keepdims=True) + eps)
+    return (x - mu) * inv, inv
+
+
+def _standardized_vjp(xhat, inv, g, axes, centred=True):
+    """d/dx of sum(g * xhat) for xhat = (x - mean) r (centred) or x r (RMS), r as above."""
+    mean = lambda v: v.mean(axes, keepdims=True)  # noqa: E731
+    return inv * ((g - mean(g) if centred else g) - xhat * mean(g * xhat))
+
+
+def _layer_norm_cases():
+    """LayerNormalization-17 and RMSNormalization-23 from their definitions: statistics over
+    the axes axis..rank-1 of each sample, parameters broadcast to X (ONNX unidirectional)."""
+    def sample(shape_scale, with_bias=True):
+        def draw(rng, shape):
+            x = rng.normal(0.5, 2, size=shape)
+            out = [x, rng.uniform(0.5, 2, size=shape_scale)]
+            if with_bias:
+                out.append(rng.normal(size=shape_scale))
+            return tuple(out)
+
+        return draw
+
+    # (8, 3, 4): a row under vmap, (3, 4), normalizes over the same axes for axis=-1 and -2
+    for attrs, scale_shape, with_bias in (({}, (4,), True),
+                                          ({"axis": -2, "epsilon": 1e-3}, (3, 1), False)):
+        axis, eps = attrs.get("axis", -1), attrs.get("epsilon", 1e-5)
+
+        def ln_ref(x, s, b=None, axis=axis, eps=eps):
+            axes = tuple(range(axis % x.ndim, x.ndim))
+            y = _standardized(x, axes, eps)[0] * s
+            return y if b is None else y + b
+
+        def ln_vjp(x, s, *rest, axis=axis, eps=eps):
+            *b, w = rest
+            axes = tuple(range(axis % x.ndim, x.ndim))
+            xhat, inv = _standardized(x, axes, eps)
+            out = (_standardized_vjp(xhat, inv, w * s, axes), _sum_to(w * xhat, s.shape))
+            return out + tuple(_sum_to(w, bb.shape) for bb in b)
+
+        yield Case("layer_norm", jo.layer_norm, attrs, ln_ref, None, None,
+                   sample(scale_shape, with_bias), vjp_ref=ln_vjp, shape=(8, 3, 4),
+                   unbatched=(1, 2) if with_bias else (1,), rowwise=False)
+
+    def rms_ref(x, s, eps=1e-5):
+        inv = 1 / np.sqrt((x * x).mean(-1, keepdims=True) + eps)
+        return x * inv * s
+
+    def rms_vjp(x, s, w, eps=1e-5):
+        inv = 1 / np.sqrt((x * x).mean(-1, keepdims=True) + eps)
+        xhat = x * inv
+        return (_standardized_vjp(xhat, inv, w * s, (-1,), centred=False),
+                _sum_to(w * xhat, s.shape))
+
+    yield Case("rms_norm", jo.rms_norm, {}, rms_ref, None, None, sample((4,), False),
+               vjp_ref=rms_vjp, shape=(8, 3, 4), unbatched=(1,), rowwise=False)
+
+
+def _group_norm_cases():
+    """GroupNormalization-21: per sample, groups of C / G channels (axis 1) with their
+    spatial axes; per-channel scale and bias."""
+    groups = 2
+
+    def grouped(x):
+        return x.reshape(x.shape[0], groups, -1)
+
+    def gn_ref(x, s, b):
+        _, ch = _bn_axes(x)
+        return _standardized(grouped(x), (2,), 1e-5)[0].reshape(x.shape) * ch(s) + ch(b)
+
+    def gn_vjp(x, s, b, w):
+        axes, ch = _bn_axes(x)
+        xhat, inv = _standardized(grouped(x), (2,), 1e-5)
+        dx = _standardized_vjp(xhat, inv, grouped(w * ch(s)), (2,)).reshape(x.shape)
+        return dx, (w * xhat.reshape(x.shape)).sum(axes), w.sum(axes)
+
+    def sample(rng, shape):
+        c = shape[1]
+        return rng.normal(0.5, 2, size=shape), rng.uniform(0.5, 2, size=c), rng.normal(size=c)
+
+    # (N, C, d1, d2) = (8, 4, 4, 4): a row under vmap, (4, 4, 4), is again (N, C, d) with
+    # C = 4 channels, whose groups have 2 * 4 elements (a group of 2 normalizes to +-1
+    # whatever x is: its dx cancels to rounding noise)
+    yield Case("group_norm", jo.group_norm, {"num_groups": groups}, gn_ref, None, None, sample,
+               vjp_ref=gn_vjp, shape=(8, 4, 4, 4), unbatched=(1, 2), rowwise=False)
+
+
 #: Per-channel/per-class parameters of the ops over axis 1: shape (C,).
-_PER_CHANNEL = {"scale", "B", "input_mean", "input_var", "saved_mean", "saved_var",
+_PER_CHANNEL = {"scale", "B", "bias", "input_mean", "input_var", "saved_mean", "saved_var",
                 "weights", "weight"}
+#: Ops over a channel axis 1 whose per-channel parameters ONNX types as T, like X (so no type
+#: parameter tells them apart from the data): named here.
+_CHANNEL_OPS = {"GroupNormalization", "GroupNormalizationGradient"}
 
 
 def structured(schema) -> bool:
     """An op over a class/channel axis 1 whose inputs do not all share one shape."""
-    return any(p.type_param in ("Tind", "T1") for p in schema.inputs)
+    return (schema.name in _CHANNEL_OPS
+            or any(p.type_param in ("Tind", "T1") for p in schema.inputs))
+
+
+def example_attrs(schema) -> dict:
+    """Values for an op's required attributes (which have no default) that fit the example
+    shapes: ``num_groups=1`` divides any channel count."""
+    values = {"num_groups": 1}
+    return {a.name: values[a.name] for a in schema.attributes if a.required}
 
 
 def _loss_shape(schema, shape, attrs):
@@ -815,5 +924,6 @@ CASES: tuple[Case, ...] = (
 
 STRUCTURED: tuple[Case, ...] = (
     *_labelled_cases(), *_cross_entropy_cases(), *_batch_norm_cases(),
-    *_linear_cross_entropy_cases(), *_clip_bounds_cases(),
+    *_linear_cross_entropy_cases(), *_clip_bounds_cases(), *_layer_norm_cases(),
+    *_group_norm_cases(),
 )

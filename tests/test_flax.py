@@ -91,7 +91,7 @@ def test_import_jaxops_flax_without_flax_says_what_to_install(monkeypatch):
 
 
 def test_both_apis_have_the_same_layers():
-    explicit = {"BatchNorm", "PReLU"}
+    explicit = {"BatchNorm", "PReLU", "LayerNorm", "RMSNorm", "GroupNorm"}
     generated = {_common.module_name(op.schema.function) for op in _common.activation_ops()}
     # the names users had before the modules were generated are still there
     assert {"ReLU", "ReluN", "LeakyReLU", "Softsign", "Sigmoid", "Tanh", "Softmax"} <= generated
@@ -127,8 +127,8 @@ def test_readme_names_every_flax_module():
     readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
     paragraph = readme[readme.index("Flax modules for `flax.nnx`"):]
     paragraph = paragraph[:paragraph.index("\n\n")]
-    for name in ("`PReLU`", "`BatchNorm`", "`jaxops.flax.nnx.ReLU`", "`module_for(op)`",
-                 "`LeakyReLU`", "`ACTIVATIONS`"):
+    for name in ("`PReLU`", "`BatchNorm`", "`LayerNorm`", "`RMSNorm`", "`GroupNorm`",
+                 "`jaxops.flax.nnx.ReLU`", "`module_for(op)`", "`LeakyReLU`", "`ACTIVATIONS`"):
         assert name in paragraph
 
 
@@ -679,3 +679,185 @@ def test_batch_norm_large_mean_small_std_where_flax_fast_variance_fails():
     theirs = np.max(np.abs(np.asarray(fast(x), np.float64) - want))
     mean_rounding = 0.5 * np.spacing(np.float32(1e4)) / x64.std(0).min()
     assert ours < 1.1 * mean_rounding and theirs > 1.0, (ours, mean_rounding, theirs)
+
+
+# ------------------------------------------------- LayerNorm, RMSNorm, GroupNorm (both APIs)
+# Flax's layers with use_fast_variance=False compute the same two-pass population variance
+# as jaxops, so the comparison is tight; with Flax's default (E[x^2] - E[x]^2) it agrees to
+# float32 cancellation on these well-scaled inputs.
+NORM_TOL = {"rtol": 2e-5, "atol": 2e-5}
+
+
+def _norm_pairs(c):
+    """(name, ours nnx, theirs nnx, ours linen, theirs linen) with non-default settings that
+    both understand; Flax's fast variance off."""
+    exact = {"use_fast_variance": False}
+    return [
+        ("LayerNorm", jnnx.LayerNorm(c), nnx.LayerNorm(c, rngs=nnx.Rngs(0), **exact),
+         jnn.LayerNorm(), nn.LayerNorm(**exact)),
+        ("LayerNorm-eps", jnnx.LayerNorm(c, epsilon=1e-3, use_bias=False),
+         nnx.LayerNorm(c, epsilon=1e-3, use_bias=False, rngs=nnx.Rngs(0), **exact),
+         jnn.LayerNorm(epsilon=1e-3, use_bias=False),
+         nn.LayerNorm(epsilon=1e-3, use_bias=False, **exact)),
+        ("RMSNorm", jnnx.RMSNorm(c), nnx.RMSNorm(c, rngs=nnx.Rngs(0)), jnn.RMSNorm(),
+         nn.RMSNorm()),
+        ("GroupNorm", jnnx.GroupNorm(c, num_groups=2), nnx.GroupNorm(
+            c, num_groups=2, rngs=nnx.Rngs(0), **exact), jnn.GroupNorm(num_groups=2),
+         nn.GroupNorm(num_groups=2, **exact)),
+        ("GroupNorm-size", jnnx.GroupNorm(c, num_groups=None, group_size=1),
+         nnx.GroupNorm(c, num_groups=None, group_size=1, rngs=nnx.Rngs(0), **exact),
+         jnn.GroupNorm(num_groups=None, group_size=1),
+         nn.GroupNorm(num_groups=None, group_size=1, **exact)),
+    ]
+
+
+def _set_params(module, c):
+    for name, values in (("scale", jnp.linspace(0.5, 2.0, c)), ("bias", jnp.linspace(-1, 1, c))):
+        if getattr(module, name, None) is not None:
+            getattr(module, name)[...] = values
+
+
+_NORM_KINDS = ["layer", "layer_eps_nobias", "rms", "group", "group_size"]
+# groups need spatial axes to have more than one or two elements (a group of 2 normalizes
+# to +-1 whatever x is, and its dx is rounding noise)
+_NORM_CASES = [pytest.param(shape, k, id=f"{_NORM_KINDS[k]}-{shape}")
+               for shape in ((6, 4), (3, 5, 4), (2, 3, 3, 4)) for k in range(5)
+               if len(shape) > 2 or not _NORM_KINDS[k].startswith("group")]
+
+
+@pytest.mark.parametrize(("shape", "k"), _NORM_CASES)
+def test_nnx_normalizations_match_flax_values_and_gradients(shape, k):
+    c = shape[-1]
+    name, ours, theirs, _, _ = _norm_pairs(c)[k]
+    for m in (ours, theirs):
+        _set_params(m, c)
+    x = _batches(shape)[0]
+    w = _weights(shape)
+    np.testing.assert_allclose(ours(x), theirs(x), **NORM_TOL)
+
+    def loss(m, x):
+        return jnp.sum(m(x) * w)
+
+    g_ours, dx_ours = nnx.grad(loss, argnums=(0, 1))(ours, x)
+    g_theirs, dx_theirs = nnx.grad(loss, argnums=(0, 1))(theirs, x)
+    assert set(g_ours.keys()) == set(g_theirs.keys())  # Flax's parameter names
+    for key in g_ours.keys():
+        np.testing.assert_allclose(g_ours[key][...], g_theirs[key][...], **NORM_TOL)
+    np.testing.assert_allclose(dx_ours, dx_theirs, rtol=1e-4, atol=1e-5)
+    assert np.abs(np.asarray(dx_ours)).max() > 0.1  # not a vacuous comparison
+
+
+@pytest.mark.parametrize("k", range(5), ids=["layer", "layer_eps_nobias", "rms", "group",
+                                             "group_size"])
+def test_linen_normalizations_match_flax_values_and_gradients(k):
+    shape = (3, 5, 4)
+    _, _, _, ours, theirs = _norm_pairs(shape[-1])[k]
+    x, w = _batches(shape)[0], _weights(shape)
+    v_ours, v_theirs = ours.init(jax.random.key(0), x), theirs.init(jax.random.key(0), x)
+    assert jax.tree.map(jnp.shape, v_ours) == jax.tree.map(jnp.shape, v_theirs)
+    v_ours = jax.tree.map(lambda a: a + jnp.linspace(-0.5, 0.5, a.size).reshape(a.shape),
+                          v_ours)
+    np.testing.assert_allclose(ours.apply(v_ours, x), theirs.apply(v_ours, x), **NORM_TOL)
+
+    def loss(module):
+        return lambda v, x: jnp.sum(module.apply(v, x) * w)
+
+    g_ours = jax.jit(jax.grad(loss(ours), argnums=(0, 1)))(v_ours, x)
+    g_theirs = jax.grad(loss(theirs), argnums=(0, 1))(v_ours, x)
+    for a, b in zip(jax.tree.leaves(g_ours), jax.tree.leaves(g_theirs), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_normalizations_default_to_flax_epsilon_and_fast_variance_agrees_loosely():
+    x = _batches((16, 4, 8))[0]
+    for ours, theirs in ((jnnx.LayerNorm(8), nnx.LayerNorm(8, rngs=nnx.Rngs(0))),
+                         (jnnx.GroupNorm(8, num_groups=2),
+                          nnx.GroupNorm(8, num_groups=2, rngs=nnx.Rngs(0)))):
+        assert ours.epsilon == theirs.epsilon == 1e-6
+        np.testing.assert_allclose(ours(x), theirs(x), rtol=1e-4, atol=1e-4)
+    assert jnnx.RMSNorm(8).epsilon == jnn.RMSNorm().epsilon == nn.RMSNorm().epsilon
+
+
+def test_layer_norm_over_two_trailing_axes_and_its_refusals():
+    x = _batches((2, 3, 4))[0]
+    ours = jnnx.LayerNorm(12, reduction_axes=(1, 2), feature_axes=(1, 2))
+    theirs = nnx.LayerNorm(12, reduction_axes=(1, 2), feature_axes=(1, 2),
+                           use_fast_variance=False, rngs=nnx.Rngs(0))
+    for m in (ours, theirs):
+        m.scale[...] = jnp.linspace(0.5, 2, 12)
+    np.testing.assert_allclose(ours(x), theirs(x), **NORM_TOL)
+    with pytest.raises(ValueError, match=r"reduction_axes=\(1,\) are not the trailing axes .* "
+                                         r"pass reduction_axes=\(1, 2\)"):
+        jnnx.LayerNorm(3, reduction_axes=(1,), feature_axes=1)(x)
+    with pytest.raises(ValueError, match=r"built for 5 features, got an input of shape "
+                                         r"\(2, 3, 4\) with 4 on the feature axes"):
+        jnnx.LayerNorm(5)(x)
+    with pytest.raises(ValueError, match="give exactly one of num_groups and group_size"):
+        jnnx.GroupNorm(4, num_groups=2, group_size=2)
+    with pytest.raises(ValueError, match=r"num_groups=3 must divide num_features=4"):
+        jnnx.GroupNorm(4, num_groups=3)
+    with pytest.raises(ValueError, match="a custom initializer needs a key: pass rngs="):
+        jnnx.LayerNorm(4, scale_init=nnx.initializers.normal())
+    layer = jnnx.LayerNorm(4, scale_init=nnx.initializers.normal(), rngs=nnx.Rngs(3))
+    assert not np.allclose(layer.scale[...], 1.0)
+
+
+def test_normalizations_keep_the_input_dtype_and_float32_params():
+    x = _batches((4, 8))[0].astype(jnp.bfloat16)
+    for layer in (jnnx.LayerNorm(8), jnnx.RMSNorm(8), jnnx.GroupNorm(8, num_groups=2)):
+        y = layer(x)
+        assert y.dtype == jnp.bfloat16 and layer.scale[...].dtype == jnp.float32
+        want = layer(x.astype(jnp.float32))
+        np.testing.assert_allclose(np.asarray(y, np.float32), want, rtol=1e-2, atol=1e-2)
+        g = nnx.grad(lambda m: jnp.sum(m(x).astype(jnp.float32)))(layer)
+        assert g["scale"][...].dtype == jnp.float32
+
+
+class _Block(nnx.Module):
+    """A transformer-style block: RMSNorm -> Linear -> LayerNorm -> Linear -> GroupNorm."""
+
+    def __init__(self, norms, *, rngs):
+        self.norms = nnx.List(norms)
+        self.lin1 = nnx.Linear(8, 8, rngs=rngs)
+        self.lin2 = nnx.Linear(8, 8, rngs=rngs)
+
+    def __call__(self, x):
+        rms, ln, gn = self.norms
+        return gn(self.lin2(jax.nn.gelu(ln(self.lin1(rms(x))))))
+
+
+def test_nnx_training_steps_with_optax_match_flax_norms():
+    ours = _Block([jnnx.RMSNorm(8), jnnx.LayerNorm(8), jnnx.GroupNorm(8, num_groups=4)],
+                  rngs=nnx.Rngs(0))
+    exact = {"use_fast_variance": False, "rngs": nnx.Rngs(1)}
+    theirs = _Block([nnx.RMSNorm(8, rngs=nnx.Rngs(1)), nnx.LayerNorm(8, **exact),
+                     nnx.GroupNorm(8, num_groups=4, **exact)], rngs=nnx.Rngs(0))
+    x = _batches((16, 4, 8))[0]
+    target = jnp.sin(x)
+    losses = {key: _train_nnx(model, x, target, steps=5)
+              for key, model in (("ours", ours), ("theirs", theirs))}
+    np.testing.assert_allclose(losses["ours"], losses["theirs"], rtol=1e-4)
+    assert losses["ours"][-1] < losses["ours"][0]
+
+
+def test_linen_sequential_of_normalizations_trains():
+    model = nn.Sequential([nn.Dense(8), jnn.LayerNorm(), nn.Dense(8), jnn.RMSNorm(),
+                           jnn.GroupNorm(num_groups=2)])
+    x = _batches((16, 8))[0]
+    params = model.init(jax.random.key(0), x)
+    assert set(params["params"]["layers_1"]) == {"scale", "bias"}
+    assert set(params["params"]["layers_3"]) == {"scale"}
+    opt = optax.sgd(0.1)
+    state = opt.init(params)
+
+    @jax.jit
+    def step(params, state):
+        loss, g = jax.value_and_grad(lambda p: jnp.mean((model.apply(p, x) - 0.5) ** 2))(params)
+        updates, state = opt.update(g, state)
+        return optax.apply_updates(params, updates), state, loss
+
+    losses = []
+    for _ in range(5):
+        params, state, loss = step(params, state)
+        losses.append(float(loss))
+    assert losses[-1] < losses[0]

@@ -3,11 +3,13 @@ its transpose, attributes are static and compile once, and allow_inplace is real
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from reference import example_args, structured
+from reference import example_args, example_attrs, structured
 
 import jaxops as jo
 from benchmarks.harness import count_compiles  # one compile counter for tests and benchmarks
@@ -36,7 +38,7 @@ def _jit_names(jaxpr) -> set[str]:
 
 @pytest.mark.parametrize("s", OPS_WITH_GRADIENT, ids=lambda s: s.name)
 def test_reverse_mode_calls_registered_gradient_op(s):
-    op = getattr(jo, s.function)
+    op = functools.partial(getattr(jo, s.function), **example_attrs(s))
     grad_fn = jo.schema.get(s.gradient).function
     args = example_args(s, (8, 3, 2) if structured(s) else (8,))
     first = lambda y: y[0] if isinstance(y, tuple) else y  # noqa: E731  (batch_norm's Y)

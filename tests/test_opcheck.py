@@ -27,7 +27,7 @@ DEFAULT = {
     "softsign", "leaky_relu_gradient,alpha=-0.5", "log", "softmax", "mse,reduction=none",
     "clip[bounds]", "softmax_cross_entropy[mean,ignore=1,weighted]",
     "batch_norm[training=False]", "linear_cross_entropy[sum,ignore=None]",
-    "nll_loss_gradient[mean,ignore=1,weighted]",
+    "nll_loss_gradient[mean,ignore=1,weighted]", "layer_norm",
 }
 
 

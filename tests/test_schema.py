@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import onnx.defs
 import pytest
-from reference import example_avals, structured
+from reference import example_attrs, example_avals, structured
 
 import jaxops as jo
 from jaxops.schema import onnx_type
@@ -88,7 +88,9 @@ def test_function_signature_matches_schema(s):
     assert len(positional) == len(s.inputs)
     # the attributes, then ``implementation=`` (which every op takes; not an attribute)
     assert [p.name for p in keyword] == [a.name for a in s.attributes] + ["implementation"]
-    assert [p.default for p in keyword] == [a.default for a in s.attributes] + [None]
+    # a required attribute (num_groups) has no default in the signature either
+    assert [p.default for p in keyword] == [
+        inspect.Parameter.empty if a.required else a.default for a in s.attributes] + [None]
     assert len(params) == len(positional) + len(keyword)
 
 
@@ -96,8 +98,12 @@ SHAPES = [(), (7,), (3, 5, 2)]
 
 
 def _same_shape_attrs(s):
-    """Attributes under which every tensor input has one shape (no reduction to a scalar)."""
-    return {"reduction": "none"} if any(a.name == "reduction" for a in s.attributes) else {}
+    """Attributes under which every tensor input has one shape (no reduction to a scalar),
+    and the required ones (reference.example_attrs)."""
+    attrs = example_attrs(s)
+    if any(a.name == "reduction" for a in s.attributes):
+        attrs["reduction"] = "none"
+    return attrs
 
 
 def test_matrix_ops_infer_matches_eval_shape():
@@ -165,8 +171,9 @@ def test_cost_matches_xla_cost_analysis(s, dtype):
         # XLA:CPU counts every pass of an unfused row reduction (max, sum, normalize) and the
         # converts; Caffe2's ideal counts one read and one write.  Measured: up to 6.5x for
         # softmax, 10.1x for bfloat16 softmax_cross_entropy (log_softmax's passes, the
-        # float32 copy and the label gather), 1.0x-3.4x for the others.
-        assert cost.bytes_accessed <= xla["bytes accessed"] <= 12 * cost.bytes_accessed
+        # float32 copy and the label gather), 12.7x for bfloat16 group_norm_gradient (the
+        # recomputed statistics' passes over a float32 copy), 1.0x-4.9x for the others.
+        assert cost.bytes_accessed <= xla["bytes accessed"] <= 13 * cost.bytes_accessed
     assert cost.transcendentals == xla.get("transcendentals", 0.0)
     converts = len(s.inputs) + len(s.outputs) if dtype == jnp.bfloat16 else 0
     slack = (FLOP_SLACK + converts) * n

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import textwrap
 from collections.abc import Collection, Mapping
 from typing import Any
@@ -194,3 +195,100 @@ def batch_norm(x, scale, bias, mean, var, *, axis, epsilon, momentum, training):
         epsilon=epsilon, momentum=momentum, training=training,
     )
     return jnp.moveaxis(y, 1, ax), new_mean, new_var
+
+
+def trailing_axis(module: str, x: jax.Array, reduction_axes: Any) -> int:
+    """Flax's ``reduction_axes`` (an int or a sequence) as the ONNX op's ``axis``: they must
+    be a trailing block ``axis, ..., rank - 1``, the axes LayerNormalization and
+    RMSNormalization normalize over."""
+    ndim = np.ndim(x)
+    axes = (reduction_axes,) if isinstance(reduction_axes, int) else tuple(reduction_axes)
+    if not axes or any(not -ndim <= a < ndim for a in axes):
+        raise ValueError(f"jaxops.flax {module}: reduction_axes={reduction_axes!r} is out of "
+                         f"range for an input of rank {ndim}.")
+    canonical = sorted({a % ndim for a in axes})
+    if canonical != list(range(canonical[0], ndim)):
+        raise ValueError(
+            f"jaxops.flax {module}: reduction_axes={reduction_axes!r} are not the trailing "
+            f"axes of an input of rank {ndim}; the op normalizes over axis, ..., rank - 1 "
+            f"(ONNX): pass reduction_axes={tuple(range(canonical[0], ndim))}, or move the "
+            "axes last with jnp.moveaxis.")
+    return canonical[0] - ndim
+
+
+def feature_shape(module: str, x: jax.Array, feature_axes: Any) -> tuple[int, ...]:
+    """The shape that lays parameters along ``feature_axes`` of ``x`` (1 elsewhere), as
+    Flax's normalization layers shape theirs."""
+    ndim = np.ndim(x)
+    axes = (feature_axes,) if isinstance(feature_axes, int) else tuple(feature_axes)
+    if any(not -ndim <= a < ndim for a in axes):
+        raise ValueError(f"jaxops.flax {module}: feature_axes={feature_axes!r} is out of range "
+                         f"for an input of rank {ndim}.")
+    shape = [1] * ndim
+    for a in axes:
+        shape[a % ndim] = np.shape(x)[a]
+    return tuple(shape)
+
+
+def _laid_out(module: str, p: jax.Array | None, shape: tuple[int, ...], x: jax.Array):
+    if p is None:
+        return None
+    if p.size != math.prod(shape):
+        raise ValueError(f"jaxops.flax {module}: built for {p.size} features, got an input of "
+                         f"shape {np.shape(x)} with {math.prod(shape)} on the feature axes.")
+    return _like_input(p.reshape(shape), x)
+
+
+def layer_norm(x, scale, bias, *, reduction_axes, feature_axes, epsilon):
+    """``jo.layer_norm`` over Flax's ``reduction_axes`` with parameters on ``feature_axes``
+    (None: not learned, so 1 and 0)."""
+    axis = trailing_axis("LayerNorm", x, reduction_axes)
+    shape = feature_shape("LayerNorm", x, feature_axes)
+    scale = _laid_out("LayerNorm", scale, shape, x)
+    if scale is None:
+        scale = jnp.ones(shape, jnp.result_type(x))
+    return jo.layer_norm(x, scale, _laid_out("LayerNorm", bias, shape, x), axis=axis,
+                         epsilon=epsilon)
+
+
+def rms_norm(x, scale, *, reduction_axes, feature_axes, epsilon):
+    """``jo.rms_norm`` over Flax's ``reduction_axes`` with the scale on ``feature_axes``."""
+    axis = trailing_axis("RMSNorm", x, reduction_axes)
+    shape = feature_shape("RMSNorm", x, feature_axes)
+    scale = _laid_out("RMSNorm", scale, shape, x)
+    if scale is None:
+        scale = jnp.ones(shape, jnp.result_type(x))
+    return jo.rms_norm(x, scale, axis=axis, epsilon=epsilon)
+
+
+def num_groups(num_features: int, groups: int | None, group_size: int | None) -> int:
+    """Flax GroupNorm's ``num_groups``/``group_size`` (exactly one given) as num_groups."""
+    if (groups is None) == (group_size is None):
+        raise ValueError(
+            "jaxops.flax GroupNorm: give exactly one of num_groups and group_size (as Flax's "
+            f"GroupNorm); got num_groups={groups}, group_size={group_size}. For group_size, "
+            "pass num_groups=None too.")
+    if group_size is not None:
+        if group_size <= 0 or num_features % group_size:
+            raise ValueError(f"jaxops.flax GroupNorm: group_size={group_size} must divide "
+                             f"num_features={num_features}.")
+        return num_features // group_size
+    if groups <= 0 or num_features % groups:
+        raise ValueError(f"jaxops.flax GroupNorm: num_groups={groups} must divide "
+                         f"num_features={num_features}.")
+    return groups
+
+
+def group_norm(x, scale, bias, *, groups, epsilon):
+    """``jo.group_norm`` (channels on axis 1, ONNX) for Flax's channels-last input; scale and
+    bias None: not learned."""
+    ax = feature_axis("GroupNorm", x, -1, min_ndim=2)
+    c = np.shape(x)[ax]
+    one = jnp.ones((c,), jnp.result_type(x))
+    scale = one if scale is None else _like_input(scale, x)
+    bias = jnp.zeros_like(one) if bias is None else _like_input(bias, x)
+    if scale.shape != (c,):
+        raise ValueError(f"jaxops.flax GroupNorm: built for num_features={scale.shape[0]}, got "
+                         f"an input of shape {np.shape(x)} with {c} features on its last axis.")
+    y = jo.group_norm(jnp.moveaxis(x, ax, 1), scale, bias, num_groups=groups, epsilon=epsilon)
+    return jnp.moveaxis(y, 1, ax)

@@ -18,8 +18,9 @@ array input and static attributes, yours too (an op made with ``jaxops.defop``):
 
     Squareplus = jaxops.flax.linen.module_for(squareplus)    # Squareplus(b=4.0).apply({}, x)
 
-:class:`PReLU` (a learned slope) and :class:`BatchNorm` (parameters and running statistics)
-are written out.
+:class:`PReLU` (a learned slope), :class:`BatchNorm` (parameters and running statistics)
+and the per-sample normalizations :class:`LayerNorm`, :class:`RMSNorm` and :class:`GroupNorm`
+(learned scale and bias, with Flax's names, initializers and defaults) are written out.
 
 Example:
   >>> import jax.numpy as jnp
@@ -36,6 +37,13 @@ Differences from Flax's own layers, and why:
   ``nn.PReLU(num_parameters=C)`` and ONNX PRelu's broadcast slope; Flax's ``nn.PReLU`` learns
   one scalar.  The default ``num_features=1`` is that shared slope, with Flax's initial value
   0.01.  The parameter is ``params/slope`` (ONNX's name) of shape ``(num_features,)``.
+- :class:`LayerNorm`, :class:`RMSNorm` and :class:`GroupNorm` keep Flax's ``epsilon=1e-6``
+  (the ops default to ONNX's 1e-5) and parameter names, compute the variance in two passes
+  in float32 (Flax's default ``use_fast_variance=True`` uses E[x^2] - E[x]^2), return the
+  input's dtype (Flax promotes to the parameters'), and have no ``dtype``, ``axis_name`` or
+  ``axis_index_groups``.  ``reduction_axes`` must be trailing axes (the ONNX ops normalize
+  over ``axis, ..., rank - 1``); :class:`GroupNorm` normalizes over every non-batch axis
+  (Flax's default) and moves the channels-last input's channels to axis 1 and back.
 - :class:`BatchNorm` defaults to ``momentum=0.9`` (ONNX BatchNormalization and Caffe2's
   SpatialBN; Flax defaults to 0.99) and computes the batch variance in two passes
   (Flax's default ``use_fast_variance=True`` uses E[x^2] - E[x]^2).  It has no ``dtype``,
@@ -59,7 +67,9 @@ from jax.typing import ArrayLike
 import jaxops as jo
 from jaxops.flax import _common
 
-__all__ = ["ACTIVATIONS", "BatchNorm", "PReLU", "module_for"]  # + the activation modules
+__all__ = [
+    "ACTIVATIONS", "BatchNorm", "GroupNorm", "LayerNorm", "PReLU", "RMSNorm", "module_for",
+]  # + the activation modules
 
 
 def module_for(op: jo.Op, name: str | None = None, *,
@@ -266,3 +276,170 @@ class BatchNorm(nn.Module):
             ra_mean.value = jax.lax.stop_gradient(mean)
             ra_var.value = jax.lax.stop_gradient(var)
         return y
+
+
+def _feature_sizes(module: str, x: ArrayLike, feature_axes) -> tuple[int, ...]:
+    """The sizes of ``feature_axes`` of ``x``: the parameters' shape, as Flax's."""
+    _common.feature_shape(module, x, feature_axes)  # the range check
+    axes = (feature_axes,) if isinstance(feature_axes, int) else tuple(feature_axes)
+    return tuple(jnp.shape(x)[a] for a in axes)
+
+
+class LayerNorm(nn.Module):
+    r""":func:`jaxops.layer_norm` as a layer with learnable scale and bias, built like Flax's
+    ``nn.LayerNorm``.
+
+    .. math:: y = \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}}\,\gamma + \beta
+
+    with the mean and (population) variance over ``reduction_axes`` of each sample, which must
+    be the trailing axes (the ONNX op normalizes over ``axis, ..., rank - 1``).  Variables
+    ``params/scale`` and ``params/bias`` of the shape of ``feature_axes`` (as Flax's), in
+    ``param_dtype``, cast to the input's dtype for the call: the output has the input's dtype.
+
+    Differences from ``nn.LayerNorm``: the variance is computed in two passes in float32
+    (Flax's default ``use_fast_variance=True`` uses E[x^2] - E[x]^2); no ``dtype``,
+    ``axis_name``, ``axis_index_groups`` or ``force_float32_reductions`` (always float32).
+    ``epsilon`` defaults to Flax's 1e-6 (the op's, ONNX's, is 1e-5).
+
+    Attributes:
+      epsilon: added to the variance (1e-6, as Flax).
+      param_dtype: the parameters' dtype (float32).
+      use_bias: learn ``bias``; without it there is none (0).
+      use_scale: learn ``scale``; without it the scale is 1.
+      bias_init, scale_init: Flax initializers (zeros, ones).
+      reduction_axes: the normalized axes, trailing (-1).
+      feature_axes: the axes the parameters lie along (-1).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jaxops.flax import linen as jnn
+      >>> x = jnp.array([[1.0, 2.0, 3.0]])
+      >>> variables = jnn.LayerNorm().init(jax.random.key(0), x)
+      >>> jnn.LayerNorm().apply(variables, x).round(3)
+      Array([[-1.225,  0.   ,  1.225]], dtype=float32)
+
+    References:
+      Ba, Kiros and Hinton, "Layer Normalization" (2016); ONNX LayerNormalization-17.
+    """
+
+    epsilon: float = 1e-6
+    param_dtype: jnp.dtype = jnp.float32
+    use_bias: bool = True
+    use_scale: bool = True
+    bias_init: Any = nn.initializers.zeros
+    scale_init: Any = nn.initializers.ones
+    reduction_axes: int | tuple[int, ...] = -1
+    feature_axes: int | tuple[int, ...] = -1
+
+    @nn.compact
+    def __call__(self, x: ArrayLike) -> jax.Array:
+        shape = _feature_sizes("LayerNorm", x, self.feature_axes)
+        scale = (self.param("scale", self.scale_init, shape, self.param_dtype)
+                 if self.use_scale else None)
+        bias = self.param("bias", self.bias_init, shape, self.param_dtype) if self.use_bias \
+            else None
+        return _common.layer_norm(x, scale, bias, reduction_axes=self.reduction_axes,
+                                  feature_axes=self.feature_axes, epsilon=self.epsilon)
+
+
+class RMSNorm(nn.Module):
+    r""":func:`jaxops.rms_norm` as a layer with a learnable scale, built like Flax's
+    ``nn.RMSNorm``.
+
+    .. math:: y = \frac{x}{\sqrt{\overline{x^2} + \epsilon}}\,\gamma
+
+    with the mean over ``reduction_axes`` (trailing) of each sample; ``params/scale`` of the
+    shape of ``feature_axes``, cast to the input's dtype for the call.  Differences from
+    ``nn.RMSNorm``: no ``dtype``, ``axis_name``, ``axis_index_groups``,
+    ``use_fast_variance`` (a mean of squares has no fast variant) or
+    ``force_float32_reductions``; ``epsilon`` 1e-6 as Flax.
+
+    Attributes:
+      epsilon: added to the mean square (1e-6, as Flax).
+      param_dtype: the scale's dtype (float32).
+      use_scale: learn ``scale``; without it the scale is 1.
+      scale_init: a Flax initializer (ones).
+      reduction_axes: the normalized axes, trailing (-1).
+      feature_axes: the axes the scale lies along (-1).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jaxops.flax import linen as jnn
+      >>> x = jnp.array([2.0, -2.0])
+      >>> jnn.RMSNorm(epsilon=0.0).apply(jnn.RMSNorm().init(jax.random.key(0), x), x)
+      Array([ 1., -1.], dtype=float32)
+
+    References:
+      Zhang and Sennrich, "Root Mean Square Layer Normalization" (2019); ONNX
+      RMSNormalization-23.
+    """
+
+    epsilon: float = 1e-6
+    param_dtype: jnp.dtype = jnp.float32
+    use_scale: bool = True
+    scale_init: Any = nn.initializers.ones
+    reduction_axes: int | tuple[int, ...] = -1
+    feature_axes: int | tuple[int, ...] = -1
+
+    @nn.compact
+    def __call__(self, x: ArrayLike) -> jax.Array:
+        shape = _feature_sizes("RMSNorm", x, self.feature_axes)
+        scale = (self.param("scale", self.scale_init, shape, self.param_dtype)
+                 if self.use_scale else None)
+        return _common.rms_norm(x, scale, reduction_axes=self.reduction_axes,
+                                feature_axes=self.feature_axes, epsilon=self.epsilon)
+
+
+class GroupNorm(nn.Module):
+    r""":func:`jaxops.group_norm` as a layer with learnable per-channel scale and bias, built
+    like Flax's ``nn.GroupNorm``: channels last, ``num_groups`` (32) or ``group_size``.
+
+    .. math:: y = \frac{x - \mu_g}{\sqrt{\sigma_g^2 + \epsilon}}\,\gamma_c + \beta_c
+
+    with the statistics of each sample's group of channels over every axis but the batch
+    axis 0.  The ONNX op wants the channels on axis 1: the input's last axis is moved there
+    and back.  Variables ``params/scale`` and ``params/bias`` of shape ``(C,)``.
+
+    Differences from ``nn.GroupNorm``: the variance is computed in two passes (Flax's default
+    ``use_fast_variance=True`` uses E[x^2] - E[x]^2); no ``reduction_axes`` (every non-batch
+    axis, Flax's default), ``dtype``, ``axis_name``, ``axis_index_groups`` or
+    ``force_float32_reductions``; ``epsilon`` 1e-6 as Flax (the op's is ONNX's 1e-5).
+
+    Attributes:
+      num_groups: the number of groups (32, as Flax), or None with ``group_size``.
+      group_size: channels per group, with ``num_groups=None``.
+      epsilon: added to the variance (1e-6, as Flax).
+      param_dtype: the parameters' dtype (float32).
+      use_bias, use_scale: learn ``bias`` / ``scale`` (else 0 / 1).
+      bias_init, scale_init: Flax initializers (zeros, ones).
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jaxops.flax import linen as jnn
+      >>> x = jnp.array([[0.0, 2.0, 1.0, 1.0]])
+      >>> layer = jnn.GroupNorm(num_groups=2)
+      >>> layer.apply(layer.init(jax.random.key(0), x), x).round(3)
+      Array([[-1.,  1.,  0.,  0.]], dtype=float32)
+
+    References:
+      Wu and He, "Group Normalization" (2018); ONNX GroupNormalization-21.
+    """
+
+    num_groups: int | None = 32
+    group_size: int | None = None
+    epsilon: float = 1e-6
+    param_dtype: jnp.dtype = jnp.float32
+    use_bias: bool = True
+    use_scale: bool = True
+    bias_init: Any = nn.initializers.zeros
+    scale_init: Any = nn.initializers.ones
+
+    @nn.compact
+    def __call__(self, x: ArrayLike) -> jax.Array:
+        c = jnp.shape(x)[_common.feature_axis("GroupNorm", x, -1, min_ndim=2)]
+        groups = _common.num_groups(c, self.num_groups, self.group_size)
+        scale = (self.param("scale", self.scale_init, (c,), self.param_dtype)
+                 if self.use_scale else None)
+        bias = self.param("bias", self.bias_init, (c,), self.param_dtype) if self.use_bias \
+            else None
+        return _common.group_norm(x, scale, bias, groups=groups, epsilon=self.epsilon)

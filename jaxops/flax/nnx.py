@@ -18,8 +18,9 @@ attributes, yours too (an op made with ``jaxops.defop``)::
 
     Squareplus = jaxops.flax.nnx.module_for(squareplus)      # Squareplus(b=4.0)(x)
 
-:class:`PReLU` (a learned slope) and :class:`BatchNorm` (parameters and running statistics)
-are written out.
+:class:`PReLU` (a learned slope), :class:`BatchNorm` (parameters and running statistics)
+and the per-sample normalizations :class:`LayerNorm`, :class:`RMSNorm` and :class:`GroupNorm`
+(learned scale and bias, with Flax's names, initializers and defaults) are written out.
 
 Example:
   >>> import jax.numpy as jnp
@@ -39,6 +40,13 @@ Differences from Flax's own layers, and why:
   ``nnx.PReLU`` learns one scalar.  ``PReLU()`` (``num_features=1``) is the shared-slope form,
   with Flax's initial value 0.01.  The parameter is named ``slope`` (ONNX) and has shape
   ``(num_features,)``.
+- :class:`LayerNorm`, :class:`RMSNorm` and :class:`GroupNorm` keep Flax's ``epsilon=1e-6``
+  (the ops default to ONNX's 1e-5) and parameter names, compute the variance in two passes
+  in float32 (Flax's default ``use_fast_variance=True`` uses E[x^2] - E[x]^2), return the
+  input's dtype (Flax promotes to the parameters'), and have no ``dtype``, ``axis_name`` or
+  ``axis_index_groups``.  ``reduction_axes`` must be trailing axes (the ONNX ops normalize
+  over ``axis, ..., rank - 1``); :class:`GroupNorm` normalizes over every non-batch axis
+  (Flax's default) and moves the channels-last input's channels to axis 1 and back.
 - :class:`BatchNorm` defaults to ``momentum=0.9`` (ONNX BatchNormalization and Caffe2's
   SpatialBN; Flax defaults to 0.99) and computes the batch variance in two passes
   (Flax's default ``use_fast_variance=True`` uses E[x^2] - E[x]^2).  It has no ``dtype``,
@@ -59,7 +67,9 @@ from jax.typing import ArrayLike
 import jaxops as jo
 from jaxops.flax import _common
 
-__all__ = ["ACTIVATIONS", "BatchNorm", "PReLU", "module_for"]  # + the activation modules
+__all__ = [
+    "ACTIVATIONS", "BatchNorm", "GroupNorm", "LayerNorm", "PReLU", "RMSNorm", "module_for",
+]  # + the activation modules
 
 
 def module_for(op: jo.Op, name: str | None = None, *,
@@ -283,3 +293,224 @@ class BatchNorm(nnx.Module):
         """Used by ``nnx.view``, as for ``nnx.BatchNorm``."""
         if use_running_average is not None:
             self.use_running_average = use_running_average
+
+
+def _initial(init, rngs: nnx.Rngs | None, shape, dtype, default) -> jax.Array:
+    """A parameter's initial value; the default initializers (ones, zeros) need no key."""
+    if rngs is None:
+        if init is not default:
+            raise ValueError("jaxops.flax.nnx: a custom initializer needs a key: pass rngs=.")
+        return init(jax.random.key(0), shape, dtype)
+    return init(rngs.params(), shape, dtype)
+
+
+class LayerNorm(nnx.Module):
+    r""":func:`jaxops.layer_norm` as a layer with learnable scale and bias, built like Flax's
+    ``nnx.LayerNorm``.
+
+    .. math:: y = \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}}\,\gamma + \beta
+
+    with the mean and (population) variance over ``reduction_axes`` of each sample, which must
+    be the trailing axes (the ONNX op normalizes over ``axis, ..., rank - 1``).  ``scale``
+    and ``bias`` are ``nnx.Param`` of shape ``(num_features,)`` in ``param_dtype``, laid
+    along ``feature_axes`` and cast to the input's dtype for the call, so the output has the
+    input's dtype (Flax promotes it to the parameters' dtype).
+
+    Differences from ``nnx.LayerNorm``: the variance is computed in two passes in float32
+    (Flax's default ``use_fast_variance=True`` uses E[x^2] - E[x]^2); no ``dtype``,
+    ``promote_dtype``, ``axis_name`` or metadata arguments; ``rngs`` may be omitted for the
+    default initializers.  ``epsilon`` defaults to Flax's 1e-6 (the op's, ONNX's, is 1e-5),
+    so that a model moved from Flax computes the same numbers.
+
+    Args:
+      num_features: the number of features (the product of the ``feature_axes`` sizes).
+      epsilon: added to the variance (1e-6, as Flax).
+      param_dtype: the parameters' dtype (float32).
+      use_bias: learn ``bias``; without it there is none (0).
+      use_scale: learn ``scale``; without it the scale is 1.
+      bias_init, scale_init: Flax initializers (zeros, ones).
+      reduction_axes: the normalized axes, trailing (-1).
+      feature_axes: the axes the parameters lie along (-1).
+      rngs: the key for the initializers (optional with the default ones).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxops.flax import nnx as jnnx
+      >>> layer = jnnx.LayerNorm(3)
+      >>> layer(jnp.array([[1.0, 2.0, 3.0]])).round(3)
+      Array([[-1.225,  0.   ,  1.225]], dtype=float32)
+
+    References:
+      Ba, Kiros and Hinton, "Layer Normalization" (2016); ONNX LayerNormalization-17.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        epsilon: float = 1e-6,
+        param_dtype: jnp.dtype = jnp.float32,
+        use_bias: bool = True,
+        use_scale: bool = True,
+        bias_init: Any = nnx.initializers.zeros,
+        scale_init: Any = nnx.initializers.ones,
+        reduction_axes: int | tuple[int, ...] = -1,
+        feature_axes: int | tuple[int, ...] = -1,
+        rngs: nnx.Rngs | None = None,
+    ):
+        shape = (num_features,)
+        self.scale = (nnx.Param(_initial(scale_init, rngs, shape, param_dtype,
+                                         nnx.initializers.ones))
+                      if use_scale else nnx.data(None))
+        self.bias = (nnx.Param(_initial(bias_init, rngs, shape, param_dtype,
+                                        nnx.initializers.zeros))
+                     if use_bias else nnx.data(None))
+        self.num_features = num_features
+        self.epsilon = epsilon
+        self.param_dtype = param_dtype
+        self.use_bias = use_bias
+        self.use_scale = use_scale
+        self.reduction_axes = reduction_axes
+        self.feature_axes = feature_axes
+
+    def __call__(self, x: ArrayLike) -> jax.Array:
+        return _common.layer_norm(
+            x, None if self.scale is None else self.scale[...],
+            None if self.bias is None else self.bias[...], reduction_axes=self.reduction_axes,
+            feature_axes=self.feature_axes, epsilon=self.epsilon)
+
+
+class RMSNorm(nnx.Module):
+    r""":func:`jaxops.rms_norm` as a layer with a learnable scale, built like Flax's
+    ``nnx.RMSNorm``.
+
+    .. math:: y = \frac{x}{\sqrt{\overline{x^2} + \epsilon}}\,\gamma
+
+    with the mean over ``reduction_axes`` (trailing) of each sample; ``scale`` is an
+    ``nnx.Param`` of shape ``(num_features,)`` along ``feature_axes``, cast to the input's
+    dtype for the call.  Differences from ``nnx.RMSNorm``: no ``dtype``, ``promote_dtype``,
+    ``axis_name``, ``use_fast_variance`` (a mean of squares has no fast variant) or metadata
+    arguments; ``rngs`` may be omitted for the default initializer; ``epsilon`` 1e-6 as Flax.
+
+    Args:
+      num_features: the number of features.
+      epsilon: added to the mean square (1e-6, as Flax).
+      param_dtype: the scale's dtype (float32).
+      use_scale: learn ``scale``; without it the scale is 1.
+      scale_init: a Flax initializer (ones).
+      reduction_axes: the normalized axes, trailing (-1).
+      feature_axes: the axes the scale lies along (-1).
+      rngs: the key for the initializer (optional with the default).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxops.flax import nnx as jnnx
+      >>> jnnx.RMSNorm(2, epsilon=0.0)(jnp.array([2.0, -2.0]))
+      Array([ 1., -1.], dtype=float32)
+
+    References:
+      Zhang and Sennrich, "Root Mean Square Layer Normalization" (2019); ONNX
+      RMSNormalization-23.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        epsilon: float = 1e-6,
+        param_dtype: jnp.dtype = jnp.float32,
+        use_scale: bool = True,
+        scale_init: Any = nnx.initializers.ones,
+        reduction_axes: int | tuple[int, ...] = -1,
+        feature_axes: int | tuple[int, ...] = -1,
+        rngs: nnx.Rngs | None = None,
+    ):
+        self.scale = (nnx.Param(_initial(scale_init, rngs, (num_features,), param_dtype,
+                                         nnx.initializers.ones))
+                      if use_scale else nnx.data(None))
+        self.num_features = num_features
+        self.epsilon = epsilon
+        self.param_dtype = param_dtype
+        self.use_scale = use_scale
+        self.reduction_axes = reduction_axes
+        self.feature_axes = feature_axes
+
+    def __call__(self, x: ArrayLike) -> jax.Array:
+        return _common.rms_norm(
+            x, None if self.scale is None else self.scale[...],
+            reduction_axes=self.reduction_axes, feature_axes=self.feature_axes,
+            epsilon=self.epsilon)
+
+
+class GroupNorm(nnx.Module):
+    r""":func:`jaxops.group_norm` as a layer with learnable per-channel scale and bias, built
+    like Flax's ``nnx.GroupNorm``: channels last, ``num_groups`` (32) or ``group_size``.
+
+    .. math:: y = \frac{x - \mu_g}{\sqrt{\sigma_g^2 + \epsilon}}\,\gamma_c + \beta_c
+
+    with the statistics of each sample's group of channels over every axis but the batch
+    axis 0.  The ONNX op wants the channels on axis 1: the input's last axis is moved there
+    and back.  ``scale`` and ``bias`` are ``nnx.Param`` of shape ``(num_features,)``.
+
+    Differences from ``nnx.GroupNorm``: the variance is computed in two passes (Flax's
+    default ``use_fast_variance=True`` uses E[x^2] - E[x]^2); no ``reduction_axes`` (every
+    non-batch axis, Flax's default), ``dtype``, ``promote_dtype``, ``axis_name`` or
+    metadata arguments; ``rngs`` may be omitted for the default initializers; ``epsilon``
+    1e-6 as Flax (the op's is ONNX's 1e-5).
+
+    Args:
+      num_features: the number of channels (the input's last axis).
+      num_groups: the number of groups (32, as Flax), or None with ``group_size``.
+      group_size: channels per group, with ``num_groups=None``.
+      epsilon: added to the variance (1e-6, as Flax).
+      param_dtype: the parameters' dtype (float32).
+      use_bias, use_scale: learn ``bias`` / ``scale`` (else 0 / 1).
+      bias_init, scale_init: Flax initializers (zeros, ones).
+      rngs: the key for the initializers (optional with the default ones).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxops.flax import nnx as jnnx
+      >>> layer = jnnx.GroupNorm(4, num_groups=2)
+      >>> layer(jnp.array([[0.0, 2.0, 1.0, 1.0]])).round(3)
+      Array([[-1.,  1.,  0.,  0.]], dtype=float32)
+
+    References:
+      Wu and He, "Group Normalization" (2018); ONNX GroupNormalization-21.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        num_groups: int | None = 32,
+        group_size: int | None = None,
+        *,
+        epsilon: float = 1e-6,
+        param_dtype: jnp.dtype = jnp.float32,
+        use_bias: bool = True,
+        use_scale: bool = True,
+        bias_init: Any = nnx.initializers.zeros,
+        scale_init: Any = nnx.initializers.ones,
+        rngs: nnx.Rngs | None = None,
+    ):
+        self.groups = _common.num_groups(num_features, num_groups, group_size)
+        shape = (num_features,)
+        self.scale = (nnx.Param(_initial(scale_init, rngs, shape, param_dtype,
+                                         nnx.initializers.ones))
+                      if use_scale else nnx.data(None))
+        self.bias = (nnx.Param(_initial(bias_init, rngs, shape, param_dtype,
+                                        nnx.initializers.zeros))
+                     if use_bias else nnx.data(None))
+        self.num_features = num_features
+        self.num_groups = num_groups
+        self.group_size = group_size
+        self.epsilon = epsilon
+        self.param_dtype = param_dtype
+        self.use_bias = use_bias
+        self.use_scale = use_scale
+
+    def __call__(self, x: ArrayLike) -> jax.Array:
+        return _common.group_norm(
+            x, None if self.scale is None else self.scale[...],
+            None if self.bias is None else self.bias[...], groups=self.groups,
+            epsilon=self.epsilon)

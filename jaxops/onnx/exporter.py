@@ -371,6 +371,14 @@ def _emit_jaxops(g: _Graph, eqn, ins: list[str]) -> list[str]:
     return outs
 
 
+def _opset_version(op_type: str, opset: int) -> int | None:
+    """The version of the ai.onnx op ``op_type`` that ``opset`` holds (None: not yet)."""
+    try:
+        return onnx.defs.get_schema(op_type, opset, "").since_version
+    except onnx.defs.SchemaError:
+        return None
+
+
 def _inline_call(g: _Graph, fn: onnx.FunctionProto, inputs: list[str]) -> list[str]:
     """``fn``'s nodes appended to ``g`` with its values renamed apart, in place of a call
     (the bodies jaxops writes take no attribute references and call no functions)."""
@@ -733,8 +741,7 @@ def supported_exports(opset: int = DEFAULT_OPSET) -> dict[str, dict[str, int]]:
     for s in jo.schema.all_schemas():
         if s.domain == JAXOPS_DOMAIN:
             jaxops_ops[s.name] = s.since_version
-        elif s.domain == "" and (onnx.defs.get_schema(s.name, opset, "").since_version
-                                 == s.since_version):
+        elif s.domain == "" and _opset_version(s.name, opset) == s.since_version:
             onnx_ops[s.name] = s.since_version
     return {"ai.onnx": dict(sorted(onnx_ops.items())),
             JAXOPS_DOMAIN: dict(sorted(jaxops_ops.items()))}

@@ -44,6 +44,7 @@ from jaxops.onnx.tensors import (
     resolve_tensors,
     to_array,
 )
+from jaxops.ops import layer_normalization
 from jaxops.schema import JAXOPS_DOMAIN
 
 #: The ai.onnx opsets imported: 7 made arithmetic broadcast like numpy; 28 is the newest the
@@ -635,6 +636,11 @@ def _registry_op(n, schema):
                    f"Y; the node asks for {asked}. Set training_mode=1 for the running "
                    "statistics, or drop the extra outputs.")
     out = op_of(schema)(*n.inputs, *[None] * (len(schema.inputs) - len(n.inputs)), **attrs)
+    if schema.name == "LayerNormalization" and any(names[1:]):
+        # ONNX's optional statistics outputs (training graphs), which jaxops' op does not
+        # return: computed beside it, as LayerNormalization-17 defines them
+        return (out, *layer_normalization.statistics(n.inputs[0], axis=attrs["axis"],
+                                                     epsilon=attrs["epsilon"]))[:len(names)]
     outs = out if isinstance(out, tuple) else (out,)
     return outs[:max(len(names), 1)] if len(outs) > 1 else out
 
