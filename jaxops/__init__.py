@@ -52,6 +52,7 @@ from jaxops.ops.losses import (
     binary_cross_entropy as binary_cross_entropy,
     binary_cross_entropy_gradient as binary_cross_entropy_gradient,
     hinge as hinge,
+    huber_loss as huber_loss,
     kl_divergence as kl_divergence,
     mae as mae,
     mse as mse,

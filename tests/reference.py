@@ -407,6 +407,31 @@ def _loss_cases():
                              -2 * (np.log1p(p) - np.log1p(t)) / (1 + t)),
                msle_d2, two(-0.5, 4, -0.5, 4))
 
+    for delta in (1.0, 0.5):
+        def huber_sample(rng, shape, delta=delta):
+            # d = p - t away from the kinks ±delta, but for d = ±delta exactly (t = 0) in
+            # the first entries: the convention there (slope ±delta, curvature 1) is tested
+            d = rng.uniform(-3, 3, size=shape)
+            d = np.where(np.abs(np.abs(d) - delta) < 0.1, d + 0.2 * np.sign(d), d)
+            t = rng.uniform(-2, 2, size=shape)
+            t.reshape(-1)[:2], d.reshape(-1)[:2] = 0.0, (delta, -delta)
+            return t + d, t
+
+        def huber_ref(p, t, delta=delta):
+            d = p - t
+            return np.where(np.abs(d) <= delta, 0.5 * d * d, delta * (np.abs(d) - 0.5 * delta))
+
+        def huber_d1(p, t, delta=delta):
+            g = np.clip(p - t, -delta, delta)
+            return g, -g
+
+        def huber_d2(p, t, delta=delta):
+            q = (np.abs(p - t) <= delta) * 1.0
+            return (q, -q), (-q, q)
+
+        yield Case("huber_loss", jo.huber_loss, {"delta": delta, "reduction": "none"},
+                   huber_ref, huber_d1, huber_d2, huber_sample, kinks=(delta, -delta))
+
     def hinge_sample(rng, shape):
         return rng.uniform(-3, 3, size=shape), rng.choice([-1.0, 1.0], size=shape)
 
