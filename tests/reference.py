@@ -611,6 +611,94 @@ def _labelled_cases():
                unbatched=(2,), rowwise=False, shape=_STRUCT_SHAPE, vjp_ref=sce_both_vjp)
 
 
+def _labelled_axis_smoothing_cases():
+    """The jaxops extensions of the labelled losses: the class axis (axis=-1, (B, T, C) scores
+    with (B, T) labels) and softmax_cross_entropy's label smoothing, from PyTorch's documented
+    CrossEntropyLoss formula: per entry (1 - eps) w_l (-log p_l) + eps / C sum_c w_c (-log p_c),
+    0 where ignored, the mean divided by the summed label weights of the kept entries.  The
+    references move the class axis to 1 and use the axis-1 helpers above."""
+    def sample(rng, shape, axis, logits=True):
+        c = shape[axis]
+        s = rng.uniform(-3, 3, size=shape)
+        labels = rng.integers(0, c, size=tuple(d for k, d in enumerate(shape)
+                                               if k != axis % len(shape)))
+        labels.reshape(-1)[:2] = (1, 1)  # ignore_index=1 occurs, and in the first rows
+        if not logits:
+            s = np.moveaxis(_log_softmax1(np.moveaxis(s, axis, 1)), 1, axis)
+        return s, labels, rng.uniform(0.5, 2, size=(c,))
+
+    def ref(s, t, w, *, ignore, reduction, axis, eps, logits=True):
+        x = np.moveaxis(s, axis, 1)
+        logp = _log_softmax1(x) if logits else x
+        ew, safe = _entry_weights(t, w, ignore)
+        picked = np.take_along_axis(logp, safe[:, None], 1)[:, 0]
+        loss = -picked * ew
+        if eps:
+            c = x.shape[1]
+            wc = np.ones(c) if w is None else w
+            kept = np.ones(t.shape) if ignore is None else (t != ignore) * 1.0
+            smooth = -np.sum(logp * wc.reshape((1, c) + (1,) * (t.ndim - 1)), axis=1)
+            loss = (1 - eps) * loss + eps / c * smooth * kept
+        return _reduce_ref(loss, ew, reduction)
+
+    def vjp(s, t, w, wout, *, ignore, reduction, axis, eps, logits=True):
+        x = np.moveaxis(s, axis, 1)
+        c = x.shape[1]
+        coef, safe = _coef(t, w, wout, ignore, reduction)
+        onehot = _onehot1(safe, c)
+        if not logits:  # nll: d/dx = -onehot * coef
+            return (np.moveaxis(-onehot * coef[:, None] + 0 * x, 1, axis),)
+        p = np.exp(_log_softmax1(x))
+        d = (p - onehot) * coef[:, None]
+        if eps:
+            wc = np.ones(c) if w is None else w
+            # d total / d loss_n without the entry's weight, 0 where ignored
+            ew, _ = _entry_weights(t, w, ignore)
+            kept = np.ones(t.shape) if ignore is None else (t != ignore) * 1.0
+            if reduction == "none":
+                g = wout * kept
+            elif reduction == "sum":
+                g = np.ravel(wout)[0] * kept
+            else:
+                g = np.ravel(wout)[0] / ew.sum() * kept if ew.sum() else 0 * kept
+            smooth = p * wc.sum() - wc.reshape((1, c) + (1,) * (t.ndim - 1))
+            d = (1 - eps) * d + eps / c * smooth * g[:, None]
+        return (np.moveaxis(d, 1, axis),)
+
+    forms = (  # (op, reduction, ignore_index, weighted, axis, label_smoothing)
+        ("sce", "none", 1, True, -1, 0.0), ("sce", "mean", None, False, -1, 0.0),
+        ("nll", "none", 1, True, -1, 0.0), ("nll", "mean", 1, False, -1, 0.0),
+        ("sce", "mean", 1, True, 1, 0.2), ("sce", "sum", None, True, -1, 0.1),
+        ("sce", "none", 1, False, 1, 0.3), ("sce", "mean", None, False, -1, 0.25),
+        ("sce", "sum", 1, True, 1, 1.0),
+    )
+    for op, reduction, ignore, weighted, axis, eps in forms:
+        logits = op == "sce"
+        kw = dict(ignore=ignore, reduction=reduction, axis=axis, eps=eps, logits=logits)
+        wsel = (lambda w: w) if weighted else (lambda w: None)
+        attrs = {"ignore_index": ignore, "reduction": reduction, "axis": axis}
+        if logits:
+            attrs["label_smoothing"] = eps
+
+        def f(s, t, w, attrs=attrs, wsel=wsel, logits=logits):
+            fn = jo.softmax_cross_entropy if logits else jo.nll_loss
+            return fn(s, t, wsel(w), **attrs)
+
+        def f_ref(s, t, w, kw=kw, wsel=wsel):
+            return ref(s, t, wsel(w), **kw)
+
+        def f_vjp(s, t, w, wout, kw=kw, wsel=wsel):
+            return vjp(s, t, wsel(w), wout, **kw)
+
+        tag = ",".join(x for x in ("w" if weighted else "", f"axis={axis}",
+                                    f"eps={eps}" if logits else "") if x)
+        name = "softmax_cross_entropy" if logits else "nll_loss"
+        yield Case(f"{name}[{tag}]", f, {}, f_ref, None, None,
+                   lambda rng, shape, axis=axis, logits=logits: sample(rng, shape, axis, logits),
+                   ints=(1,), constant=(2,), unbatched=(2,), rowwise=False,
+                   shape=_STRUCT_SHAPE, vjp_ref=f_vjp)
+
+
 def _linear_cross_entropy_cases():
     n, hidden, v = 6, 3, 5
 
@@ -834,6 +922,6 @@ CASES: tuple[Case, ...] = (
 )
 
 STRUCTURED: tuple[Case, ...] = (
-    *_labelled_cases(), *_cross_entropy_cases(), *_batch_norm_cases(),
+    *_labelled_cases(), *_labelled_axis_smoothing_cases(), *_cross_entropy_cases(), *_batch_norm_cases(),
     *_linear_cross_entropy_cases(), *_clip_bounds_cases(),
 )

@@ -42,6 +42,7 @@ from jaxops.ops.loss_machinery import (
     reduce_entries,
     reduce_weighted,
     spread,
+    spread_labelled,
     weights_parameter,
 )
 from jaxops.ops.softmax import log_softmax, log_softmax_gradient
@@ -56,54 +57,86 @@ from jaxops.schema import (
 
 # -------------------------------------------------------------------- shared by SCE and NLL
 
-def _check_labelled(s: OpSchema, scores, labels, weights) -> int:
-    """Shapes of (scores (N, C, d...), labels (N, d...), weights (C,)); returns C."""
+def _check_labelled(s: OpSchema, scores, labels, weights, axis: int = 1) -> int:
+    """Shapes of (scores (N, C, d...), labels (N, d...), weights (C,)) with the classes on
+    ``axis`` (1: ONNX's layout); returns C."""
     f, (x, t) = s.function, (s.inputs[0].name, s.inputs[1].name)
-    if len(scores.shape) < 2:
-        raise ValueError(f"jaxops.{f}: input {x!r} must have shape (N, C, d1, ...) with the "
-                         f"classes on axis 1, got shape {scores.shape}.")
-    want = (scores.shape[0], *scores.shape[2:])
+    rank = len(scores.shape)
+    if not -rank <= axis < rank:
+        raise ValueError(f"jaxops.{f}: input {x!r} of shape {scores.shape} has no class axis "
+                         f"{axis}. Scores are (N, C, d1, ...) with the classes on axis 1 "
+                         "(ONNX's layout), or pass axis= (axis=-1 for (..., C) scores).")
+    axis %= rank
+    want = scores.shape[:axis] + scores.shape[axis + 1:]
     if labels.shape != want:
         raise ValueError(f"jaxops.{f}: input {t!r} must have shape {want} ({x!r} without its "
-                         f"class axis 1), got {labels.shape}.")
-    c = scores.shape[1]
+                         f"class axis {axis}), got {labels.shape}.")
+    c = scores.shape[axis]
     if weights is not None and weights.shape != (c,):
         raise ValueError(f"jaxops.{f}: input {s.inputs[2].name!r} must have shape ({c},), one "
                          f"weight per class, got {weights.shape}.")
     return c
 
 
-def _picked(logp, safe):
-    """logp[n, label_n, d...]: the log-probability of each entry's label.  Without classes
-    there is nothing to pick (a gather of an empty axis is refused): 0, which the callers
-    mask, since each such entry is ignored or invalid."""
-    if logp.shape[1] == 0:
+def _picked(logp, safe, axis=1):
+    """logp[n, label_n, d...]: the log-probability of each entry's label along ``axis``.
+    Without classes there is nothing to pick (a gather of an empty axis is refused): 0, which
+    the callers mask, since each such entry is ignored or invalid."""
+    if logp.shape[axis] == 0:
         return jnp.zeros(safe.shape, logp.dtype)
-    return jnp.take_along_axis(logp, safe[:, None], axis=1)[:, 0]
+    return jnp.take_along_axis(logp, jnp.expand_dims(safe, axis), axis=axis).squeeze(axis)
 
 
-def _nll_from_log_prob(logp, labels, weights, *, ignore_index, reduction):
-    """The weighted negative log-likelihood of float32 log-probabilities."""
-    w, safe, invalid = entry_weights(labels, weights, logp.shape[1], ignore_index, logp.dtype)
-    return reduce_weighted(-_picked(logp, safe), w, invalid, reduction)
+def _along(v, axis, rank):
+    """A (C,) per-class vector shaped to broadcast along ``axis`` of a rank-``rank`` array."""
+    return v.reshape(tuple(-1 if k == axis % rank else 1 for k in range(rank)))
 
 
-def _one_hot(safe, c, dtype):
-    return jax.nn.one_hot(safe, c, axis=1, dtype=dtype)
+def _smoothing_term(logp, weights, ignored, axis):
+    """Label smoothing's per-entry term ``-sum_c w_c log p_c`` (PyTorch's ``smooth_loss``),
+    0 on ignored entries."""
+    wc = 1.0 if weights is None else _along(upcast(weights), axis, logp.ndim)
+    return jnp.where(ignored, 0.0, -jnp.sum(logp * wc, axis=axis))
 
 
-def _labelled_infer(s: OpSchema, in_avals, *, reduction, return_log_prob=False, **attrs):
+def _ignored(labels, ignore_index):
+    if ignore_index is None:
+        return jnp.zeros_like(labels, bool)
+    return labels == ignore_index
+
+
+def _nll_from_log_prob(logp, labels, weights, *, ignore_index, reduction, axis=1,
+                       label_smoothing=0.0):
+    """The weighted negative log-likelihood of float32 log-probabilities, with PyTorch's label
+    smoothing: ``(1 - eps) w_l nll + eps / C * sum_c w_c (-log p_c)`` per entry, the "mean"
+    divided by ``sum_n w_{l_n}`` either way."""
+    c = logp.shape[axis]
+    w, safe, invalid = entry_weights(labels, weights, c, ignore_index, logp.dtype)
+    nll = -_picked(logp, safe, axis)
+    if not label_smoothing:
+        return reduce_weighted(nll, w, invalid, reduction)
+    smooth = _smoothing_term(logp, weights, _ignored(labels, ignore_index), axis)
+    return reduce_weighted(nll, w, invalid, reduction, scale=1.0 - label_smoothing,
+                           plus=label_smoothing / max(c, 1) * smooth)
+
+
+def _one_hot(safe, c, dtype, axis=1):
+    return jax.nn.one_hot(safe, c, axis=axis, dtype=dtype)
+
+
+def _labelled_infer(s: OpSchema, in_avals, *, reduction, return_log_prob=False, axis=1,
+                    **attrs):
     scores, labels, weights = in_avals[:3]
-    _check_labelled(s, scores, labels, weights)
+    _check_labelled(s, scores, labels, weights, axis)
     loss = jax.ShapeDtypeStruct(loss_shape(labels.shape, reduction), scores.dtype)
     if return_log_prob:
         return loss, jax.ShapeDtypeStruct(scores.shape, scores.dtype)
     return (loss,)
 
 
-def _labelled_gradient_infer(s: OpSchema, in_avals, *, reduction, **attrs):
+def _labelled_gradient_infer(s: OpSchema, in_avals, *, reduction, axis=1, **attrs):
     scores, labels, weights, dloss = in_avals
-    (loss,) = _labelled_infer(s, (scores, labels, weights), reduction=reduction)
+    (loss,) = _labelled_infer(s, (scores, labels, weights), reduction=reduction, axis=axis)
     check_dloss_shape(s, dloss, loss.shape, reduction)
     return (jax.ShapeDtypeStruct(scores.shape, scores.dtype),)
 
@@ -123,6 +156,23 @@ def _labelled_cost(flops: float, exps: float, logs_per_entry: float, reads_first
     return cost
 
 
+#: The class axis: a jaxops extension of ONNX's labelled losses, whose classes are on axis 1.
+#: A call with another axis exports as the ONNX node between Transposes (docs/onnx.md).
+CLASS_AXIS = Attribute(
+    "axis", "int", 1, onnx=False,
+    doc="the class axis of the scores (ONNX: 1); -1 takes (..., C) scores with (...) labels")
+
+
+def _smoothing_ok(eps: float) -> str | None:
+    return None if 0.0 <= eps <= 1.0 else "must be in [0, 1] (PyTorch's label_smoothing)."
+
+
+#: Label smoothing, PyTorch's: a jaxops extension of ONNX's SoftmaxCrossEntropyLoss.
+LABEL_SMOOTHING = Attribute(
+    "label_smoothing", "float", 0.0, onnx=False, check=_smoothing_ok,
+    doc="eps in [0, 1]: the target is (1 - eps) onehot + eps / C, as PyTorch's "
+        "CrossEntropyLoss(label_smoothing=eps), class weights included")
+
 # ------------------------------------------------------------------ SoftmaxCrossEntropyLoss
 
 SOFTMAX_CROSS_ENTROPY = schema.register(OpSchema(
@@ -135,7 +185,8 @@ SOFTMAX_CROSS_ENTROPY = schema.register(OpSchema(
              Parameter("log_prob", doc="log_softmax(scores, axis=1)", optional=True)),
     attributes=(IGNORE_INDEX, REDUCTION,
                 Attribute("return_log_prob", "bool", False, onnx=False,
-                          doc="also return log_prob (ONNX's optional second output)")),
+                          doc="also return log_prob (ONNX's optional second output)"),
+                CLASS_AXIS, LABEL_SMOOTHING),
     type_constraints=LABELLED_TYPES, elementwise=False, identical_type_and_shape=False,
     value_check=labels_in_range, gradient="SoftmaxCrossEntropyLossGradient",
     infer_fn=_labelled_infer, cost_fn=_labelled_cost(flops=5, exps=1, logs_per_entry=1),
@@ -149,30 +200,48 @@ SOFTMAX_CROSS_ENTROPY = schema.register(OpSchema(
 def softmax_cross_entropy(
     scores: ArrayLike, labels: ArrayLike, weights: ArrayLike | None = None, *,
     ignore_index: int | None = None, reduction: str = "mean", return_log_prob: bool = False,
+    axis: int = 1, label_smoothing: float = 0.0,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
-    r"""Softmax cross-entropy of integer labels (ONNX SoftmaxCrossEntropyLoss-13).
+    r"""Softmax cross-entropy of integer labels (ONNX SoftmaxCrossEntropyLoss-13), with
+    PyTorch's label smoothing.
 
-    .. math:: \ell_n = -w_{l_n} \log \mathrm{softmax}(s_n)_{l_n}, \qquad
-              \text{mean} = \frac{\sum_n \ell_n}{\sum_n w_{l_n}}, \qquad
-              \frac{\partial \ell_n}{\partial s_{n}} = w_{l_n} (\mathrm{softmax}(s_n)
-              - \mathrm{onehot}(l_n))
+    .. math:: \ell_n = (1 - \varepsilon)\, w_{l_n} (-\log p_{n, l_n})
+              + \frac{\varepsilon}{C} \sum_c w_c (-\log p_{n, c}), \qquad
+              p_n = \mathrm{softmax}(s_n), \qquad
+              \text{mean} = \frac{\sum_n \ell_n}{\sum_n w_{l_n}}
 
-    Classes are on axis 1: ``scores`` is ``(N, C)`` or ``(N, C, d1, ...)`` and ``labels``
-    ``(N)`` or ``(N, d1, ...)``.  Entries labelled ``ignore_index`` add neither loss nor
+    .. math:: \frac{\partial \ell_n}{\partial s_n} = (1 - \varepsilon)\, w_{l_n}
+              (p_n - \mathrm{onehot}(l_n)) + \frac{\varepsilon}{C}
+              \Big(p_n \sum_c w_c - w\Big)
+
+    Classes are on ``axis``, 1 by default (ONNX's layout): ``scores`` is ``(N, C)`` or
+    ``(N, C, d1, ...)`` and ``labels`` ``(N)`` or ``(N, d1, ...)``; with ``axis=-1``,
+    ``(B, T, C)`` scores take ``(B, T)`` labels (optax's layout).  Labels have the shape of
+    ``scores`` without its class axis.  Entries labelled ``ignore_index`` add neither loss nor
     weight; a fully ignored batch has mean 0 (ONNX/PyTorch: NaN).  Stable for large scores
     (``log_softmax``); half precision is computed in float32.  The registered gradient op
-    reads ``log_prob`` and writes ``softmax - onehot`` (Caffe2's SoftmaxWithLossGradient).
+    reads ``log_prob`` and writes ``softmax - onehot`` (Caffe2's SoftmaxWithLossGradient),
+    or the smoothed form above.
 
-    Same values as ``optax.softmax_cross_entropy_with_integer_labels`` per entry (which puts
-    classes on the last axis) and PyTorch's ``CrossEntropyLoss`` (NaN when fully ignored).
+    ``label_smoothing`` is PyTorch's ``CrossEntropyLoss(label_smoothing=eps)`` exactly,
+    class weights and ``ignore_index`` included: the smoothing term weights each class by its
+    own weight and is 0 on ignored entries, and "mean" divides both terms by the summed weight
+    of the entries' labels.  Without weights it is
+    ``optax.softmax_cross_entropy(s, optax.smooth_labels(onehot(l), eps))`` per entry.  A
+    class of probability 0 (a ``-inf`` score) makes the smoothing term ``inf``, as in PyTorch.
+
+    Same values as ``optax.softmax_cross_entropy_with_integer_labels`` per entry and PyTorch's
+    ``CrossEntropyLoss`` (NaN when fully ignored).
 
     Args:
-      scores: float array ``(N, C, d1, ...)``.
+      scores: float array ``(N, C, d1, ...)`` (classes on ``axis``).
       labels: int32/int64 array ``(N, d1, ...)`` of classes in ``[0, C)`` or ``ignore_index``.
       weights: optional float array ``(C,)`` (the dtype of ``scores``).
       ignore_index: label value to skip (static), or None.
       reduction: "none" | "sum" | "mean".
-      return_log_prob: also return ``log_softmax(scores, axis=1)``.
+      return_log_prob: also return ``log_softmax(scores, axis=axis)``.
+      axis: the class axis of ``scores`` (static; ONNX: 1).
+      label_smoothing: ``eps`` in ``[0, 1]`` (static).
 
     Returns:
       The loss; with ``return_log_prob``, ``(loss, log_prob)``.
@@ -182,24 +251,31 @@ def softmax_cross_entropy(
       >>> scores = jnp.array([[0.0, 0.0], [20.0, 0.0]])
       >>> jaxops.softmax_cross_entropy(scores, jnp.array([0, 1]), reduction="none")
       Array([ 0.6931472, 20.       ], dtype=float32)
+      >>> jaxops.softmax_cross_entropy(scores[None], jnp.array([[0, 1]]), axis=-1,
+      ...                              label_smoothing=0.2, reduction="none")
+      Array([[ 0.6931472, 18.       ]], dtype=float32)
 
     References:
-      ONNX SoftmaxCrossEntropyLoss-13; Caffe2 ``SoftmaxWithLoss``.
+      ONNX SoftmaxCrossEntropyLoss-13; Caffe2 ``SoftmaxWithLoss``; Szegedy et al.,
+      "Rethinking the Inception Architecture for Computer Vision" (2016) (label smoothing);
+      PyTorch ``CrossEntropyLoss``.
     """
-    logp = log_softmax(upcast(scores), axis=1)
+    logp = log_softmax(upcast(scores), axis=axis)
     loss = _nll_from_log_prob(logp, labels, weights, ignore_index=ignore_index,
-                              reduction=reduction).astype(scores.dtype)
+                              reduction=reduction, axis=axis,
+                              label_smoothing=label_smoothing).astype(scores.dtype)
     return (loss, logp.astype(scores.dtype)) if return_log_prob else loss
 
 
 @softmax_cross_entropy.defgrad
-def _softmax_cross_entropy_vjp(scores, labels, weights, y, dy, *, return_log_prob, **attrs):
+def _softmax_cross_entropy_vjp(scores, labels, weights, y, dy, *, return_log_prob, axis,
+                               **attrs):
     # recomputed when not returned; under jit XLA shares it with the forward
-    logp = y[1] if return_log_prob else log_softmax(scores, axis=1)
+    logp = y[1] if return_log_prob else log_softmax(scores, axis=axis)
     dloss = dy[0] if return_log_prob else dy
-    dscores = softmax_cross_entropy_gradient(logp, labels, weights, dloss, **attrs)
+    dscores = softmax_cross_entropy_gradient(logp, labels, weights, dloss, axis=axis, **attrs)
     if return_log_prob:
-        dscores = dscores + log_softmax_gradient(logp, dy[1], axis=1)
+        dscores = dscores + log_softmax_gradient(logp, dy[1], axis=axis)
     return dscores
 
 
@@ -212,7 +288,8 @@ SOFTMAX_CROSS_ENTROPY_GRADIENT = schema.register(OpSchema(
             weights_parameter(differentiable=True),
             Parameter("dloss", doc="gradient w.r.t. the loss")),
     outputs=(Parameter("dscores", doc="gradient w.r.t. the scores"),),
-    attributes=(IGNORE_INDEX, REDUCTION), type_constraints=LABELLED_TYPES,
+    attributes=(IGNORE_INDEX, REDUCTION, CLASS_AXIS, LABEL_SMOOTHING),
+    type_constraints=LABELLED_TYPES,
     elementwise=False, identical_type_and_shape=False, infer_fn=_labelled_gradient_infer,
     cost_fn=_labelled_cost(flops=4, exps=1, logs_per_entry=0),
 ))
@@ -221,11 +298,14 @@ SOFTMAX_CROSS_ENTROPY_GRADIENT = schema.register(OpSchema(
 @defop(SOFTMAX_CROSS_ENTROPY_GRADIENT)
 def softmax_cross_entropy_gradient(
     log_prob: ArrayLike, labels: ArrayLike, weights: ArrayLike | None, dloss: ArrayLike, *,
-    ignore_index: int | None = None, reduction: str = "mean",
+    ignore_index: int | None = None, reduction: str = "mean", axis: int = 1,
+    label_smoothing: float = 0.0,
 ) -> jax.Array:
     r"""Gradient op of :func:`softmax_cross_entropy`:
     ``(exp(log_prob) - onehot(labels)) * w[labels] * dloss`` (divided by the summed weight
-    for "mean").
+    for "mean"), classes on ``axis``; with ``label_smoothing = eps``,
+    ``((1 - eps) w[labels] (p - onehot) + eps / C (p sum(w) - w)) * dloss`` (0 on ignored
+    entries).
 
     Example:
       >>> import jax.numpy as jnp, jaxops
@@ -233,11 +313,24 @@ def softmax_cross_entropy_gradient(
       >>> jaxops.softmax_cross_entropy_gradient(lp, jnp.array([1]), None, jnp.float32(1.0))
       Array([[ 0.25, -0.25]], dtype=float32)
     """
-    lp, c = upcast(log_prob), log_prob.shape[1]
-    coef, safe = loss_coefficient(labels, weights, dloss, c, ignore_index=ignore_index,
-                                  reduction=reduction)
-    coef = jnp.broadcast_to(coef, labels.shape)
-    return ((jnp.exp(lp) - _one_hot(safe, c, lp.dtype)) * coef[:, None]).astype(log_prob.dtype)
+    lp = upcast(log_prob)
+    axis %= lp.ndim
+    c = lp.shape[axis]
+    g, w, safe, invalid = spread_labelled(labels, weights, dloss, c, ignore_index=ignore_index,
+                                          reduction=reduction)
+    g = jnp.broadcast_to(g, labels.shape)
+    p, onehot = jnp.exp(lp), _one_hot(safe, c, lp.dtype, axis)
+    coef = jnp.where(invalid, jnp.nan, w * g)
+    if not label_smoothing:
+        return ((p - onehot) * jnp.expand_dims(coef, axis)).astype(log_prob.dtype)
+    # PyTorch's smoothing term -sum_c w_c log p_c has gradient p sum_c w_c - w, per entry
+    # scaled like the loss (g: dloss over the weighted reduction), 0 on ignored entries
+    wc = jnp.ones((c,), lp.dtype) if weights is None else upcast(weights)
+    gs = jnp.where(_ignored(labels, ignore_index) | invalid, 0.0, g)
+    smooth = p * jnp.sum(wc) - _along(wc, axis, lp.ndim)
+    d = ((1.0 - label_smoothing) * (p - onehot) * jnp.expand_dims(coef, axis)
+         + label_smoothing / c * smooth * jnp.expand_dims(gs, axis))
+    return d.astype(log_prob.dtype)
 
 
 # The fused Pallas kernel: one pass over the scores computes each row's loss with an online
@@ -246,9 +339,12 @@ def softmax_cross_entropy_gradient(
 # dloss (no second pass over the scores), and forward mode works too.  Outputs of the kernel
 # are differentiated as their XLA twin (second derivatives).
 
-def _score_rows(scores, labels):
-    """(rows, C) scores with the class axis last, and the (rows,) labels."""
-    return jnp.moveaxis(scores, 1, -1).reshape(-1, scores.shape[1]), labels.reshape(-1)
+def _score_rows(scores, labels, axis=1):
+    """(rows, C) scores with the class axis last, and the (rows,) labels: the labels have the
+    scores' other axes in their order, so each row keeps its label (a free reshape when the
+    classes are already last, axis=-1)."""
+    return (jnp.moveaxis(scores, axis, -1).reshape(-1, scores.shape[axis]),
+            labels.reshape(-1))
 
 
 def cross_entropy_rows_xla(x, labels, *, ignore_index):
@@ -274,28 +370,33 @@ def _cross_entropy_rows(x, labels, *, ignore_index, interpret):
     return with_twin_derivative(kernel, twin)(x, labels)
 
 
-def _sce_pallas_supports(*, return_log_prob, **attrs):
-    return "return_log_prob=True (the kernel does not write log_prob)" if return_log_prob \
-        else None
+def _sce_pallas_supports(*, return_log_prob, label_smoothing, **attrs):
+    # any class axis: the kernel path moves it last (_score_rows)
+    if return_log_prob:
+        return "return_log_prob=True (the kernel does not write log_prob)"
+    if label_smoothing:
+        return ("label_smoothing != 0 (the kernel computes the label's term only, not "
+                "sum_c w_c log p_c)")
+    return None
 
 
 def _softmax_cross_entropy_pallas(scores, labels, weights=None, *, ignore_index, reduction,
-                                  return_log_prob, interpret):
-    x, t = _score_rows(scores, labels)
+                                  return_log_prob, axis, label_smoothing, interpret):
+    x, t = _score_rows(scores, labels, axis)
     (loss,) = triton.softmax_cross_entropy_rows(x, t, ignore_index=ignore_index,
                                                 with_gradient=False, interpret=interpret)
-    return reduce_entries(loss.reshape(labels.shape), labels, weights, scores.shape[1],
+    return reduce_entries(loss.reshape(labels.shape), labels, weights, scores.shape[axis],
                           ignore_index=ignore_index, reduction=reduction).astype(scores.dtype)
 
 
 def _softmax_cross_entropy_pallas_jvp(primals, tangents, *, ignore_index, reduction,
-                                      return_log_prob, interpret):
+                                      return_log_prob, axis, label_smoothing, interpret):
     scores, labels, weights = primals
-    x, t = _score_rows(scores, labels)
+    x, t = _score_rows(scores, labels, axis)
     loss, g = _cross_entropy_rows(x, t, ignore_index=ignore_index, interpret=interpret)
-    dx, _ = _score_rows(upcast(tangents[0]), labels)
+    dx, _ = _score_rows(upcast(tangents[0]), labels, axis)
     t_rows = jnp.sum(upcast(g) * dx, axis=1)  # <gradient, tangent> per row
-    y, t_y = (reduce_entries(r.reshape(labels.shape), labels, weights, scores.shape[1],
+    y, t_y = (reduce_entries(r.reshape(labels.shape), labels, weights, scores.shape[axis],
                              ignore_index=ignore_index, reduction=reduction)
               .astype(scores.dtype) for r in (loss, t_rows))
     return y, t_y
@@ -314,7 +415,7 @@ NLL_LOSS = schema.register(OpSchema(
     inputs=(Parameter("input", doc="log-probabilities, shape (N, C, d1, ...)"),
             labels_parameter("target"), weights_parameter("weight")),
     outputs=(Parameter("loss", doc="shape (N, d1, ...) for 'none', else ()"),),
-    attributes=(IGNORE_INDEX, REDUCTION),
+    attributes=(IGNORE_INDEX, REDUCTION, CLASS_AXIS),
     type_constraints=LABELLED_TYPES, elementwise=False, identical_type_and_shape=False,
     value_check=labels_in_range, gradient="NegativeLogLikelihoodLossGradient",
     infer_fn=_labelled_infer, cost_fn=_labelled_cost(flops=0, exps=0, logs_per_entry=0),
@@ -326,14 +427,15 @@ NLL_LOSS = schema.register(OpSchema(
 @defop(NLL_LOSS)
 def nll_loss(
     input: ArrayLike, target: ArrayLike, weight: ArrayLike | None = None, *,
-    ignore_index: int | None = None, reduction: str = "mean",
+    ignore_index: int | None = None, reduction: str = "mean", axis: int = 1,
 ) -> jax.Array:
     r"""Negative log-likelihood of integer labels (ONNX NegativeLogLikelihoodLoss-22).
 
     .. math:: \ell_n = -w_{t_n} x_{n, t_n}, \qquad
               \text{mean} = \frac{\sum_n \ell_n}{\sum_n w_{t_n}}
 
-    ``input`` holds log-probabilities with classes on axis 1 (e.g. ``log_softmax(s, axis=1)``);
+    ``input`` holds log-probabilities with classes on ``axis``, 1 by default (ONNX's layout;
+    e.g. ``log_softmax(s, axis=1)``), -1 for ``(B, T, C)`` inputs with ``(B, T)`` targets;
     ``nll_loss(log_softmax(s, axis=1), t)`` equals ``softmax_cross_entropy(s, t)``.  The
     ``ignore_index``, weighting and out-of-range rules are those of
     :func:`softmax_cross_entropy` (:mod:`jaxops.ops.loss_machinery`).  Matches PyTorch's
@@ -345,6 +447,7 @@ def nll_loss(
       weight: optional float array ``(C,)``.
       ignore_index: label value to skip (static), or None.
       reduction: "none" | "sum" | "mean".
+      axis: the class axis of ``input`` (static; ONNX: 1).
 
     Example:
       >>> import jax.numpy as jnp, jaxops
@@ -356,7 +459,7 @@ def nll_loss(
       ONNX NegativeLogLikelihoodLoss-22.
     """
     return _nll_from_log_prob(upcast(input), target, weight, ignore_index=ignore_index,
-                              reduction=reduction).astype(input.dtype)
+                              reduction=reduction, axis=axis).astype(input.dtype)
 
 
 @nll_loss.defgrad
@@ -373,7 +476,7 @@ NLL_LOSS_GRADIENT = schema.register(OpSchema(
             labels_parameter("target"), weights_parameter("weight", differentiable=True),
             Parameter("dloss", doc="gradient w.r.t. loss")),
     outputs=(Parameter("dinput", doc="gradient w.r.t. the input"),),
-    attributes=(IGNORE_INDEX, REDUCTION), type_constraints=LABELLED_TYPES,
+    attributes=(IGNORE_INDEX, REDUCTION, CLASS_AXIS), type_constraints=LABELLED_TYPES,
     elementwise=False, identical_type_and_shape=False, infer_fn=_labelled_gradient_infer,
     cost_fn=_labelled_cost(flops=1, exps=0, logs_per_entry=0, reads_first=False),
 ))
@@ -382,21 +485,24 @@ NLL_LOSS_GRADIENT = schema.register(OpSchema(
 @defop(NLL_LOSS_GRADIENT)
 def nll_loss_gradient(
     input: ArrayLike, target: ArrayLike, weight: ArrayLike | None, dloss: ArrayLike, *,
-    ignore_index: int | None = None, reduction: str = "mean",
+    ignore_index: int | None = None, reduction: str = "mean", axis: int = 1,
 ) -> jax.Array:
     r"""Gradient op of :func:`nll_loss`: ``-onehot(target) * w[target] * dloss`` (divided by
-    the summed weight for "mean"); ``input`` only gives the shape and dtype.
+    the summed weight for "mean"), classes on ``axis``; ``input`` only gives the shape and
+    dtype.
 
     Example:
       >>> import jax.numpy as jnp, jaxops
       >>> jaxops.nll_loss_gradient(jnp.zeros((1, 2)), jnp.array([1]), None, jnp.float32(1.0))
       Array([[-0., -1.]], dtype=float32)
     """
-    c = input.shape[1]
+    axis %= input.ndim
+    c = input.shape[axis]
     coef, safe = loss_coefficient(target, weight, dloss, c, ignore_index=ignore_index,
                                   reduction=reduction)
     coef = jnp.broadcast_to(coef, target.shape)
-    return (-_one_hot(safe, c, coef.dtype) * coef[:, None]).astype(input.dtype)
+    return (-_one_hot(safe, c, coef.dtype, axis) * jnp.expand_dims(coef, axis)).astype(
+        input.dtype)
 
 
 # ------------------------------------------------------------- CrossEntropy (distributions)
