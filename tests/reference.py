@@ -922,6 +922,7 @@ CASES: tuple[Case, ...] = (
 )
 
 STRUCTURED: tuple[Case, ...] = (
-    *_labelled_cases(), *_labelled_axis_smoothing_cases(), *_cross_entropy_cases(), *_batch_norm_cases(),
+    *_labelled_cases(), *_labelled_axis_smoothing_cases(), *_cross_entropy_cases(),
+    *_batch_norm_cases(),
     *_linear_cross_entropy_cases(), *_clip_bounds_cases(),
 )

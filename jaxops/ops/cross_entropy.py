@@ -42,7 +42,6 @@ from jaxops.ops.loss_machinery import (
     reduce_entries,
     reduce_weighted,
     spread,
-    spread_labelled,
     weights_parameter,
 )
 from jaxops.ops.softmax import log_softmax, log_softmax_gradient
@@ -63,9 +62,9 @@ def _check_labelled(s: OpSchema, scores, labels, weights, axis: int = 1) -> int:
     f, (x, t) = s.function, (s.inputs[0].name, s.inputs[1].name)
     rank = len(scores.shape)
     if not -rank <= axis < rank:
-        raise ValueError(f"jaxops.{f}: input {x!r} of shape {scores.shape} has no class axis "
-                         f"{axis}. Scores are (N, C, d1, ...) with the classes on axis 1 "
-                         "(ONNX's layout), or pass axis= (axis=-1 for (..., C) scores).")
+        raise ValueError(f"jaxops.{f}: input {x!r} must have shape (N, C, d1, ...) with the "
+                         f"classes on axis 1 (ONNX's layout), or pass axis= (axis=-1 for "
+                         f"(..., C) scores); got shape {scores.shape}, which has no axis {axis}.")
     axis %= rank
     want = scores.shape[:axis] + scores.shape[axis + 1:]
     if labels.shape != want:
@@ -221,7 +220,9 @@ def softmax_cross_entropy(
     weight; a fully ignored batch has mean 0 (ONNX/PyTorch: NaN).  Stable for large scores
     (``log_softmax``); half precision is computed in float32.  The registered gradient op
     reads ``log_prob`` and writes ``softmax - onehot`` (Caffe2's SoftmaxWithLossGradient),
-    or the smoothed form above.
+    with the classes on axis 1 (another class axis is moved there and back); the smoothing
+    term, linear in ``log_prob``, adds :func:`log_softmax_gradient` of its cotangent
+    ``-eps / C * w``.  The Pallas kernel serves any class axis (moved last) and no smoothing.
 
     ``label_smoothing`` is PyTorch's ``CrossEntropyLoss(label_smoothing=eps)`` exactly,
     class weights and ``ignore_index`` included: the smoothing term weights each class by its
@@ -269,14 +270,45 @@ def softmax_cross_entropy(
 
 @softmax_cross_entropy.defgrad
 def _softmax_cross_entropy_vjp(scores, labels, weights, y, dy, *, return_log_prob, axis,
-                               **attrs):
+                               label_smoothing, ignore_index, reduction):
     # recomputed when not returned; under jit XLA shares it with the forward
     logp = y[1] if return_log_prob else log_softmax(scores, axis=axis)
     dloss = dy[0] if return_log_prob else dy
-    dscores = softmax_cross_entropy_gradient(logp, labels, weights, dloss, axis=axis, **attrs)
+    eps, axis = label_smoothing, axis % scores.ndim
+    # the gradient op keeps ONNX's layout, classes on axis 1: another axis is moved there
+    # and back (transposes XLA folds into the elementwise gradient)
+    dscores = jnp.moveaxis(softmax_cross_entropy_gradient(
+        jnp.moveaxis(logp, axis, 1), labels, weights, dloss * (1.0 - eps) if eps else dloss,
+        ignore_index=ignore_index, reduction=reduction), 1, axis)
+    # the smoothing term eps / C * sum_c w_c (-log p_c) is linear in log_prob: its gradient
+    # is log_softmax's gradient op of its cotangent, -eps / C * w_c * g_n
+    dlogp = _smoothing_cotangent(logp, labels, weights, dloss, eps, axis=axis,
+                                 ignore_index=ignore_index, reduction=reduction) if eps else None
     if return_log_prob:
-        dscores = dscores + log_softmax_gradient(logp, dy[1], axis=axis)
+        dlogp = dy[1] if dlogp is None else dlogp + dy[1]
+    if dlogp is not None:
+        dscores = dscores + log_softmax_gradient(logp, dlogp, axis=axis)
     return dscores
+
+
+def _smoothing_cotangent(logp, labels, weights, dloss, eps, *, axis, ignore_index, reduction):
+    """The cotangent of ``log_prob`` from the smoothing term: ``-eps / C * w_c * g_n`` with
+    ``g_n`` the loss's ``dloss`` spread over the weighted reduction (0 on ignored entries).
+    The class weights of the labels are picked by a one-hot contraction, not a gather: this
+    runs in the registered gradient, whose jnp an ONNX export of a gradient translates."""
+    c = logp.shape[axis]
+    ignored = _ignored(labels, ignore_index)
+    skip = ignored | (labels < 0) | (labels >= c)
+    g = jnp.broadcast_to(upcast(dloss), labels.shape)
+    wc = jnp.ones((c,), g.dtype) if weights is None else upcast(weights)
+    if reduction == "mean":
+        onehot = _one_hot(jnp.where(skip, 0, labels), c, wc.dtype, axis)
+        w = jnp.where(ignored, 0.0, jnp.sum(onehot * _along(wc, axis, logp.ndim), axis=axis))
+        denom = jnp.sum(w)
+        g = jnp.where(denom == 0, 0.0, g / jnp.where(denom == 0, 1.0, denom))
+    g = jnp.where(skip, 0.0, g)
+    dlogp = -eps / c * jnp.expand_dims(g, axis) * _along(wc, axis, logp.ndim)
+    return dlogp.astype(logp.dtype)
 
 
 SOFTMAX_CROSS_ENTROPY_GRADIENT = schema.register(OpSchema(
@@ -288,8 +320,7 @@ SOFTMAX_CROSS_ENTROPY_GRADIENT = schema.register(OpSchema(
             weights_parameter(differentiable=True),
             Parameter("dloss", doc="gradient w.r.t. the loss")),
     outputs=(Parameter("dscores", doc="gradient w.r.t. the scores"),),
-    attributes=(IGNORE_INDEX, REDUCTION, CLASS_AXIS, LABEL_SMOOTHING),
-    type_constraints=LABELLED_TYPES,
+    attributes=(IGNORE_INDEX, REDUCTION), type_constraints=LABELLED_TYPES,
     elementwise=False, identical_type_and_shape=False, infer_fn=_labelled_gradient_infer,
     cost_fn=_labelled_cost(flops=4, exps=1, logs_per_entry=0),
 ))
@@ -298,14 +329,12 @@ SOFTMAX_CROSS_ENTROPY_GRADIENT = schema.register(OpSchema(
 @defop(SOFTMAX_CROSS_ENTROPY_GRADIENT)
 def softmax_cross_entropy_gradient(
     log_prob: ArrayLike, labels: ArrayLike, weights: ArrayLike | None, dloss: ArrayLike, *,
-    ignore_index: int | None = None, reduction: str = "mean", axis: int = 1,
-    label_smoothing: float = 0.0,
+    ignore_index: int | None = None, reduction: str = "mean",
 ) -> jax.Array:
     r"""Gradient op of :func:`softmax_cross_entropy`:
     ``(exp(log_prob) - onehot(labels)) * w[labels] * dloss`` (divided by the summed weight
-    for "mean"), classes on ``axis``; with ``label_smoothing = eps``,
-    ``((1 - eps) w[labels] (p - onehot) + eps / C (p sum(w) - w)) * dloss`` (0 on ignored
-    entries).
+    for "mean"), classes on axis 1 (ONNX's layout: the registered gradient moves another
+    class axis there and back).
 
     Example:
       >>> import jax.numpy as jnp, jaxops
@@ -313,24 +342,11 @@ def softmax_cross_entropy_gradient(
       >>> jaxops.softmax_cross_entropy_gradient(lp, jnp.array([1]), None, jnp.float32(1.0))
       Array([[ 0.25, -0.25]], dtype=float32)
     """
-    lp = upcast(log_prob)
-    axis %= lp.ndim
-    c = lp.shape[axis]
-    g, w, safe, invalid = spread_labelled(labels, weights, dloss, c, ignore_index=ignore_index,
-                                          reduction=reduction)
-    g = jnp.broadcast_to(g, labels.shape)
-    p, onehot = jnp.exp(lp), _one_hot(safe, c, lp.dtype, axis)
-    coef = jnp.where(invalid, jnp.nan, w * g)
-    if not label_smoothing:
-        return ((p - onehot) * jnp.expand_dims(coef, axis)).astype(log_prob.dtype)
-    # PyTorch's smoothing term -sum_c w_c log p_c has gradient p sum_c w_c - w, per entry
-    # scaled like the loss (g: dloss over the weighted reduction), 0 on ignored entries
-    wc = jnp.ones((c,), lp.dtype) if weights is None else upcast(weights)
-    gs = jnp.where(_ignored(labels, ignore_index) | invalid, 0.0, g)
-    smooth = p * jnp.sum(wc) - _along(wc, axis, lp.ndim)
-    d = ((1.0 - label_smoothing) * (p - onehot) * jnp.expand_dims(coef, axis)
-         + label_smoothing / c * smooth * jnp.expand_dims(gs, axis))
-    return d.astype(log_prob.dtype)
+    lp, c = upcast(log_prob), log_prob.shape[1]
+    coef, safe = loss_coefficient(labels, weights, dloss, c, ignore_index=ignore_index,
+                                  reduction=reduction)
+    coef = jnp.broadcast_to(coef, labels.shape)
+    return ((jnp.exp(lp) - _one_hot(safe, c, lp.dtype)) * coef[:, None]).astype(log_prob.dtype)
 
 
 # The fused Pallas kernel: one pass over the scores computes each row's loss with an online
@@ -463,8 +479,11 @@ def nll_loss(
 
 
 @nll_loss.defgrad
-def _nll_loss_vjp(input, target, weight, loss, dloss, **attrs):
-    return nll_loss_gradient(input, target, weight, dloss, **attrs)
+def _nll_loss_vjp(input, target, weight, loss, dloss, *, axis, **attrs):
+    # the gradient op keeps ONNX's layout, classes on axis 1 (see softmax_cross_entropy)
+    axis %= input.ndim
+    return jnp.moveaxis(nll_loss_gradient(jnp.moveaxis(input, axis, 1), target, weight, dloss,
+                                          **attrs), 1, axis)
 
 
 NLL_LOSS_GRADIENT = schema.register(OpSchema(
@@ -476,7 +495,7 @@ NLL_LOSS_GRADIENT = schema.register(OpSchema(
             labels_parameter("target"), weights_parameter("weight", differentiable=True),
             Parameter("dloss", doc="gradient w.r.t. loss")),
     outputs=(Parameter("dinput", doc="gradient w.r.t. the input"),),
-    attributes=(IGNORE_INDEX, REDUCTION, CLASS_AXIS), type_constraints=LABELLED_TYPES,
+    attributes=(IGNORE_INDEX, REDUCTION), type_constraints=LABELLED_TYPES,
     elementwise=False, identical_type_and_shape=False, infer_fn=_labelled_gradient_infer,
     cost_fn=_labelled_cost(flops=1, exps=0, logs_per_entry=0, reads_first=False),
 ))
@@ -485,10 +504,10 @@ NLL_LOSS_GRADIENT = schema.register(OpSchema(
 @defop(NLL_LOSS_GRADIENT)
 def nll_loss_gradient(
     input: ArrayLike, target: ArrayLike, weight: ArrayLike | None, dloss: ArrayLike, *,
-    ignore_index: int | None = None, reduction: str = "mean", axis: int = 1,
+    ignore_index: int | None = None, reduction: str = "mean",
 ) -> jax.Array:
     r"""Gradient op of :func:`nll_loss`: ``-onehot(target) * w[target] * dloss`` (divided by
-    the summed weight for "mean"), classes on ``axis``; ``input`` only gives the shape and
+    the summed weight for "mean"), classes on axis 1; ``input`` only gives the shape and
     dtype.
 
     Example:
@@ -496,13 +515,11 @@ def nll_loss_gradient(
       >>> jaxops.nll_loss_gradient(jnp.zeros((1, 2)), jnp.array([1]), None, jnp.float32(1.0))
       Array([[-0., -1.]], dtype=float32)
     """
-    axis %= input.ndim
-    c = input.shape[axis]
+    c = input.shape[1]
     coef, safe = loss_coefficient(target, weight, dloss, c, ignore_index=ignore_index,
                                   reduction=reduction)
     coef = jnp.broadcast_to(coef, target.shape)
-    return (-_one_hot(safe, c, coef.dtype, axis) * jnp.expand_dims(coef, axis)).astype(
-        input.dtype)
+    return (-_one_hot(safe, c, coef.dtype) * coef[:, None]).astype(input.dtype)
 
 
 # ------------------------------------------------------------- CrossEntropy (distributions)

@@ -69,7 +69,6 @@ __all__ = [
     "reduce_entries",
     "reduce_weighted",
     "spread",
-    "spread_labelled",
     "weights_parameter",
 ]
 
@@ -235,19 +234,9 @@ def reduce_entries(loss, labels, weights, classes, *, ignore_index, reduction):
 def loss_coefficient(labels, weights, dloss, c, *, ignore_index, reduction):
     """(coef, safe): d total / d loss_n for each entry, w_n * dloss spread over the
     reduction, and the labels clamped into range (:func:`entry_weights`)."""
-    g, w, safe, invalid = spread_labelled(labels, weights, dloss, c, ignore_index=ignore_index,
-                                          reduction=reduction)
-    return jnp.where(invalid, jnp.nan, w * g), safe
-
-
-def spread_labelled(labels, weights, dloss, c, *, ignore_index, reduction):
-    """(g, w, safe, invalid): ``dloss`` spread over a labelled reduction but not yet
-    multiplied by the entry's own weight (``dloss``, or ``dloss / sum_n w_n`` for "mean"),
-    and :func:`entry_weights`' ``w``, ``safe`` and ``invalid``.  A term of the loss that each
-    entry weights its own way (label smoothing's ``sum_c w_c log p_c``) is scaled by ``g``."""
     g = upcast(dloss)
     w, safe, invalid = entry_weights(labels, weights, c, ignore_index, g.dtype)
     if reduction == "mean":
         denom = jnp.sum(w)
         g = jnp.where(denom == 0, 0.0, g / jnp.where(denom == 0, 1.0, denom))
-    return g, w, safe, invalid
+    return jnp.where(invalid, jnp.nan, w * g), safe
