@@ -38,6 +38,10 @@ from jaxops.ops.cross_entropy import (
     softmax_cross_entropy as softmax_cross_entropy,
     softmax_cross_entropy_gradient as softmax_cross_entropy_gradient,
 )
+from jaxops.ops.dropout import (
+    dropout as dropout,
+    dropout_gradient as dropout_gradient,
+)
 from jaxops.ops.exponential import (
     exp as exp,
     exp_gradient as exp_gradient,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import numpy as np
 from reference import CASES, STRUCTURED
 
@@ -137,7 +138,17 @@ def _linear_cross_entropy(rng):
                       (h, w, labels, wts, np.float64(rng.uniform(-2, 2))), attrs)
 
 
+def _dropout(rng):
+    """Inference mode (the identity): a training call has no ONNX export, the battery's last
+    check; tests/test_dropout.py runs the battery on training calls without it."""
+    x, key = rng.uniform(-2, 2, SHAPE), np.asarray(jax.random.PRNGKey(3))
+    attrs = {"rate": 0.3, "training": False}
+    yield Example("dropout[training=False]", jo.dropout, (x, key), attrs)
+    yield Example("dropout_gradient[training=False]", jo.dropout_gradient, (key, x), attrs)
+
+
 def examples() -> tuple[Example, ...]:
     rng = np.random.default_rng(0)
     return (*_from_table(rng), *_labelled(rng), *_cross_entropy_gradients(rng),
-            *_prelu_gradient(rng), *_batch_norm(rng), *_linear_cross_entropy(rng))
+            *_prelu_gradient(rng), *_batch_norm(rng), *_linear_cross_entropy(rng),
+            *_dropout(rng))

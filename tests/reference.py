@@ -315,6 +315,34 @@ def _clip_prelu_cases():
         with_dy, kinks=(0.0,))
 
 
+def _dropout_cases():
+    """Dropout with a fixed key closed over: linear in x, with the mask drawn as the op and
+    Flax define it, jax.random.bernoulli(key, 1 - rate, shape).  STRUCTURED, not elementwise:
+    the mask depends on the whole shape (an element alone gets another draw), and under vmap
+    a closed-over key gives every row the same mask of the row's shape, which the per-row
+    references reproduce (rowwise=False)."""
+    import jax
+
+    key = jax.random.key(42)
+
+    def mask(x, rate, training):
+        if not training or rate == 0.0:
+            return np.ones(np.shape(x))
+        if rate == 1.0:
+            return np.zeros(np.shape(x))
+        m = np.asarray(jax.random.bernoulli(key, 1.0 - rate, np.shape(x)))
+        return m / (1.0 - rate)
+
+    for rate, training in ((0.3, True), (1.0, True), (0.5, False)):
+        def op(x, rate=rate, training=training):
+            return jo.dropout(x, key, rate=rate, training=training)
+
+        yield Case(f"dropout[rate={rate},training={training}]", op, {},
+                   lambda x, r=rate, t=training: mask(x, r, t) * x, None, None,
+                   _uniform(-3, 3, 0.0), rowwise=False,
+                   vjp_ref=lambda x, w, r=rate, t=training: (mask(x, r, t) * w,))
+
+
 def _softmax(x):
     e = np.exp(x - x.max(-1, keepdims=True))
     return e / e.sum(-1, keepdims=True)
@@ -883,6 +911,10 @@ def _loss_shape(schema, shape, attrs):
     return shape
 
 
+#: A PRNG key input (Dropout's): a raw uint32 key, as jax.random.PRNGKey makes.
+_RAW_KEY = __import__("jax").ShapeDtypeStruct((2,), "uint32")
+
+
 def example_avals(schema, shape=(7,), dtype="float32", **attrs):
     """ShapeDtypeStructs that satisfy an op's schema.  Same-shape ops: every tensor input has
     ``shape`` (scalars ()).  Ops over axis 1 (``structured``): the data input has ``shape`` =
@@ -891,12 +923,15 @@ def example_avals(schema, shape=(7,), dtype="float32", **attrs):
     import jax
 
     if not structured(schema):
-        return tuple(jax.ShapeDtypeStruct(
-            () if p.scalar else _loss_shape(schema, shape, attrs) if p.name == "dloss" else shape,
-            dtype) for p in schema.inputs)
+        return tuple(
+            _RAW_KEY if p.type_param == "K" else jax.ShapeDtypeStruct(
+                () if p.scalar else _loss_shape(schema, shape, attrs) if p.name == "dloss"
+                else shape, dtype) for p in schema.inputs)
     avals = []
     for p in schema.inputs:
-        if p.type_param == "Tind":
+        if p.type_param == "K":
+            avals.append(_RAW_KEY)
+        elif p.type_param == "Tind":
             avals.append(jax.ShapeDtypeStruct((shape[0], *shape[2:]), "int32"))
         elif p.name in _PER_CHANNEL:
             avals.append(jax.ShapeDtypeStruct((shape[1],), dtype))
@@ -924,5 +959,5 @@ CASES: tuple[Case, ...] = (
 STRUCTURED: tuple[Case, ...] = (
     *_labelled_cases(), *_labelled_axis_smoothing_cases(), *_cross_entropy_cases(),
     *_batch_norm_cases(),
-    *_linear_cross_entropy_cases(), *_clip_bounds_cases(),
+    *_linear_cross_entropy_cases(), *_clip_bounds_cases(), *_dropout_cases(),
 )

@@ -679,3 +679,42 @@ def test_batch_norm_large_mean_small_std_where_flax_fast_variance_fails():
     theirs = np.max(np.abs(np.asarray(fast(x), np.float64) - want))
     mean_rounding = 0.5 * np.spacing(np.float32(1e4)) / x64.std(0).min()
     assert ours < 1.1 * mean_rounding and theirs > 1.0, (ours, mean_rounding, theirs)
+
+
+# ------------------------------------------------------------------------------ Dropout
+
+def test_nnx_dropout_draws_flax_masks_from_the_same_rngs():
+    from jaxops.flax import nnx as jnnx
+
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 6)), jnp.float32)
+    ours, theirs = (cls(0.3, rngs=nnx.Rngs(dropout=5)) for cls in (jnnx.Dropout, nnx.Dropout))
+    for _ in range(3):  # the streams advance alike: call after call, the same masks
+        np.testing.assert_array_equal(ours(x), theirs(x))
+    key = jax.random.key(9)
+    np.testing.assert_array_equal(ours(x, rngs=key), theirs(x, rngs=key))
+    stream = nnx.Rngs(dropout=1)
+    np.testing.assert_array_equal(ours(x, rngs=nnx.Rngs(dropout=1)), theirs(x, rngs=stream))
+    np.testing.assert_array_equal(ours(x, deterministic=True), x)
+    np.testing.assert_array_equal(jnnx.Dropout(1.0, rngs=nnx.Rngs(0))(x), jnp.zeros_like(x))
+    with pytest.raises(TypeError, match="no rngs were given"):
+        jnnx.Dropout(0.5)(x)
+    with pytest.raises(ValueError, match=r"attribute 'rate': must be in \[0, 1\]"):
+        jnnx.Dropout(2.0)
+
+
+def test_linen_dropout_draws_flax_masks_from_the_same_rngs():
+    from jaxops.flax import linen as jnn
+
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(4, 6)), jnp.float32)
+    rngs = {"dropout": jax.random.key(3)}
+    for rate in (0.2, 0.7):
+        ours = jnn.Dropout(rate).apply({}, x, deterministic=False, rngs=rngs)
+        theirs = nn.Dropout(rate).apply({}, x, deterministic=False, rngs=rngs)
+        np.testing.assert_array_equal(ours, theirs)
+    np.testing.assert_array_equal(jnn.Dropout(0.5, deterministic=True).apply({}, x), x)
+    # gradient: the mask scaled, as Flax's
+    g = jax.grad(lambda x: jnn.Dropout(0.4).apply({}, x, deterministic=False,
+                                                 rngs=rngs).sum())(x)
+    want = jax.grad(lambda x: nn.Dropout(0.4).apply({}, x, deterministic=False,
+                                                   rngs=rngs).sum())(x)
+    np.testing.assert_allclose(g, want, rtol=1e-6)

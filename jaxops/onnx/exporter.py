@@ -397,6 +397,14 @@ def _emit_call(g: _Graph, schema, attrs, inputs, in_avals, out_avals, run) -> li
         if attrs.get("label_smoothing"):
             return _smoothed_cross_entropy(g, schema, attrs, inputs, in_avals, out_avals)
         return g.node(schema.name, inputs, n_out, **_onnx_attrs(schema, attrs))
+    if schema.name in ("Dropout", "DropoutGradient") and schema.domain == JAXOPS_DOMAIN and (
+            attrs["training"] and attrs["rate"] > 0):
+        raise NotImplementedError(
+            f"jaxops.onnx.export: jaxops.{schema.function} with training=True has no ONNX "
+            "export: its mask is JAX's threefry draw from the key, which ONNX cannot compute, "
+            "and ONNX's Dropout would draw a different mask from its own generator (and its "
+            "gradient could not regenerate it). Export the inference model "
+            "(training=False, or nnx.Dropout with deterministic=True), which is the identity.")
     if schema.domain == JAXOPS_DOMAIN and schema.name in functions.BODIES:
         # hand-written: shape-generic and exact (ONNX's own Softmax, Clip, ...)
         fn = functions.function_proto(schema, attrs, g.opset, in_avals, out_avals)
