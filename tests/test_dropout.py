@@ -67,7 +67,7 @@ def test_key_is_never_differentiated_and_vmaps():
 
 @pytest.mark.parametrize("call,error,message", [
     (lambda: jo.dropout(X, jnp.zeros(2)), TypeError,
-     r"jaxops.dropout: input 'key' has dtype float32, but Dropout accepts K in \{key, uint32\}"
+     r"jaxops.dropout: input 'key' has dtype float32, but KeyedDropout accepts K in \{key, uint32\}"
      r". Pass a PRNG key: jax.random.key\(seed\)"),
     (lambda: jo.dropout(X, jax.random.split(jax.random.key(0), 2)), ValueError,
      r"input 'key' must be one key \(shape \(\)\), got a key array of shape \(2,\)"),

@@ -200,7 +200,7 @@ def batch_norm(x, scale, bias, mean, var, *, axis, epsilon, momentum, training):
 
 def check_rate(rate: float, where: str) -> float:
     """The module's ``rate`` as a float in [0, 1], or the op's own error, at construction."""
-    return jo.schema.get("Dropout").attribute("rate").canonical(where, rate)
+    return jo.schema.get("KeyedDropout").attribute("rate").canonical(where, rate)
 
 
 def dropout(x: Any, draw_key: Any, rate: float, deterministic: bool) -> jax.Array:

@@ -397,8 +397,8 @@ def _emit_call(g: _Graph, schema, attrs, inputs, in_avals, out_avals, run) -> li
         if attrs.get("label_smoothing"):
             return _smoothed_cross_entropy(g, schema, attrs, inputs, in_avals, out_avals)
         return g.node(schema.name, inputs, n_out, **_onnx_attrs(schema, attrs))
-    if schema.name in ("Dropout", "DropoutGradient") and schema.domain == JAXOPS_DOMAIN and (
-            attrs["training"] and attrs["rate"] > 0):
+    if (schema.domain == JAXOPS_DOMAIN and schema.name in ("KeyedDropout", "KeyedDropoutGradient")
+            and attrs["training"] and attrs["rate"] > 0):
         raise NotImplementedError(
             f"jaxops.onnx.export: jaxops.{schema.function} with training=True has no ONNX "
             "export: its mask is JAX's threefry draw from the key, which ONNX cannot compute, "

@@ -2,8 +2,9 @@
 
 ONNX's Dropout-22 draws its mask from a ``seed`` attribute and takes ``ratio`` and
 ``training_mode`` as inputs; jaxops' takes a JAX PRNG key as an input and ``rate`` and
-``training`` as static attributes, so it lives in the jaxops domain (op_type ``Dropout``,
-domain ``ai.jaxops``).  The mask is ``jax.random.bernoulli(key, 1 - rate, x.shape)``, the
+``training`` as static attributes, so it lives in the jaxops domain, as ``KeyedDropout``: an
+op_type of its own, since the registry (and an ONNX reader) knows op_types by name alone and
+``Dropout`` is ONNX's.  The mask is ``jax.random.bernoulli(key, 1 - rate, x.shape)``, the
 draw Flax's ``nnx.Dropout`` and ``linen.Dropout`` make: the same key gives the same mask as
 Flax's.
 
@@ -104,14 +105,14 @@ def _mask_and_scale(key, shape, rate):
 
 
 DROPOUT = schema.register(OpSchema(
-    name="Dropout", function="dropout", domain=JAXOPS_DOMAIN,
+    name="KeyedDropout", function="dropout", domain=JAXOPS_DOMAIN,
     doc="y = x * mask / (1 - rate), mask = bernoulli(key, 1 - rate, x.shape) when training; "
         "y = x otherwise.",
     inputs=(Parameter("X", doc="the input"), _key_parameter()),
     outputs=(Parameter("Y", doc="the input with dropped elements zeroed, the kept scaled"),),
     attributes=(_RATE, _TRAINING), type_constraints=_TYPES, elementwise=False,
     identical_type_and_shape=False, infer_fn=_infer, cost_fn=_cost,
-    gradient="DropoutGradient",
+    gradient="KeyedDropoutGradient",
     formula="x·m/(1 − r), m ~ Bernoulli(1 − r) from the key",
     convention="linear in x: dX = dY·m/(1 − r) (0 at r = 1)",
 ))
@@ -178,7 +179,7 @@ def _dropout_vjp(x, key, y, dy, **attrs):
 
 
 DROPOUT_GRADIENT = schema.register(OpSchema(
-    name="DropoutGradient", function="dropout_gradient", domain=JAXOPS_DOMAIN,
+    name="KeyedDropoutGradient", function="dropout_gradient", domain=JAXOPS_DOMAIN,
     doc="dX = dY * mask / (1 - rate), the mask regenerated from the key (dY when not "
         "training).",
     inputs=(_key_parameter(), Parameter("dY", doc="gradient w.r.t. Y")),
