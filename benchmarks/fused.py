@@ -5,6 +5,7 @@
     python -m benchmarks.fused --cpu            # shapes a 2-core CPU runs in minutes
     python -m benchmarks.fused --ops sce,lce,bn --out benchmarks/results
     python -m benchmarks.fused --ops ln,rms,gn  # the per-sample normalizations vs jnp and Flax
+    python -m benchmarks.fused --ops huber,sce_smooth,dropout   # issue 16's entries
 
 For every case and implementation it reports the median (p20, p80) time of the forward and of
 ``value_and_grad`` (AOT-compiled, warmed up, calls interleaved, ``block_until_ready``), the
@@ -79,6 +80,65 @@ def _sce_case(n, v, dtype):
 
     return Case("softmax_cross_entropy", {"N": n, "V": v}, dtype, make,
                 {"jnp": optax_like, "xla": ours("xla"), "pallas": ours("pallas")})
+
+
+def _huber_case(n, c, dtype):
+    import optax
+
+    def make(key):
+        k1, k2 = jax.random.split(key)
+        p = (jax.random.normal(k1, (n, c), jnp.float32) * 2).astype(dtype)
+        t = jax.random.normal(k2, (n, c), jnp.float32).astype(dtype)
+        return (p, t), (0, 1)
+
+    return Case("huber_loss", {"N": n, "C": c}, dtype, make,
+                {"optax": lambda p, t: optax.huber_loss(p, t, delta=1.0).mean()
+                 .astype(jnp.float32),
+                 "xla": lambda p, t: jo.huber_loss(p, t, delta=1.0).astype(jnp.float32)})
+
+
+def _sce_smooth_case(n, v, dtype, eps=0.1, batch=4):
+    """(B, T, V) logits with the classes last (axis=-1) and label smoothing, against optax's
+    formulation with smoothed one-hot targets."""
+    import optax
+
+    def make(key):
+        k1, k2 = jax.random.split(key)
+        x = (jax.random.normal(k1, (batch, n // batch, v), jnp.float32) * 2).astype(dtype)
+        labels = jax.random.randint(k2, (batch, n // batch), 0, v)
+        return (x, labels), (0,)
+
+    def optax_smooth(x, labels):
+        target = optax.smooth_labels(jax.nn.one_hot(labels, v, dtype=jnp.float32), eps)
+        return optax.softmax_cross_entropy(x.astype(jnp.float32), target).mean()
+
+    return Case("softmax_cross_entropy[axis=-1,label_smoothing]",
+                {"B": batch, "T": n // batch, "V": v}, dtype, make,
+                {"optax": optax_smooth,
+                 "xla": lambda x, labels: jo.softmax_cross_entropy(
+                     x, labels, axis=-1, label_smoothing=eps).astype(jnp.float32)})
+
+
+def _dropout_case(n, c, dtype, rate=0.1):
+    """Dropout against the Flax formula (bernoulli, where, divide) with the same key, summed
+    against a probe so that the backward pass carries a generic cotangent."""
+    def make(key):
+        k1, k2, k3 = jax.random.split(key, 3)
+        x = jax.random.normal(k1, (n, c), jnp.float32).astype(dtype)
+        probe = jax.random.normal(k2, (n, c), jnp.float32).astype(dtype)
+        return (x, probe, k3), (0,)
+
+    def flax_formula(x, probe, key):
+        keep = 1.0 - rate
+        mask = jax.random.bernoulli(key, keep, x.shape)
+        y = jax.lax.select(mask, x / keep, jnp.zeros_like(x))
+        return jnp.sum((y * probe).astype(jnp.float32))
+
+    def ours(x, probe, key):
+        return jnp.sum((jo.dropout(x, key, rate=rate) * probe).astype(jnp.float32))
+
+    return Case("dropout", {"N": n, "C": c}, dtype, make,
+                {"flax": flax_formula, "xla": ours})
 
 
 def _lce_case(n, h, v, dtype):
@@ -231,6 +291,12 @@ def cases(quick: bool, ops: set[str], cpu: bool = False) -> list[Case]:
                     out.append(_softmax_case(op, n, c, dtype))
             if "sce" in ops:
                 out.append(_sce_case(n, c, dtype))
+            if "sce_smooth" in ops:
+                out.append(_sce_smooth_case(n, c, dtype))
+            if "huber" in ops:
+                out.append(_huber_case(n, c, dtype))
+            if "dropout" in ops:
+                out.append(_dropout_case(n, c, dtype))
         if "lce" in ops:
             out.extend(_lce_case(n, h, v, dtype) for n, h, v in vocab)
         if "bn" in ops:
@@ -310,7 +376,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--cpu", action="store_true", help="shapes a 2-core CPU runs in minutes")
-    p.add_argument("--ops", default="softmax,log_softmax,sce,lce,bn,ln,rms,gn")
+    p.add_argument("--ops",
+                   default="softmax,log_softmax,sce,sce_smooth,huber,dropout,lce,bn,ln,rms,gn")
     p.add_argument("--reps", type=int, default=None)
     p.add_argument("--out", default=None, help="directory for fused-<platform>.{json,md}")
     a = p.parse_args(argv)

@@ -48,6 +48,10 @@ from jaxops.ops.cross_entropy import (
     softmax_cross_entropy as softmax_cross_entropy,
     softmax_cross_entropy_gradient as softmax_cross_entropy_gradient,
 )
+from jaxops.ops.dropout import (
+    dropout as dropout,
+    dropout_gradient as dropout_gradient,
+)
 from jaxops.ops.exponential import (
     exp as exp,
     exp_gradient as exp_gradient,
@@ -62,6 +66,7 @@ from jaxops.ops.losses import (
     binary_cross_entropy as binary_cross_entropy,
     binary_cross_entropy_gradient as binary_cross_entropy_gradient,
     hinge as hinge,
+    huber_loss as huber_loss,
     kl_divergence as kl_divergence,
     mae as mae,
     mse as mse,

@@ -33,7 +33,7 @@ from jaxops import schema as _schema_registry
 from jaxops._ad import linear_pair
 from jaxops._dispatch import IMPLEMENTATIONS, Implementation, Kernel, unavailable
 from jaxops._recording import is_recording, record
-from jaxops.schema import FLOAT_TYPES, JAXOPS_DOMAIN, Attribute, OpSchema, Parameter
+from jaxops.schema import FLOAT_TYPES, JAXOPS_DOMAIN, KEY_TYPE, Attribute, OpSchema, Parameter
 
 __all__ = ["Op", "defop", "op_of"]
 
@@ -61,7 +61,8 @@ def _state_set(name: str, value: Any):
 
 
 def _takes_ints(schema: OpSchema, param) -> bool:
-    return any(np.dtype(d).kind in "iu" for d in schema.type_constraints[param.type_param])
+    return any(d != KEY_TYPE and np.dtype(d).kind in "iu"
+               for d in schema.type_constraints[param.type_param])
 
 
 def _aval(schema: OpSchema, param, value: Any) -> jax.ShapeDtypeStruct | None:
@@ -161,7 +162,8 @@ class Op:
         self._n_inputs = len(self._input_names)
         self._differentiable = tuple(i for i, p in enumerate(schema.inputs) if p.differentiable)
         self._nondifferentiable_floats = any(
-            not p.differentiable and any(np.dtype(d).kind == "f" or d == "bfloat16"
+            not p.differentiable and any(d != KEY_TYPE and np.dtype(d).kind == "f"
+                                         or d == "bfloat16"
                                          for d in schema.type_constraints[p.type_param])
             for p in schema.inputs)
         # the implementation's parameter names are Python's (x), the schema's ONNX's (X)

@@ -34,11 +34,14 @@ __all__ = [
     "GRADIENT_OF_X",
     "GRADIENT_OF_Y",
     "JAXOPS_DOMAIN",
+    "KEY_TYPE",
+    "KEY_TYPES",
     "XLA_AND_PALLAS",
     "XLA_PLATFORMS",
     "OpSchema",
     "Parameter",
     "all_schemas",
+    "dtype_name",
     "get",
     "onnx_type",
     "pointwise_cost",
@@ -59,6 +62,25 @@ XLA_AND_PALLAS = {"xla": XLA_PLATFORMS, "pallas": ("cuda",)}
 #: The floating dtypes every differentiable jaxops op accepts (float64 needs x64).
 FLOAT_TYPES = ("float16", "bfloat16", "float32", "float64")
 
+#: A typed PRNG key (``jax.random.key``) in a type constraint: JAX's extended dtype, which
+#: neither NumPy nor ONNX has.  A raw key (``jax.random.PRNGKey``) is uint32.
+KEY_TYPE = "key"
+#: The keys jax.random's samplers accept: typed keys, and raw uint32 keys.
+KEY_TYPES = (KEY_TYPE, "uint32")
+
+
+def dtype_name(dtype: Any) -> str:
+    """The type-constraint name of a dtype: NumPy's name (``'float32'``), or
+    :data:`KEY_TYPE` for a typed PRNG key of any implementation."""
+    if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        return KEY_TYPE
+    return np.dtype(dtype).name
+
+
+def _kind(name: str) -> str:
+    """NumPy's kind letter of a type-constraint name ('K' for a typed key)."""
+    return "K" if name == KEY_TYPE else np.dtype(name).kind
+
 _ONNX_TYPE_NAMES = {
     "float16": "tensor(float16)",
     "bfloat16": "tensor(bfloat16)",
@@ -66,6 +88,7 @@ _ONNX_TYPE_NAMES = {
     "float64": "tensor(double)",
     "int32": "tensor(int32)",
     "int64": "tensor(int64)",
+    "uint32": "tensor(uint32)",
     "bool": "tensor(bool)",
 }
 
@@ -317,16 +340,17 @@ class OpSchema:
             for p, a in present:
                 if bool(getattr(a, "weak_type", False)) == strong:
                     continue
-                dtype = np.dtype(a.dtype)
+                dtype = a.dtype
                 if not strong and p.type_param in bound:
                     continue  # a Python scalar next to arrays: takes their dtype
-                if dtype.name not in self.type_constraints[p.type_param]:
+                if dtype_name(dtype) not in self.type_constraints[p.type_param]:
                     raise self.dtype_error(p, dtype)
                 first = bound.setdefault(p.type_param, dtype)
                 if dtype != first:
                     raise TypeError(
-                        f"jaxops.{self.function}: input {p.name!r} has dtype {dtype.name}, but "
-                        f"an earlier input of type {p.type_param} is {first.name}; jaxops does "
+                        f"jaxops.{self.function}: input {p.name!r} has dtype "
+                        f"{dtype_name(dtype)}, but an earlier input of type {p.type_param} is "
+                        f"{dtype_name(first)}; jaxops does "
                         "not promote silently. Cast the inputs to one dtype."
                     )
 
@@ -334,18 +358,21 @@ class OpSchema:
         """The TypeError for ``param`` given an array of ``dtype`` (the dtype the user
         passed, before JAX canonicalizes it), with advice that fits: an integer dtype for
         a float input, a float one for labels, a complex one for a real input."""
-        dtype = np.dtype(dtype)
+        name = dtype_name(dtype)
         allowed = self.type_constraints[param.type_param]
-        wants_ints = any(np.dtype(a).kind in "iu" for a in allowed)
-        if wants_ints:
+        wants_ints = any(_kind(a) in "iu" for a in allowed)
+        if KEY_TYPE in allowed:
+            advice = ("Pass a PRNG key: jax.random.key(seed) (typed) or "
+                      "jax.random.PRNGKey(seed) (raw uint32).")
+        elif wants_ints:
             advice = (f"Cast it to int32 with {param.name}.astype(jnp.int32)"
                       f"{param.dtype_advice}.")
-        elif dtype.kind == "c":
+        elif _kind(name) == "c":
             advice = "Pass a real float array, e.g. jnp.real(x) or x.astype(jnp.float32)."
         else:
             advice = "Cast it with x.astype(jnp.float32)."
         return TypeError(
-            f"jaxops.{self.function}: input {param.name!r} has dtype {dtype.name}, but "
+            f"jaxops.{self.function}: input {param.name!r} has dtype {name}, but "
             f"{self.name} accepts {param.type_param} in {{{', '.join(allowed)}}}. {advice}"
         )
 

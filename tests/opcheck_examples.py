@@ -189,10 +189,18 @@ def _gradient_ops_of(found: tuple[Example, ...], rng):
                           {k: v for k, v in e.attrs.items()
                            if any(a.name == k for a in gs.attributes)})
 
+def _dropout(rng):
+    """Inference mode (the identity): a training call has no ONNX export, the battery's last
+    check; tests/test_dropout.py runs the battery on training calls without it."""
+    x, key = rng.uniform(-2, 2, SHAPE), np.asarray(jax.random.PRNGKey(3))
+    attrs = {"rate": 0.3, "training": False}
+    yield Example("dropout[training=False]", jo.dropout, (x, key), attrs)
+    yield Example("dropout_gradient[training=False]", jo.dropout_gradient, (key, x), attrs)
+
 
 def examples() -> tuple[Example, ...]:
     rng = np.random.default_rng(0)
     found = (*_from_table(rng), *_labelled(rng), *_cross_entropy_gradients(rng),
              *_prelu_gradient(rng), *_batch_norm(rng), *_linear_cross_entropy(rng),
-             *_layer_normalization(rng))
+             *_layer_normalization(rng), *_dropout(rng))
     return (*found, *_gradient_ops_of(found, rng))

@@ -320,6 +320,34 @@ def _clip_prelu_cases():
         with_dy, kinks=(0.0,))
 
 
+def _dropout_cases():
+    """Dropout with a fixed key closed over: linear in x, with the mask drawn as the op and
+    Flax define it, jax.random.bernoulli(key, 1 - rate, shape).  STRUCTURED, not elementwise:
+    the mask depends on the whole shape (an element alone gets another draw), and under vmap
+    a closed-over key gives every row the same mask of the row's shape, which the per-row
+    references reproduce (rowwise=False)."""
+    import jax
+
+    key = jax.random.key(42)
+
+    def mask(x, rate, training):
+        if not training or rate == 0.0:
+            return np.ones(np.shape(x))
+        if rate == 1.0:
+            return np.zeros(np.shape(x))
+        m = np.asarray(jax.random.bernoulli(key, 1.0 - rate, np.shape(x)))
+        return m / (1.0 - rate)
+
+    for rate, training in ((0.3, True), (1.0, True), (0.5, False)):
+        def op(x, rate=rate, training=training):
+            return jo.dropout(x, key, rate=rate, training=training)
+
+        yield Case(f"dropout[rate={rate},training={training}]", op, {},
+                   lambda x, r=rate, t=training: mask(x, r, t) * x, None, None,
+                   _uniform(-3, 3, 0.0), rowwise=False,
+                   vjp_ref=lambda x, w, r=rate, t=training: (mask(x, r, t) * w,))
+
+
 def _softmax(x):
     e = np.exp(x - x.max(-1, keepdims=True))
     return e / e.sum(-1, keepdims=True)
@@ -411,6 +439,31 @@ def _loss_cases():
                lambda p, t: (2 * (np.log1p(p) - np.log1p(t)) / (1 + p),
                              -2 * (np.log1p(p) - np.log1p(t)) / (1 + t)),
                msle_d2, two(-0.5, 4, -0.5, 4))
+
+    for delta in (1.0, 0.5):
+        def huber_sample(rng, shape, delta=delta):
+            # d = p - t away from the kinks ±delta, but for d = ±delta exactly (t = 0) in
+            # the first entries: the convention there (slope ±delta, curvature 1) is tested
+            d = rng.uniform(-3, 3, size=shape)
+            d = np.where(np.abs(np.abs(d) - delta) < 0.1, d + 0.2 * np.sign(d), d)
+            t = rng.uniform(-2, 2, size=shape)
+            t.reshape(-1)[:2], d.reshape(-1)[:2] = 0.0, (delta, -delta)
+            return t + d, t
+
+        def huber_ref(p, t, delta=delta):
+            d = p - t
+            return np.where(np.abs(d) <= delta, 0.5 * d * d, delta * (np.abs(d) - 0.5 * delta))
+
+        def huber_d1(p, t, delta=delta):
+            g = np.clip(p - t, -delta, delta)
+            return g, -g
+
+        def huber_d2(p, t, delta=delta):
+            q = (np.abs(p - t) <= delta) * 1.0
+            return (q, -q), (-q, q)
+
+        yield Case("huber_loss", jo.huber_loss, {"delta": delta, "reduction": "none"},
+                   huber_ref, huber_d1, huber_d2, huber_sample, kinks=(delta, -delta))
 
     def hinge_sample(rng, shape):
         return rng.uniform(-3, 3, size=shape), rng.choice([-1.0, 1.0], size=shape)
@@ -589,6 +642,94 @@ def _labelled_cases():
     yield Case("softmax_cross_entropy[log_prob]", sce_both, {}, sce_both_ref, None, None,
                sample, ints=(1,), constant=(2,),
                unbatched=(2,), rowwise=False, shape=_STRUCT_SHAPE, vjp_ref=sce_both_vjp)
+
+
+def _labelled_axis_smoothing_cases():
+    """The jaxops extensions of the labelled losses: the class axis (axis=-1, (B, T, C) scores
+    with (B, T) labels) and softmax_cross_entropy's label smoothing, from PyTorch's documented
+    CrossEntropyLoss formula: per entry (1 - eps) w_l (-log p_l) + eps / C sum_c w_c (-log p_c),
+    0 where ignored, the mean divided by the summed label weights of the kept entries.  The
+    references move the class axis to 1 and use the axis-1 helpers above."""
+    def sample(rng, shape, axis, logits=True):
+        c = shape[axis]
+        s = rng.uniform(-3, 3, size=shape)
+        labels = rng.integers(0, c, size=tuple(d for k, d in enumerate(shape)
+                                               if k != axis % len(shape)))
+        labels.reshape(-1)[:2] = (1, 1)  # ignore_index=1 occurs, and in the first rows
+        if not logits:
+            s = np.moveaxis(_log_softmax1(np.moveaxis(s, axis, 1)), 1, axis)
+        return s, labels, rng.uniform(0.5, 2, size=(c,))
+
+    def ref(s, t, w, *, ignore, reduction, axis, eps, logits=True):
+        x = np.moveaxis(s, axis, 1)
+        logp = _log_softmax1(x) if logits else x
+        ew, safe = _entry_weights(t, w, ignore)
+        picked = np.take_along_axis(logp, safe[:, None], 1)[:, 0]
+        loss = -picked * ew
+        if eps:
+            c = x.shape[1]
+            wc = np.ones(c) if w is None else w
+            kept = np.ones(t.shape) if ignore is None else (t != ignore) * 1.0
+            smooth = -np.sum(logp * wc.reshape((1, c) + (1,) * (t.ndim - 1)), axis=1)
+            loss = (1 - eps) * loss + eps / c * smooth * kept
+        return _reduce_ref(loss, ew, reduction)
+
+    def vjp(s, t, w, wout, *, ignore, reduction, axis, eps, logits=True):
+        x = np.moveaxis(s, axis, 1)
+        c = x.shape[1]
+        coef, safe = _coef(t, w, wout, ignore, reduction)
+        onehot = _onehot1(safe, c)
+        if not logits:  # nll: d/dx = -onehot * coef
+            return (np.moveaxis(-onehot * coef[:, None] + 0 * x, 1, axis),)
+        p = np.exp(_log_softmax1(x))
+        d = (p - onehot) * coef[:, None]
+        if eps:
+            wc = np.ones(c) if w is None else w
+            # d total / d loss_n without the entry's weight, 0 where ignored
+            ew, _ = _entry_weights(t, w, ignore)
+            kept = np.ones(t.shape) if ignore is None else (t != ignore) * 1.0
+            if reduction == "none":
+                g = wout * kept
+            elif reduction == "sum":
+                g = np.ravel(wout)[0] * kept
+            else:
+                g = np.ravel(wout)[0] / ew.sum() * kept if ew.sum() else 0 * kept
+            smooth = p * wc.sum() - wc.reshape((1, c) + (1,) * (t.ndim - 1))
+            d = (1 - eps) * d + eps / c * smooth * g[:, None]
+        return (np.moveaxis(d, 1, axis),)
+
+    forms = (  # (op, reduction, ignore_index, weighted, axis, label_smoothing)
+        ("sce", "none", 1, True, -1, 0.0), ("sce", "mean", None, False, -1, 0.0),
+        ("nll", "none", 1, True, -1, 0.0), ("nll", "mean", 1, False, -1, 0.0),
+        ("sce", "mean", 1, True, 1, 0.2), ("sce", "sum", None, True, -1, 0.1),
+        ("sce", "none", 1, False, 1, 0.3), ("sce", "mean", None, False, -1, 0.25),
+        ("sce", "sum", 1, True, 1, 1.0),
+    )
+    for op, reduction, ignore, weighted, axis, eps in forms:
+        logits = op == "sce"
+        kw = dict(ignore=ignore, reduction=reduction, axis=axis, eps=eps, logits=logits)
+        wsel = (lambda w: w) if weighted else (lambda w: None)
+        attrs = {"ignore_index": ignore, "reduction": reduction, "axis": axis}
+        if logits:
+            attrs["label_smoothing"] = eps
+
+        def f(s, t, w, attrs=attrs, wsel=wsel, logits=logits):
+            fn = jo.softmax_cross_entropy if logits else jo.nll_loss
+            return fn(s, t, wsel(w), **attrs)
+
+        def f_ref(s, t, w, kw=kw, wsel=wsel):
+            return ref(s, t, wsel(w), **kw)
+
+        def f_vjp(s, t, w, wout, kw=kw, wsel=wsel):
+            return vjp(s, t, wsel(w), wout, **kw)
+
+        tag = ",".join(x for x in ("w" if weighted else "", f"axis={axis}",
+                                    f"eps={eps}" if logits else "") if x)
+        name = "softmax_cross_entropy" if logits else "nll_loss"
+        yield Case(f"{name}[{tag}]", f, {}, f_ref, None, None,
+                   lambda rng, shape, axis=axis, logits=logits: sample(rng, shape, axis, logits),
+                   ints=(1,), constant=(2,), unbatched=(2,), rowwise=False,
+                   shape=_STRUCT_SHAPE, vjp_ref=f_vjp)
 
 
 def _linear_cross_entropy_cases():
@@ -884,6 +1025,10 @@ def _loss_shape(schema, shape, attrs):
     return shape
 
 
+#: A PRNG key input (Dropout's): a raw uint32 key, as jax.random.PRNGKey makes.
+_RAW_KEY = __import__("jax").ShapeDtypeStruct((2,), "uint32")
+
+
 def example_avals(schema, shape=(7,), dtype="float32", **attrs):
     """ShapeDtypeStructs that satisfy an op's schema.  Same-shape ops: every tensor input has
     ``shape`` (scalars ()).  Ops over axis 1 (``structured``): the data input has ``shape`` =
@@ -892,12 +1037,15 @@ def example_avals(schema, shape=(7,), dtype="float32", **attrs):
     import jax
 
     if not structured(schema):
-        return tuple(jax.ShapeDtypeStruct(
-            () if p.scalar else _loss_shape(schema, shape, attrs) if p.name == "dloss" else shape,
-            dtype) for p in schema.inputs)
+        return tuple(
+            _RAW_KEY if p.type_param == "K" else jax.ShapeDtypeStruct(
+                () if p.scalar else _loss_shape(schema, shape, attrs) if p.name == "dloss"
+                else shape, dtype) for p in schema.inputs)
     avals = []
     for p in schema.inputs:
-        if p.type_param == "Tind":
+        if p.type_param == "K":
+            avals.append(_RAW_KEY)
+        elif p.type_param == "Tind":
             avals.append(jax.ShapeDtypeStruct((shape[0], *shape[2:]), "int32"))
         elif p.name in _PER_CHANNEL:
             avals.append(jax.ShapeDtypeStruct((shape[1],), dtype))
@@ -923,7 +1071,7 @@ CASES: tuple[Case, ...] = (
 )
 
 STRUCTURED: tuple[Case, ...] = (
-    *_labelled_cases(), *_cross_entropy_cases(), *_batch_norm_cases(),
-    *_linear_cross_entropy_cases(), *_clip_bounds_cases(), *_layer_norm_cases(),
-    *_group_norm_cases(),
+    *_labelled_cases(), *_labelled_axis_smoothing_cases(), *_cross_entropy_cases(),
+    *_batch_norm_cases(), *_linear_cross_entropy_cases(), *_clip_bounds_cases(),
+    *_layer_norm_cases(), *_group_norm_cases(), *_dropout_cases(),
 )

@@ -215,3 +215,124 @@ def test_onnx_schema_records_the_optional_output():
     ref = onnx.defs.get_schema("SoftmaxCrossEntropyLoss", 13)
     assert [o.name for o in ref.outputs] == [o.name for o in s.outputs]
     assert s.outputs[1].optional and not s.attribute("return_log_prob").onnx
+
+
+# ---------------------------------------------- the class axis and label smoothing (issue 16)
+
+def _pytorch_label_smoothing(scores, labels, weights, eps, ignore, reduction):
+    """PyTorch's documented CrossEntropyLoss with class indices and label_smoothing, in
+    float64: l_n = -sum_c w_c log p_{n,c} y_{n,c} with y = (1 - eps) onehot + eps / C, 0 where
+    the label is ignore_index; "mean" divides by sum_n w_{y_n} over the kept entries."""
+    x = np.asarray(scores, np.float64)
+    c = x.shape[1]
+    logp = x - x.max(1, keepdims=True)
+    logp = logp - np.log(np.exp(logp).sum(1, keepdims=True))
+    w = np.ones(c) if weights is None else np.asarray(weights, np.float64)
+    kept = np.ones(labels.shape, bool) if ignore is None else labels != ignore
+    safe = np.where(kept, labels, 0)
+    y = (1 - eps) * np.moveaxis(np.eye(c)[safe], -1, 1) + eps / c
+    wb = w.reshape((1, c) + (1,) * (x.ndim - 2))
+    loss = np.where(kept, -(wb * logp * y).sum(1), 0.0)
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    return loss.sum() / np.where(kept, w[safe], 0.0).sum()
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+@pytest.mark.parametrize("ignore,weighted", [(None, False), (2, False), (None, True), (2, True)])
+@pytest.mark.parametrize("eps", [0.1, 0.5, 1.0])
+def test_label_smoothing_is_pytorch_documented_formula(eps, ignore, weighted, reduction):
+    scores, labels, weights = _labelled((5, 4, 3), seed=3, ignore=ignore)
+    w = weights if weighted else None
+    want = _pytorch_label_smoothing(scores, labels, w, eps, ignore, reduction)
+    with jax.enable_x64(True):
+        got = jo.softmax_cross_entropy(scores, labels, w, ignore_index=ignore,
+                                       reduction=reduction, label_smoothing=eps)
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-12, atol=1e-12)
+    # and in float32 with the classes last: the same numbers
+    got = jo.softmax_cross_entropy(jnp.asarray(np.moveaxis(scores, 1, -1), jnp.float32),
+                                   jnp.asarray(labels), None if w is None else jnp.asarray(
+                                       w, jnp.float32), ignore_index=ignore, axis=-1,
+                                   reduction=reduction, label_smoothing=eps)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=2e-6, atol=2e-6)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1, 1.0])
+def test_label_smoothing_matches_optax_smooth_labels(eps):
+    """Unweighted: optax.softmax_cross_entropy(logits, optax.smooth_labels(onehot, eps)), with
+    (B, T, C) logits and (B, T) labels (axis=-1), values and gradients."""
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.normal(0, 3, (2, 5, 7)), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 7, (2, 5)))
+
+    def ours(s):
+        return jo.softmax_cross_entropy(s, labels, axis=-1, label_smoothing=eps)
+
+    def theirs(s):
+        target = optax.smooth_labels(jax.nn.one_hot(labels, 7), eps)
+        return optax.softmax_cross_entropy(s, target).mean()
+
+    np.testing.assert_allclose(ours(logits), theirs(logits), rtol=1e-6)
+    np.testing.assert_allclose(jax.grad(ours)(logits), jax.grad(theirs)(logits), rtol=1e-5,
+                               atol=1e-7)
+    per = jo.softmax_cross_entropy(logits, labels, axis=-1, label_smoothing=eps,
+                                   reduction="none")
+    np.testing.assert_allclose(per, optax.softmax_cross_entropy(
+        logits, optax.smooth_labels(jax.nn.one_hot(labels, 7), eps)), rtol=1e-6)
+
+
+def test_class_axis_last_equals_axis_1_and_optax():
+    rng = np.random.default_rng(1)
+    s = jnp.asarray(rng.normal(size=(3, 4, 6)), jnp.float32)  # (B, T, C)
+    t = jnp.asarray(rng.integers(0, 6, (3, 4)))
+    last = jo.softmax_cross_entropy(s, t, axis=-1, reduction="none")
+    np.testing.assert_allclose(last, optax.softmax_cross_entropy_with_integer_labels(s, t),
+                               rtol=1e-6)
+    np.testing.assert_array_equal(
+        last, jo.softmax_cross_entropy(jnp.moveaxis(s, -1, 1), t, reduction="none"))
+    lp = jax.nn.log_softmax(s)
+    np.testing.assert_array_equal(jo.nll_loss(lp, t, axis=2),
+                                  jo.nll_loss(jnp.moveaxis(lp, -1, 1), t))
+    g_last = jax.grad(lambda s: jo.softmax_cross_entropy(s, t, axis=-1))(s)
+    g_1 = jax.grad(lambda s: jo.softmax_cross_entropy(s, t))(jnp.moveaxis(s, -1, 1))
+    np.testing.assert_allclose(g_last, jnp.moveaxis(g_1, 1, -1), rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("impl", ["pallas_interpret", "pallas"])
+def test_pallas_path_moves_the_class_axis_and_refuses_label_smoothing(impl):
+    rng = np.random.default_rng(2)
+    s = jnp.asarray(rng.normal(size=(3, 4, 6)), jnp.float32)
+    t = jnp.asarray(rng.integers(0, 6, (3, 4))).at[0, 0].set(-100)
+    if impl == "pallas_interpret":
+        f = jax.value_and_grad(lambda s: jo.softmax_cross_entropy(
+            s, t, ignore_index=-100, axis=-1, implementation=impl))
+        g = jax.value_and_grad(lambda s: jo.softmax_cross_entropy(
+            s, t, ignore_index=-100, axis=-1, implementation="xla"))
+        for a, b in zip(jax.tree.leaves(f(s)), jax.tree.leaves(g(s)), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match=r"implementation='[a-z_]+' does not support "
+                                         r"label_smoothing != 0"):
+        jo.softmax_cross_entropy(s, t, ignore_index=-100, axis=-1, label_smoothing=0.1,
+                                 implementation=impl)
+
+
+def test_class_axis_and_label_smoothing_errors():
+    s, t = jnp.zeros((3, 4)), jnp.array([0, 1, 2])
+    with pytest.raises(ValueError, match=r"jaxops.softmax_cross_entropy: input 'scores' must "
+                                         r"have shape \(N, C, d1, \.\.\.\) .* or pass axis= "
+                                         r".*got shape \(3, 4\), which has no axis 2"):
+        jo.softmax_cross_entropy(s, t, axis=2)
+    with pytest.raises(ValueError, match=r"input 'labels' must have shape \(4,\) \('scores' "
+                                         r"without its class axis 0\), got \(3,\)"):
+        jo.softmax_cross_entropy(s, t, axis=0)
+    with pytest.raises(ValueError, match=r"attribute 'label_smoothing': must be in \[0, 1\] "
+                                         r"\(PyTorch's label_smoothing\). Got 1.5"):
+        jo.softmax_cross_entropy(s, t, label_smoothing=1.5)
+    with pytest.raises(TypeError, match="attribute 'axis' must be an int"):
+        jo.nll_loss(s, t, axis=1.0)
+    # jaxops extensions of an ai.onnx schema: not ONNX attributes
+    for name in ("axis", "label_smoothing"):
+        assert not jo.schema.get("SoftmaxCrossEntropyLoss").attribute(name).onnx
+    assert not jo.schema.get("NegativeLogLikelihoodLoss").attribute("axis").onnx

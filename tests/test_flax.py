@@ -91,7 +91,7 @@ def test_import_jaxops_flax_without_flax_says_what_to_install(monkeypatch):
 
 
 def test_both_apis_have_the_same_layers():
-    explicit = {"BatchNorm", "PReLU", "LayerNorm", "RMSNorm", "GroupNorm"}
+    explicit = {"BatchNorm", "Dropout", "PReLU", "LayerNorm", "RMSNorm", "GroupNorm"}
     generated = {_common.module_name(op.schema.function) for op in _common.activation_ops()}
     # the names users had before the modules were generated are still there
     assert {"ReLU", "ReluN", "LeakyReLU", "Softsign", "Sigmoid", "Tanh", "Softmax"} <= generated
@@ -861,3 +861,41 @@ def test_linen_sequential_of_normalizations_trains():
         params, state, loss = step(params, state)
         losses.append(float(loss))
     assert losses[-1] < losses[0]
+
+# ------------------------------------------------------------------------------ Dropout
+
+def test_nnx_dropout_draws_flax_masks_from_the_same_rngs():
+    from jaxops.flax import nnx as jnnx
+
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 6)), jnp.float32)
+    ours, theirs = (cls(0.3, rngs=nnx.Rngs(dropout=5)) for cls in (jnnx.Dropout, nnx.Dropout))
+    for _ in range(3):  # the streams advance alike: call after call, the same masks
+        np.testing.assert_array_equal(ours(x), theirs(x))
+    key = jax.random.key(9)
+    np.testing.assert_array_equal(ours(x, rngs=key), theirs(x, rngs=key))
+    stream = nnx.Rngs(dropout=1)
+    np.testing.assert_array_equal(ours(x, rngs=nnx.Rngs(dropout=1)), theirs(x, rngs=stream))
+    np.testing.assert_array_equal(ours(x, deterministic=True), x)
+    np.testing.assert_array_equal(jnnx.Dropout(1.0, rngs=nnx.Rngs(0))(x), jnp.zeros_like(x))
+    with pytest.raises(TypeError, match="no rngs were given"):
+        jnnx.Dropout(0.5)(x)
+    with pytest.raises(ValueError, match=r"attribute 'rate': must be in \[0, 1\]"):
+        jnnx.Dropout(2.0)
+
+
+def test_linen_dropout_draws_flax_masks_from_the_same_rngs():
+    from jaxops.flax import linen as jnn
+
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(4, 6)), jnp.float32)
+    rngs = {"dropout": jax.random.key(3)}
+    for rate in (0.2, 0.7):
+        ours = jnn.Dropout(rate).apply({}, x, deterministic=False, rngs=rngs)
+        theirs = nn.Dropout(rate).apply({}, x, deterministic=False, rngs=rngs)
+        np.testing.assert_array_equal(ours, theirs)
+    np.testing.assert_array_equal(jnn.Dropout(0.5, deterministic=True).apply({}, x), x)
+    # gradient: the mask scaled, as Flax's
+    g = jax.grad(lambda x: jnn.Dropout(0.4).apply({}, x, deterministic=False,
+                                                 rngs=rngs).sum())(x)
+    want = jax.grad(lambda x: nn.Dropout(0.4).apply({}, x, deterministic=False,
+                                                   rngs=rngs).sum())(x)
+    np.testing.assert_allclose(g, want, rtol=1e-6)

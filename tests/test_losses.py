@@ -85,6 +85,39 @@ def test_against_optax():
     np.testing.assert_allclose(per_row, want, rtol=1e-5)
 
 
+@pytest.mark.parametrize("delta", [1.0, 0.3, 2.5])
+def test_huber_against_optax_and_pytorch_formula(delta):
+    p, t = _rand((5, 4)), _rand((5, 4), seed=1)
+    p = p.at[0, :2].set(t[0, :2] + jnp.array([delta, -delta]))  # on the kinks
+    np.testing.assert_allclose(jo.huber_loss(p, t, delta=delta, reduction="none"),
+                               optax.huber_loss(p, t, delta=delta), rtol=1e-6, atol=1e-7)
+    # torch.nn.HuberLoss(delta=delta) as documented: 0.5 d^2 if |d| < delta else
+    # delta (|d| - 0.5 delta), reduced by the mean (PyTorch is not a test dependency)
+    d = np.asarray(p, np.float64) - np.asarray(t, np.float64)
+    torch = np.where(np.abs(d) < delta, 0.5 * d**2, delta * (np.abs(d) - 0.5 * delta))
+    for reduction, want in (("mean", torch.mean()), ("sum", torch.sum())):
+        np.testing.assert_allclose(jo.huber_loss(p, t, delta=delta, reduction=reduction),
+                                   want, rtol=1e-6)
+    # gradient: clip(d, -delta, delta), equal to optax's (whose min() ties give the same)
+    np.testing.assert_allclose(
+        jax.grad(lambda p: jo.huber_loss(p, t, delta=delta, reduction="sum"))(p),
+        jax.grad(lambda p: optax.huber_loss(p, t, delta=delta).sum())(p), rtol=1e-6)
+    np.testing.assert_allclose(
+        jax.grad(lambda p: jo.huber_loss(p, t, delta=delta, reduction="sum"))(p),
+        np.clip(d, -delta, delta), rtol=1e-6, atol=1e-6)
+
+
+def test_huber_convention_at_the_kink():
+    """Slope ±delta and curvature 1 at |d| = delta exactly (the quadratic piece); 0 beyond."""
+    def f(p):
+        return jo.huber_loss(p, jnp.float32(0.0), delta=0.5, reduction="sum")
+
+    assert jax.grad(f)(jnp.float32(0.5)) == 0.5
+    assert jax.grad(f)(jnp.float32(-0.5)) == -0.5
+    assert jax.grad(jax.grad(f))(jnp.float32(0.5)) == 1.0
+    assert jax.grad(jax.grad(f))(jnp.float32(0.75)) == 0.0
+
+
 def test_edges():
     # BCE: no overflow and finite, exact gradients at |logit| = 1e4
     z = jnp.array([1e4, -1e4, 1e4, -1e4])
@@ -118,6 +151,8 @@ def test_edges():
      r"jaxops.mae: input 'targets' must have the shape of 'predictions' \(3,\), got \(4,\)"),
     (lambda: jo.binary_cross_entropy(jnp.ones(3), jnp.ones(3, jnp.int32)), TypeError,
      r"jaxops.binary_cross_entropy: input 'targets' has dtype int32"),
+    (lambda: jo.huber_loss(jnp.ones(3), jnp.ones(3), delta=0.0), ValueError,
+     r"jaxops.huber_loss: attribute 'delta': must be > 0 .* Got 0.0"),
     (lambda: jo.kl_divergence(jnp.ones(3), jnp.ones(3), log_target=1), TypeError,
      r"attribute 'log_target' must be a bool, got 1"),
 ])

@@ -27,6 +27,7 @@ X = jnp.asarray(RNG.normal(size=(4, 3)), jnp.float32)
 X3 = jnp.asarray(RNG.normal(size=(2, 3, 4)), jnp.float32)
 POS = jnp.asarray(RNG.uniform(0.1, 2.0, size=(4, 3)), jnp.float32)
 LABELS = jnp.array([0, 1, 2, 1])
+LABELS3 = jnp.array([[0, 1, 2], [3, 2, 1]])  # X3 (2, 3, 4) with the classes last
 PM1 = jnp.asarray(np.sign(RNG.normal(size=(4, 3))), jnp.float32)
 STATS = (jnp.linspace(0.5, 2, 3), jnp.linspace(-1, 1, 3), jnp.linspace(-0.2, 0.2, 3),
          jnp.linspace(0.5, 1.5, 3))
@@ -70,6 +71,21 @@ ROUND_TRIPS = [
         h, jnp.linspace(-1, 1, 15, dtype=h.dtype).reshape(3, 5), LABELS, ignore_index=2,
         chunk_size=2), (X,)),
     ("nll_loss", lambda lp: jo.nll_loss(lp, LABELS, reduction="sum"), (jo.log_softmax(X),)),
+    # jaxops' extensions of the labelled losses: the class axis (Transposes around the ONNX
+    # node) and label smoothing (the ONNX node's loss and log_prob, mixed and reduced)
+    ("softmax_cross_entropy_axis_last", lambda s: jo.softmax_cross_entropy(
+        s, LABELS3, jnp.array([1.0, 2.0, 0.5, 1.5], s.dtype), ignore_index=2, axis=-1,
+        reduction="none", return_log_prob=True), (X3,)),
+    ("softmax_cross_entropy_label_smoothing", lambda s: jo.softmax_cross_entropy(
+        s, LABELS, jnp.array([1.0, 2.0, 0.5], s.dtype), ignore_index=2, label_smoothing=0.2),
+     (X,)),
+    ("softmax_cross_entropy_label_smoothing_axis_last", lambda s: jo.softmax_cross_entropy(
+        s, LABELS3, axis=-1, label_smoothing=0.1, reduction="sum", return_log_prob=True),
+     (X3,)),
+    ("softmax_cross_entropy_label_smoothing_none", lambda s: jo.softmax_cross_entropy(
+        s, LABELS, ignore_index=0, label_smoothing=0.3, reduction="none"), (X,)),
+    ("nll_loss_axis_last", lambda lp: jo.nll_loss(lp, LABELS3, ignore_index=1, axis=-1),
+     (jo.log_softmax(X3),)),
     ("batch_norm_eval", lambda x: jo.batch_norm(x, *_like(STATS, x)), (X3,)),
     ("batch_norm_train", lambda x: jo.batch_norm(x, *_like(STATS, x), momentum=0.75,
                                                  training=True), (X3,)),

@@ -121,7 +121,7 @@ def test_matrix_ops_infer_matches_eval_shape():
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("s", SHAPED, ids=lambda s: s.name)
 def test_infer_matches_eval_shape(s, shape):
-    if shape == () and any(a.name == "axis" for a in s.attributes):
+    if shape == () and not structured(s) and any(a.name == "axis" for a in s.attributes):
         with pytest.raises(ValueError, match="out of range for an input of rank 0"):
             s.infer(*(jax.ShapeDtypeStruct((), jnp.float32) for _ in s.inputs))
         return

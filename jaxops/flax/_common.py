@@ -292,3 +292,21 @@ def group_norm(x, scale, bias, *, groups, epsilon):
                          f"an input of shape {np.shape(x)} with {c} features on its last axis.")
     y = jo.group_norm(jnp.moveaxis(x, ax, 1), scale, bias, num_groups=groups, epsilon=epsilon)
     return jnp.moveaxis(y, 1, ax)
+
+# ----------------------------------------------------------------------------- dropout
+
+def check_rate(rate: float, where: str) -> float:
+    """The module's ``rate`` as a float in [0, 1], or the op's own error, at construction."""
+    return jo.schema.get("KeyedDropout").attribute("rate").canonical(where, rate)
+
+
+def dropout(x: Any, draw_key: Any, rate: float, deterministic: bool) -> jax.Array:
+    """Flax's Dropout control flow around :func:`jaxops.dropout`: the identity when
+    deterministic or at rate 0, zeros at rate 1, and otherwise one key drawn (``draw_key()``,
+    only then, so that the RNG stream advances exactly as under Flax's module) for the op,
+    whose mask is Flax's ``bernoulli(key, 1 - rate, x.shape)``."""
+    if deterministic or rate == 0.0:
+        return x
+    if rate == 1.0:
+        return jnp.zeros_like(x)
+    return jo.dropout(x, draw_key(), rate=rate)

@@ -68,7 +68,8 @@ import jaxops as jo
 from jaxops.flax import _common
 
 __all__ = [
-    "ACTIVATIONS", "BatchNorm", "GroupNorm", "LayerNorm", "PReLU", "RMSNorm", "module_for",
+    "ACTIVATIONS", "BatchNorm", "Dropout", "GroupNorm", "LayerNorm", "PReLU", "RMSNorm",
+    "module_for",
 ]  # + the activation modules
 
 
@@ -143,6 +144,48 @@ def _activations() -> dict[str, type[nn.Module]]:
 ACTIVATIONS: dict[str, type[nn.Module]] = _activations()
 globals().update(ACTIVATIONS)
 __all__ += sorted(ACTIVATIONS)
+
+
+class Dropout(nn.Module):
+    r""":func:`jaxops.dropout` with Flax's conventions, as ``flax.linen.Dropout``.
+
+    .. math:: y = \frac{m \odot x}{1 - r}, \qquad m_i \sim \mathrm{Bernoulli}(1 - r)
+
+    The key is ``self.make_rng(rng_collection)`` (``apply(..., rngs={"dropout": key})``), or
+    the call's ``rng``, and the op's mask is Flax's draw: the same ``rngs`` give this module
+    and ``linen.Dropout`` the same masks.  ``deterministic=True`` (or rate 0) is the identity
+    and draws no key; rate 1 gives zeros.  Flax's ``broadcast_dims`` is not offered.
+
+    Attributes:
+      rate: the probability of dropping an element, in [0, 1].
+      deterministic: skip dropout; the call's ``deterministic`` is merged with it (one of the
+        two must be given, as in Flax).
+      rng_collection: the RNG collection to draw from ("dropout").
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from jaxops.flax import linen as jnn
+      >>> layer = jnn.Dropout(0.5, deterministic=False)
+      >>> y = layer.apply({}, jnp.ones(6), rngs={"dropout": jax.random.key(0)})
+      >>> set(y.tolist()) <= {0.0, 2.0}
+      True
+
+    References:
+      Srivastava et al. (2014); ``flax.linen.Dropout``.
+    """
+
+    rate: float
+    deterministic: bool | None = None
+    rng_collection: str = "dropout"
+
+    @nn.compact
+    def __call__(self, x: ArrayLike, deterministic: bool | None = None,
+                 rng: jax.Array | None = None) -> jax.Array:
+        rate = _common.check_rate(self.rate, "flax.linen.Dropout")
+        deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
+        return _common.dropout(
+            x, lambda: self.make_rng(self.rng_collection) if rng is None else rng, rate,
+            deterministic)
 
 
 class PReLU(nn.Module):

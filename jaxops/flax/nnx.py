@@ -68,7 +68,8 @@ import jaxops as jo
 from jaxops.flax import _common
 
 __all__ = [
-    "ACTIVATIONS", "BatchNorm", "GroupNorm", "LayerNorm", "PReLU", "RMSNorm", "module_for",
+    "ACTIVATIONS", "BatchNorm", "Dropout", "GroupNorm", "LayerNorm", "PReLU", "RMSNorm",
+    "module_for",
 ]  # + the activation modules
 
 
@@ -137,6 +138,75 @@ def _activations() -> dict[str, type[nnx.Module]]:
 ACTIVATIONS: dict[str, type[nnx.Module]] = _activations()
 globals().update(ACTIVATIONS)
 __all__ += sorted(ACTIVATIONS)
+
+
+class Dropout(nnx.Module):
+    r""":func:`jaxops.dropout` with Flax's RNG stream conventions, as ``flax.nnx.Dropout``.
+
+    .. math:: y = \frac{m \odot x}{1 - r}, \qquad m_i \sim \mathrm{Bernoulli}(1 - r)
+
+    The key comes from the ``rng_collection`` stream (``nnx.Rngs(dropout=...)``) forked at
+    construction, or from ``rngs=`` at the call (an ``nnx.Rngs``, an ``RngStream`` or a key),
+    exactly as Flax's module draws it, and the op's mask is Flax's draw: with the same
+    ``Rngs`` this module and ``nnx.Dropout`` give the same masks, call after call.
+    ``deterministic=True`` (or ``model.eval()``, or rate 0) is the identity and draws no key;
+    rate 1 gives zeros.  Flax's ``broadcast_dims`` (one mask shared along some axes) is not
+    offered.
+
+    Args:
+      rate: the probability of dropping an element, in [0, 1].
+      deterministic: skip dropout (False: apply it); the call's ``deterministic`` overrides.
+      rng_collection: the RNG stream to draw from ("dropout").
+      rngs: an ``nnx.Rngs`` or ``RngStream`` (or None: pass ``rngs=`` at the call).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> from jaxops.flax import nnx as jnnx
+      >>> layer = jnnx.Dropout(0.5, rngs=nnx.Rngs(dropout=0))
+      >>> set(layer(jnp.ones(6)).tolist()) <= {0.0, 2.0}
+      True
+      >>> layer(jnp.ones(2), deterministic=True)
+      Array([1., 1.], dtype=float32)
+
+    References:
+      Srivastava et al. (2014); ``flax.nnx.Dropout``.
+    """
+
+    def __init__(self, rate: float, *, deterministic: bool = False,
+                 rng_collection: str = "dropout",
+                 rngs: nnx.Rngs | nnx.RngStream | None = None):
+        self.rate = _common.check_rate(rate, "flax.nnx.Dropout")
+        self.deterministic = deterministic
+        self.rng_collection = rng_collection
+        if isinstance(rngs, nnx.Rngs):
+            self.rngs = rngs[rng_collection].fork()
+        elif isinstance(rngs, nnx.RngStream):
+            self.rngs = rngs.fork()
+        elif rngs is None:
+            self.rngs = nnx.data(None)
+        else:
+            raise TypeError(f"jaxops.flax.nnx.Dropout: rngs must be an nnx.Rngs, an "
+                            f"nnx.RngStream or None, got {type(rngs).__name__}.")
+
+    def __call__(self, x: ArrayLike, *, deterministic: bool | None = None,
+                 rngs: nnx.Rngs | nnx.RngStream | jax.Array | None = None) -> jax.Array:
+        deterministic = self.deterministic if deterministic is None else deterministic
+
+        def draw_key():
+            source = self.rngs if rngs is None else rngs
+            if isinstance(source, nnx.Rngs):
+                return source[self.rng_collection]()
+            if isinstance(source, nnx.RngStream):
+                return source()
+            if isinstance(source, jax.Array):
+                return source
+            raise TypeError("jaxops.flax.nnx.Dropout: deterministic is False, but no rngs "
+                            "were given, to the constructor or the call (pass "
+                            "rngs=nnx.Rngs(dropout=seed)), or rngs is not an nnx.Rngs, "
+                            f"RngStream or key (got {type(source).__name__}).")
+
+        return _common.dropout(x, draw_key, self.rate, deterministic)
 
 
 class PReLU(nnx.Module):

@@ -337,9 +337,52 @@ def _emit_jaxops(g: _Graph, eqn, ins: list[str]) -> list[str]:
     schema, attrs = eqn.params["schema"].value, dict(eqn.params["attrs"])
     it = iter(ins)
     inputs = [next(it) if present else "" for present in eqn.params["present"]]
+    it = iter(eqn.invars)
+    in_avals = [next(it).aval if present else None for present in eqn.params["present"]]
+    out_avals = [v.aval for v in eqn.outvars]
+    run = eqn.params["run"].value
+    if _class_axis_moved(schema, attrs, in_avals):
+        return _around_class_axis(g, schema, attrs, inputs, in_avals, out_avals, run)
+    return _emit_call(g, schema, attrs, inputs, in_avals, out_avals, run)
+
+
+# ----------------------------------------------------- the labelled losses' class axis
+# ONNX's labelled losses (SoftmaxCrossEntropyLoss, NegativeLogLikelihoodLoss) have their
+# classes on axis 1; jaxops' ``axis`` attribute moves them.  A call with another class axis
+# exports as the call with axis 1 between Transposes of every class-shaped tensor (the
+# inputs and outputs of the scores' rank): the labels keep their shape and order.
+
+def _class_axis_moved(schema, attrs: dict, in_avals) -> bool:
+    if "Tind" not in schema.type_constraints or "axis" not in attrs:
+        return False
+    return attrs["axis"] % len(in_avals[0].shape) != 1
+
+
+def _around_class_axis(g: _Graph, schema, attrs, inputs, in_avals, out_avals, run):
+    rank = len(in_avals[0].shape)
+    axis = attrs["axis"] % rank
+    perm = [0, axis, *(k for k in range(1, rank) if k != axis)]  # classes to axis 1
+    back = [perm.index(k) for k in range(rank)]
+
+    def moved(a):
+        return jax.ShapeDtypeStruct(tuple(a.shape[k] for k in perm), a.dtype)
+
+    class_shaped = [a is not None and len(a.shape) == rank for a in in_avals]
+    inputs = [g.node("Transpose", [x], perm=perm)[0] if c else x
+              for x, c in zip(inputs, class_shaped, strict=True)]
+    in_avals = [moved(a) if c else a for a, c in zip(in_avals, class_shaped, strict=True)]
+    out_class = [len(a.shape) == rank for a in out_avals]
+    out_avals = [moved(a) if c else a for a, c in zip(out_avals, out_class, strict=True)]
+    outs = _emit_call(g, schema, {**attrs, "axis": 1}, inputs, in_avals, out_avals, run)
+    return [g.node("Transpose", [o], perm=back)[0] if c else o
+            for o, c in zip(outs, out_class, strict=True)]
+
+
+def _emit_call(g: _Graph, schema, attrs, inputs, in_avals, out_avals, run) -> list[str]:
+    inputs = list(inputs)
     while inputs and inputs[-1] == "":
         inputs.pop()
-    n_out = len(eqn.outvars)
+    n_out = len(out_avals)
     if schema.domain == "":
         version = onnx.defs.get_schema(schema.name, g.opset, "").since_version
         if version != schema.since_version:
@@ -351,16 +394,22 @@ def _emit_jaxops(g: _Graph, eqn, ins: list[str]) -> list[str]:
             # ONNX: one output in inference mode; jaxops returns the statistics unchanged
             (y,) = g.node(schema.name, inputs, 1, **_onnx_attrs(schema, attrs))
             return [y, inputs[3], inputs[4]]
+        if attrs.get("label_smoothing"):
+            return _smoothed_cross_entropy(g, schema, attrs, inputs, in_avals, out_avals)
         return g.node(schema.name, inputs, n_out, **_onnx_attrs(schema, attrs))
-    it = iter(eqn.invars)
-    in_avals = [next(it).aval if present else None for present in eqn.params["present"]]
-    out_avals = [v.aval for v in eqn.outvars]
+    if (schema.domain == JAXOPS_DOMAIN and schema.name in ("KeyedDropout", "KeyedDropoutGradient")
+            and attrs["training"] and attrs["rate"] > 0):
+        raise NotImplementedError(
+            f"jaxops.onnx.export: jaxops.{schema.function} with training=True has no ONNX "
+            "export: its mask is JAX's threefry draw from the key, which ONNX cannot compute, "
+            "and ONNX's Dropout would draw a different mask from its own generator (and its "
+            "gradient could not regenerate it). Export the inference model "
+            "(training=False, or nnx.Dropout with deterministic=True), which is the identity.")
     if functions.body_of(schema) is not None:
         # hand-written beside the op: shape-generic and exact (ONNX's own Softmax, Clip, ...)
         fn = functions.function_proto(schema, attrs, g.opset, in_avals, out_avals)
     else:
-        fn = derived_function_proto(schema, eqn.params["run"].value, attrs, g.opset, in_avals,
-                                    out_avals)
+        fn = derived_function_proto(schema, run, attrs, g.opset, in_avals, out_avals)
     if g.inline_calls:
         return _inline_call(g, fn, inputs)
     g.functions[(fn.domain, fn.name, fn.overload)] = fn
@@ -377,6 +426,66 @@ def _opset_version(op_type: str, opset: int) -> int | None:
         return onnx.defs.get_schema(op_type, opset, "").since_version
     except onnx.defs.SchemaError:
         return None
+
+
+def _smoothed_cross_entropy(g: _Graph, schema, attrs, inputs, in_avals, out_avals):
+    """SoftmaxCrossEntropyLoss with PyTorch's label smoothing (a jaxops extension) in standard
+    ops: the ONNX node's per-entry loss and log_prob, the smoothing term
+    ``-sum_c w_c log_prob_c`` (0 where ignored), mixed ``(1 - eps) nll + eps / C smooth``
+    and reduced; "mean" divides by the summed label weights (0 when every entry is ignored,
+    as jaxops)."""
+    eps, reduction, ignore = attrs["label_smoothing"], attrs["reduction"], attrs["ignore_index"]
+    labels = inputs[1]
+    dtype = in_avals[0].dtype
+    rank, c = len(in_avals[0].shape), in_avals[0].shape[1]
+    sce = {"reduction": "none"} | ({} if ignore is None else {"ignore_index": ignore})
+    compute = np.float64 if dtype == np.float64 else np.float32  # as the op: >= float32
+    to = _tensor_type(compute)
+    if dtype != compute:  # half precision: the whole loss in float32, rounded once
+        inputs = [g.node("Cast", [x], to=to)[0] if k != 1 and x else x
+                  for k, x in enumerate(inputs)]
+    weights = inputs[2] if len(inputs) > 2 and inputs[2] else None
+    nll, lp = g.node("SoftmaxCrossEntropyLoss", inputs, 2, **sce)
+    logp = lp if dtype == compute else g.node("Cast", [lp], to=_tensor_type(dtype))[0]
+    if weights is not None:
+        wc = weights
+        shaped = g.node("Reshape", [wc, g.ints([1, -1] + [1] * (rank - 2))])[0]
+        lp_w = g.node("Mul", [lp, shaped])[0]
+    else:
+        lp_w = lp
+    smooth = g.node("Neg", g.node("ReduceSum", [lp_w, g.ints([1], "axes")], keepdims=0))[0]
+    zero = g.constant(np.zeros((), compute))
+    if ignore is not None:
+        ignored = g.node("Equal", [labels, g.constant(np.asarray(
+            ignore, in_avals[1].dtype))])[0]
+        smooth = g.node("Where", [ignored, zero, smooth])[0]
+    if not _is_int(c):
+        raise NotImplementedError(f"jaxops.onnx.export: label_smoothing needs a static class "
+                                  f"count, got the dynamic axis {c!r}.")
+    per = g.node("Add", [g.node("Mul", [nll, g.constant(np.asarray(1 - eps, compute))])[0],
+                         g.node("Mul", [smooth, g.constant(np.asarray(eps / max(c, 1),
+                                                                      compute))])[0]])[0]
+    if reduction == "sum":
+        per = g.node("ReduceSum", [per], keepdims=0)[0]
+    elif reduction == "mean":
+        if weights is not None:
+            safe = labels
+            if ignore is not None:
+                safe = g.node("Where", [ignored, g.constant(np.zeros((), in_avals[1].dtype)),
+                                        labels])[0]
+            w = g.node("Gather", [wc, safe], axis=0)[0]
+        else:
+            w = g.node("Cast", g.node("Equal", [labels, labels]), to=to)[0]  # ones
+        if ignore is not None:
+            w = g.node("Where", [ignored, zero, w])[0]
+        denom = g.node("ReduceSum", [w], keepdims=0)[0]
+        empty = g.node("Equal", [denom, zero])[0]
+        one = g.constant(np.ones((), compute))
+        total = g.node("ReduceSum", [per], keepdims=0)[0]
+        per = g.node("Where", [empty, zero, g.node(
+            "Div", [total, g.node("Where", [empty, one, denom])[0]])[0]])[0]
+    loss = g.node("Cast", [per], to=_tensor_type(dtype))[0]
+    return [loss, logp][:len(out_avals)]
 
 
 def _inline_call(g: _Graph, fn: onnx.FunctionProto, inputs: list[str]) -> list[str]:

@@ -8,7 +8,7 @@ import onnx.defs
 import onnx.helper
 
 import jaxops as jo
-from jaxops.schema import JAXOPS_DOMAIN, onnx_type
+from jaxops.schema import JAXOPS_DOMAIN, KEY_TYPE, onnx_type
 
 _D = onnx.defs.OpSchema
 _ATTR_TYPES = {"float": _D.AttrType.FLOAT, "int": _D.AttrType.INT, "bool": _D.AttrType.INT,
@@ -37,7 +37,8 @@ def onnx_schema(schema) -> onnx.defs.OpSchema:
     return _D(
         schema.name, schema.domain, schema.since_version, schema.doc,
         inputs=[_param(p) for p in schema.inputs], outputs=[_param(p) for p in schema.outputs],
-        type_constraints=[(k, [onnx_type(t) for t in v], "") for k, v in
+        # a typed PRNG key has no ONNX type (its raw uint32 form does)
+        type_constraints=[(k, [onnx_type(t) for t in v if t != KEY_TYPE], "") for k, v in
                           schema.type_constraints.items()],
         attributes=[_attribute(a) for a in schema.attributes if a.onnx],
     )

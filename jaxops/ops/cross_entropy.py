@@ -55,54 +55,86 @@ from jaxops.schema import (
 
 # -------------------------------------------------------------------- shared by SCE and NLL
 
-def _check_labelled(s: OpSchema, scores, labels, weights) -> int:
-    """Shapes of (scores (N, C, d...), labels (N, d...), weights (C,)); returns C."""
+def _check_labelled(s: OpSchema, scores, labels, weights, axis: int = 1) -> int:
+    """Shapes of (scores (N, C, d...), labels (N, d...), weights (C,)) with the classes on
+    ``axis`` (1: ONNX's layout); returns C."""
     f, (x, t) = s.function, (s.inputs[0].name, s.inputs[1].name)
-    if len(scores.shape) < 2:
+    rank = len(scores.shape)
+    if not -rank <= axis < rank:
         raise ValueError(f"jaxops.{f}: input {x!r} must have shape (N, C, d1, ...) with the "
-                         f"classes on axis 1, got shape {scores.shape}.")
-    want = (scores.shape[0], *scores.shape[2:])
+                         f"classes on axis 1 (ONNX's layout), or pass axis= (axis=-1 for "
+                         f"(..., C) scores); got shape {scores.shape}, which has no axis {axis}.")
+    axis %= rank
+    want = scores.shape[:axis] + scores.shape[axis + 1:]
     if labels.shape != want:
         raise ValueError(f"jaxops.{f}: input {t!r} must have shape {want} ({x!r} without its "
-                         f"class axis 1), got {labels.shape}.")
-    c = scores.shape[1]
+                         f"class axis {axis}), got {labels.shape}.")
+    c = scores.shape[axis]
     if weights is not None and weights.shape != (c,):
         raise ValueError(f"jaxops.{f}: input {s.inputs[2].name!r} must have shape ({c},), one "
                          f"weight per class, got {weights.shape}.")
     return c
 
 
-def _picked(logp, safe):
-    """logp[n, label_n, d...]: the log-probability of each entry's label.  Without classes
-    there is nothing to pick (a gather of an empty axis is refused): 0, which the callers
-    mask, since each such entry is ignored or invalid."""
-    if logp.shape[1] == 0:
+def _picked(logp, safe, axis=1):
+    """logp[n, label_n, d...]: the log-probability of each entry's label along ``axis``.
+    Without classes there is nothing to pick (a gather of an empty axis is refused): 0, which
+    the callers mask, since each such entry is ignored or invalid."""
+    if logp.shape[axis] == 0:
         return jnp.zeros(safe.shape, logp.dtype)
-    return jnp.take_along_axis(logp, safe[:, None], axis=1)[:, 0]
+    return jnp.take_along_axis(logp, jnp.expand_dims(safe, axis), axis=axis).squeeze(axis)
 
 
-def _nll_from_log_prob(logp, labels, weights, *, ignore_index, reduction):
-    """The weighted negative log-likelihood of float32 log-probabilities."""
-    w, safe, invalid = entry_weights(labels, weights, logp.shape[1], ignore_index, logp.dtype)
-    return reduce_weighted(-_picked(logp, safe), w, invalid, reduction)
+def _along(v, axis, rank):
+    """A (C,) per-class vector shaped to broadcast along ``axis`` of a rank-``rank`` array."""
+    return v.reshape(tuple(-1 if k == axis % rank else 1 for k in range(rank)))
 
 
-def _one_hot(safe, c, dtype):
-    return jax.nn.one_hot(safe, c, axis=1, dtype=dtype)
+def _smoothing_term(logp, weights, ignored, axis):
+    """Label smoothing's per-entry term ``-sum_c w_c log p_c`` (PyTorch's ``smooth_loss``),
+    0 on ignored entries."""
+    wc = 1.0 if weights is None else _along(upcast(weights), axis, logp.ndim)
+    return jnp.where(ignored, 0.0, -jnp.sum(logp * wc, axis=axis))
 
 
-def _labelled_infer(s: OpSchema, in_avals, *, reduction, return_log_prob=False, **attrs):
+def _ignored(labels, ignore_index):
+    if ignore_index is None:
+        return jnp.zeros_like(labels, bool)
+    return labels == ignore_index
+
+
+def _nll_from_log_prob(logp, labels, weights, *, ignore_index, reduction, axis=1,
+                       label_smoothing=0.0):
+    """The weighted negative log-likelihood of float32 log-probabilities, with PyTorch's label
+    smoothing: ``(1 - eps) w_l nll + eps / C * sum_c w_c (-log p_c)`` per entry, the "mean"
+    divided by ``sum_n w_{l_n}`` either way."""
+    c = logp.shape[axis]
+    w, safe, invalid = entry_weights(labels, weights, c, ignore_index, logp.dtype)
+    nll = -_picked(logp, safe, axis)
+    if not label_smoothing:
+        return reduce_weighted(nll, w, invalid, reduction)
+    smooth = _smoothing_term(logp, weights, _ignored(labels, ignore_index), axis)
+    return reduce_weighted(nll, w, invalid, reduction, scale=1.0 - label_smoothing,
+                           plus=label_smoothing / max(c, 1) * smooth)
+
+
+def _one_hot(safe, c, dtype, axis=1):
+    return jax.nn.one_hot(safe, c, axis=axis, dtype=dtype)
+
+
+def _labelled_infer(s: OpSchema, in_avals, *, reduction, return_log_prob=False, axis=1,
+                    **attrs):
     scores, labels, weights = in_avals[:3]
-    _check_labelled(s, scores, labels, weights)
+    _check_labelled(s, scores, labels, weights, axis)
     loss = jax.ShapeDtypeStruct(loss_shape(labels.shape, reduction), scores.dtype)
     if return_log_prob:
         return loss, jax.ShapeDtypeStruct(scores.shape, scores.dtype)
     return (loss,)
 
 
-def _labelled_gradient_infer(s: OpSchema, in_avals, *, reduction, **attrs):
+def _labelled_gradient_infer(s: OpSchema, in_avals, *, reduction, axis=1, **attrs):
     scores, labels, weights, dloss = in_avals
-    (loss,) = _labelled_infer(s, (scores, labels, weights), reduction=reduction)
+    (loss,) = _labelled_infer(s, (scores, labels, weights), reduction=reduction, axis=axis)
     check_dloss_shape(s, dloss, loss.shape, reduction)
     return (jax.ShapeDtypeStruct(scores.shape, scores.dtype),)
 
@@ -122,6 +154,23 @@ def _labelled_cost(flops: float, exps: float, logs_per_entry: float, reads_first
     return cost
 
 
+#: The class axis: a jaxops extension of ONNX's labelled losses, whose classes are on axis 1.
+#: A call with another axis exports as the ONNX node between Transposes (docs/onnx.md).
+CLASS_AXIS = Attribute(
+    "axis", "int", 1, onnx=False,
+    doc="the class axis of the scores (ONNX: 1); -1 takes (..., C) scores with (...) labels")
+
+
+def _smoothing_ok(eps: float) -> str | None:
+    return None if 0.0 <= eps <= 1.0 else "must be in [0, 1] (PyTorch's label_smoothing)."
+
+
+#: Label smoothing, PyTorch's: a jaxops extension of ONNX's SoftmaxCrossEntropyLoss.
+LABEL_SMOOTHING = Attribute(
+    "label_smoothing", "float", 0.0, onnx=False, check=_smoothing_ok,
+    doc="eps in [0, 1]: the target is (1 - eps) onehot + eps / C, as PyTorch's "
+        "CrossEntropyLoss(label_smoothing=eps), class weights included")
+
 # ------------------------------------------------------------------ SoftmaxCrossEntropyLoss
 
 SOFTMAX_CROSS_ENTROPY = schema.register(OpSchema(
@@ -134,7 +183,8 @@ SOFTMAX_CROSS_ENTROPY = schema.register(OpSchema(
              Parameter("log_prob", doc="log_softmax(scores, axis=1)", optional=True)),
     attributes=(IGNORE_INDEX, REDUCTION,
                 Attribute("return_log_prob", "bool", False, onnx=False,
-                          doc="also return log_prob (ONNX's optional second output)")),
+                          doc="also return log_prob (ONNX's optional second output)"),
+                CLASS_AXIS, LABEL_SMOOTHING),
     type_constraints=LABELLED_TYPES, elementwise=False, identical_type_and_shape=False,
     value_check=labels_in_range, gradient="SoftmaxCrossEntropyLossGradient",
     infer_fn=_labelled_infer, cost_fn=_labelled_cost(flops=5, exps=1, logs_per_entry=1),
@@ -148,30 +198,50 @@ SOFTMAX_CROSS_ENTROPY = schema.register(OpSchema(
 def softmax_cross_entropy(
     scores: ArrayLike, labels: ArrayLike, weights: ArrayLike | None = None, *,
     ignore_index: int | None = None, reduction: str = "mean", return_log_prob: bool = False,
+    axis: int = 1, label_smoothing: float = 0.0,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
-    r"""Softmax cross-entropy of integer labels (ONNX SoftmaxCrossEntropyLoss-13).
+    r"""Softmax cross-entropy of integer labels (ONNX SoftmaxCrossEntropyLoss-13), with
+    PyTorch's label smoothing.
 
-    .. math:: \ell_n = -w_{l_n} \log \mathrm{softmax}(s_n)_{l_n}, \qquad
-              \text{mean} = \frac{\sum_n \ell_n}{\sum_n w_{l_n}}, \qquad
-              \frac{\partial \ell_n}{\partial s_{n}} = w_{l_n} (\mathrm{softmax}(s_n)
-              - \mathrm{onehot}(l_n))
+    .. math:: \ell_n = (1 - \varepsilon)\, w_{l_n} (-\log p_{n, l_n})
+              + \frac{\varepsilon}{C} \sum_c w_c (-\log p_{n, c}), \qquad
+              p_n = \mathrm{softmax}(s_n), \qquad
+              \text{mean} = \frac{\sum_n \ell_n}{\sum_n w_{l_n}}
 
-    Classes are on axis 1: ``scores`` is ``(N, C)`` or ``(N, C, d1, ...)`` and ``labels``
-    ``(N)`` or ``(N, d1, ...)``.  Entries labelled ``ignore_index`` add neither loss nor
+    .. math:: \frac{\partial \ell_n}{\partial s_n} = (1 - \varepsilon)\, w_{l_n}
+              (p_n - \mathrm{onehot}(l_n)) + \frac{\varepsilon}{C}
+              \Big(p_n \sum_c w_c - w\Big)
+
+    Classes are on ``axis``, 1 by default (ONNX's layout): ``scores`` is ``(N, C)`` or
+    ``(N, C, d1, ...)`` and ``labels`` ``(N)`` or ``(N, d1, ...)``; with ``axis=-1``,
+    ``(B, T, C)`` scores take ``(B, T)`` labels (optax's layout).  Labels have the shape of
+    ``scores`` without its class axis.  Entries labelled ``ignore_index`` add neither loss nor
     weight; a fully ignored batch has mean 0 (ONNX/PyTorch: NaN).  Stable for large scores
     (``log_softmax``); half precision is computed in float32.  The registered gradient op
-    reads ``log_prob`` and writes ``softmax - onehot`` (Caffe2's SoftmaxWithLossGradient).
+    reads ``log_prob`` and writes ``softmax - onehot`` (Caffe2's SoftmaxWithLossGradient),
+    with the classes on axis 1 (another class axis is moved there and back); the smoothing
+    term, linear in ``log_prob``, adds :func:`log_softmax_gradient` of its cotangent
+    ``-eps / C * w``.  The Pallas kernel serves any class axis (moved last) and no smoothing.
 
-    Same values as ``optax.softmax_cross_entropy_with_integer_labels`` per entry (which puts
-    classes on the last axis) and PyTorch's ``CrossEntropyLoss`` (NaN when fully ignored).
+    ``label_smoothing`` is PyTorch's ``CrossEntropyLoss(label_smoothing=eps)`` exactly,
+    class weights and ``ignore_index`` included: the smoothing term weights each class by its
+    own weight and is 0 on ignored entries, and "mean" divides both terms by the summed weight
+    of the entries' labels.  Without weights it is
+    ``optax.softmax_cross_entropy(s, optax.smooth_labels(onehot(l), eps))`` per entry.  A
+    class of probability 0 (a ``-inf`` score) makes the smoothing term ``inf``, as in PyTorch.
+
+    Same values as ``optax.softmax_cross_entropy_with_integer_labels`` per entry and PyTorch's
+    ``CrossEntropyLoss`` (NaN when fully ignored).
 
     Args:
-      scores: float array ``(N, C, d1, ...)``.
+      scores: float array ``(N, C, d1, ...)`` (classes on ``axis``).
       labels: int32/int64 array ``(N, d1, ...)`` of classes in ``[0, C)`` or ``ignore_index``.
       weights: optional float array ``(C,)`` (the dtype of ``scores``).
       ignore_index: label value to skip (static), or None.
       reduction: "none" | "sum" | "mean".
-      return_log_prob: also return ``log_softmax(scores, axis=1)``.
+      return_log_prob: also return ``log_softmax(scores, axis=axis)``.
+      axis: the class axis of ``scores`` (static; ONNX: 1).
+      label_smoothing: ``eps`` in ``[0, 1]`` (static).
 
     Returns:
       The loss; with ``return_log_prob``, ``(loss, log_prob)``.
@@ -181,25 +251,63 @@ def softmax_cross_entropy(
       >>> scores = jnp.array([[0.0, 0.0], [20.0, 0.0]])
       >>> jaxops.softmax_cross_entropy(scores, jnp.array([0, 1]), reduction="none")
       Array([ 0.6931472, 20.       ], dtype=float32)
+      >>> jaxops.softmax_cross_entropy(scores[None], jnp.array([[0, 1]]), axis=-1,
+      ...                              label_smoothing=0.2, reduction="none")
+      Array([[ 0.6931472, 18.       ]], dtype=float32)
 
     References:
-      ONNX SoftmaxCrossEntropyLoss-13; Caffe2 ``SoftmaxWithLoss``.
+      ONNX SoftmaxCrossEntropyLoss-13; Caffe2 ``SoftmaxWithLoss``; Szegedy et al.,
+      "Rethinking the Inception Architecture for Computer Vision" (2016) (label smoothing);
+      PyTorch ``CrossEntropyLoss``.
     """
-    logp = log_softmax(upcast(scores), axis=1)
+    logp = log_softmax(upcast(scores), axis=axis)
     loss = _nll_from_log_prob(logp, labels, weights, ignore_index=ignore_index,
-                              reduction=reduction).astype(scores.dtype)
+                              reduction=reduction, axis=axis,
+                              label_smoothing=label_smoothing).astype(scores.dtype)
     return (loss, logp.astype(scores.dtype)) if return_log_prob else loss
 
 
 @softmax_cross_entropy.defgrad
-def _softmax_cross_entropy_vjp(scores, labels, weights, y, dy, *, return_log_prob, **attrs):
+def _softmax_cross_entropy_vjp(scores, labels, weights, y, dy, *, return_log_prob, axis,
+                               label_smoothing, ignore_index, reduction):
     # recomputed when not returned; under jit XLA shares it with the forward
-    logp = y[1] if return_log_prob else log_softmax(scores, axis=1)
+    logp = y[1] if return_log_prob else log_softmax(scores, axis=axis)
     dloss = dy[0] if return_log_prob else dy
-    dscores = softmax_cross_entropy_gradient(logp, labels, weights, dloss, **attrs)
+    eps, axis = label_smoothing, axis % scores.ndim
+    # the gradient op keeps ONNX's layout, classes on axis 1: another axis is moved there
+    # and back (transposes XLA folds into the elementwise gradient)
+    dscores = jnp.moveaxis(softmax_cross_entropy_gradient(
+        jnp.moveaxis(logp, axis, 1), labels, weights, dloss * (1.0 - eps) if eps else dloss,
+        ignore_index=ignore_index, reduction=reduction), 1, axis)
+    # the smoothing term eps / C * sum_c w_c (-log p_c) is linear in log_prob: its gradient
+    # is log_softmax's gradient op of its cotangent, -eps / C * w_c * g_n
+    dlogp = _smoothing_cotangent(logp, labels, weights, dloss, eps, axis=axis,
+                                 ignore_index=ignore_index, reduction=reduction) if eps else None
     if return_log_prob:
-        dscores = dscores + log_softmax_gradient(logp, dy[1], axis=1)
+        dlogp = dy[1] if dlogp is None else dlogp + dy[1]
+    if dlogp is not None:
+        dscores = dscores + log_softmax_gradient(logp, dlogp, axis=axis)
     return dscores
+
+
+def _smoothing_cotangent(logp, labels, weights, dloss, eps, *, axis, ignore_index, reduction):
+    """The cotangent of ``log_prob`` from the smoothing term: ``-eps / C * w_c * g_n`` with
+    ``g_n`` the loss's ``dloss`` spread over the weighted reduction (0 on ignored entries).
+    The class weights of the labels are picked by a one-hot contraction, not a gather: this
+    runs in the registered gradient, whose jnp an ONNX export of a gradient translates."""
+    c = logp.shape[axis]
+    ignored = _ignored(labels, ignore_index)
+    skip = ignored | (labels < 0) | (labels >= c)
+    g = jnp.broadcast_to(upcast(dloss), labels.shape)
+    wc = jnp.ones((c,), g.dtype) if weights is None else upcast(weights)
+    if reduction == "mean":
+        onehot = _one_hot(jnp.where(skip, 0, labels), c, wc.dtype, axis)
+        w = jnp.where(ignored, 0.0, jnp.sum(onehot * _along(wc, axis, logp.ndim), axis=axis))
+        denom = jnp.sum(w)
+        g = jnp.where(denom == 0, 0.0, g / jnp.where(denom == 0, 1.0, denom))
+    g = jnp.where(skip, 0.0, g)
+    dlogp = -eps / c * jnp.expand_dims(g, axis) * _along(wc, axis, logp.ndim)
+    return dlogp.astype(logp.dtype)
 
 
 SOFTMAX_CROSS_ENTROPY_GRADIENT = schema.register(OpSchema(
@@ -224,7 +332,8 @@ def softmax_cross_entropy_gradient(
 ) -> jax.Array:
     r"""Gradient op of :func:`softmax_cross_entropy`:
     ``(exp(log_prob) - onehot(labels)) * w[labels] * dloss`` (divided by the summed weight
-    for "mean").
+    for "mean"), classes on axis 1 (ONNX's layout: the registered gradient moves another
+    class axis there and back).
 
     Example:
       >>> import jax.numpy as jnp, jaxops
@@ -320,7 +429,7 @@ NLL_LOSS = schema.register(OpSchema(
     inputs=(Parameter("input", doc="log-probabilities, shape (N, C, d1, ...)"),
             labels_parameter("target"), weights_parameter("weight")),
     outputs=(Parameter("loss", doc="shape (N, d1, ...) for 'none', else ()"),),
-    attributes=(IGNORE_INDEX, REDUCTION),
+    attributes=(IGNORE_INDEX, REDUCTION, CLASS_AXIS),
     type_constraints=LABELLED_TYPES, elementwise=False, identical_type_and_shape=False,
     value_check=labels_in_range, gradient="NegativeLogLikelihoodLossGradient",
     infer_fn=_labelled_infer, cost_fn=_labelled_cost(flops=0, exps=0, logs_per_entry=0),
@@ -332,14 +441,15 @@ NLL_LOSS = schema.register(OpSchema(
 @defop(NLL_LOSS)
 def nll_loss(
     input: ArrayLike, target: ArrayLike, weight: ArrayLike | None = None, *,
-    ignore_index: int | None = None, reduction: str = "mean",
+    ignore_index: int | None = None, reduction: str = "mean", axis: int = 1,
 ) -> jax.Array:
     r"""Negative log-likelihood of integer labels (ONNX NegativeLogLikelihoodLoss-22).
 
     .. math:: \ell_n = -w_{t_n} x_{n, t_n}, \qquad
               \text{mean} = \frac{\sum_n \ell_n}{\sum_n w_{t_n}}
 
-    ``input`` holds log-probabilities with classes on axis 1 (e.g. ``log_softmax(s, axis=1)``);
+    ``input`` holds log-probabilities with classes on ``axis``, 1 by default (ONNX's layout;
+    e.g. ``log_softmax(s, axis=1)``), -1 for ``(B, T, C)`` inputs with ``(B, T)`` targets;
     ``nll_loss(log_softmax(s, axis=1), t)`` equals ``softmax_cross_entropy(s, t)``.  The
     ``ignore_index``, weighting and out-of-range rules are those of
     :func:`softmax_cross_entropy` (:mod:`jaxops.ops.loss_machinery`).  Matches PyTorch's
@@ -351,6 +461,7 @@ def nll_loss(
       weight: optional float array ``(C,)``.
       ignore_index: label value to skip (static), or None.
       reduction: "none" | "sum" | "mean".
+      axis: the class axis of ``input`` (static; ONNX: 1).
 
     Example:
       >>> import jax.numpy as jnp, jaxops
@@ -362,12 +473,15 @@ def nll_loss(
       ONNX NegativeLogLikelihoodLoss-22.
     """
     return _nll_from_log_prob(upcast(input), target, weight, ignore_index=ignore_index,
-                              reduction=reduction).astype(input.dtype)
+                              reduction=reduction, axis=axis).astype(input.dtype)
 
 
 @nll_loss.defgrad
-def _nll_loss_vjp(input, target, weight, loss, dloss, **attrs):
-    return nll_loss_gradient(input, target, weight, dloss, **attrs)
+def _nll_loss_vjp(input, target, weight, loss, dloss, *, axis, **attrs):
+    # the gradient op keeps ONNX's layout, classes on axis 1 (see softmax_cross_entropy)
+    axis %= input.ndim
+    return jnp.moveaxis(nll_loss_gradient(jnp.moveaxis(input, axis, 1), target, weight, dloss,
+                                          **attrs), 1, axis)
 
 
 NLL_LOSS_GRADIENT = schema.register(OpSchema(
@@ -391,7 +505,8 @@ def nll_loss_gradient(
     ignore_index: int | None = None, reduction: str = "mean",
 ) -> jax.Array:
     r"""Gradient op of :func:`nll_loss`: ``-onehot(target) * w[target] * dloss`` (divided by
-    the summed weight for "mean"); ``input`` only gives the shape and dtype.
+    the summed weight for "mean"), classes on axis 1; ``input`` only gives the shape and
+    dtype.
 
     Example:
       >>> import jax.numpy as jnp, jaxops

@@ -10,9 +10,9 @@ Reduction (the ``reduction`` attribute, ONNX's name and default):
   (:func:`loss_shape`).  Losses are reduced in their compute dtype (at least float32) and cast
   to the input dtype once (:func:`reduce`).
 
-Labelled losses (integer class labels with classes on axis 1: ONNX's SoftmaxCrossEntropyLoss
-and NegativeLogLikelihoodLoss, and the chunked LM-head loss), with two choices where ONNX is
-silent:
+Labelled losses (integer class labels with classes on axis 1 by default, ONNX's layout, or on
+the ``axis`` the op is given: ONNX's SoftmaxCrossEntropyLoss and NegativeLogLikelihoodLoss, and
+the chunked LM-head loss), with two choices where ONNX is silent:
 
 * Labels are int32 or int64 (``LABELLED_TYPES``); the optional class weights have one entry
   per class.  An entry's weight is its label's class weight (1 without weights), 0 where the
@@ -168,15 +168,16 @@ def weights_parameter(name: str = "weights", *, differentiable: bool = False) ->
                      differentiable=differentiable)
 
 
-def labels_in_range(scores, labels, weights=None, *rest, ignore_index=None, **attrs):
-    """The ``value_check`` of a labelled loss whose ``scores`` have the classes on axis 1:
-    every label in ``[0, C)`` or ``ignore_index``."""
-    c = scores.shape[1]
+def labels_in_range(scores, labels, weights=None, *rest, ignore_index=None, axis=1, **attrs):
+    """The ``value_check`` of a labelled loss whose ``scores`` have the classes on ``axis``
+    (1 unless the op has an ``axis`` attribute): every label in ``[0, C)`` or
+    ``ignore_index``."""
+    c = scores.shape[axis]
     bad = ((labels < 0) | (labels >= c)) & (labels != ignore_index)
     if bad.any() and c == 0:
-        return (f"'scores' has no classes (axis 1 has size 0), so every label must be "
+        return (f"'scores' has no classes (axis {axis} has size 0), so every label must be "
                 f"ignore_index; got labels {np.unique(labels[bad])[:5].tolist()} with "
-                f"ignore_index={ignore_index}. Check the class axis (1) of 'scores'.")
+                f"ignore_index={ignore_index}. Check the class axis ({axis}) of 'scores'.")
     if bad.any():
         return (f"labels must be class indices in [0, {c}) or ignore_index={ignore_index}, "
                 f"got {np.unique(labels[bad])[:5].tolist()}.")
@@ -212,11 +213,15 @@ def _sum_or_weighted_mean(loss, w, reduction):
     return jnp.where(denom == 0, 0.0, total / jnp.where(denom == 0, 1.0, denom))
 
 
-def reduce_weighted(loss, w, invalid, reduction):
+def reduce_weighted(loss, w, invalid, reduction, *, scale=1.0, plus=None):
     """Per-entry losses weighted and reduced, given :func:`entry_weights`' ``w`` and
     ``invalid``.  A weight-0 entry (ignored, or a class of weight 0) adds 0 even where its
-    loss is inf (its label's probability is 0): 0 * inf would be NaN."""
+    loss is inf (its label's probability is 0): 0 * inf would be NaN.  ``scale * w_n loss_n
+    + plus_n`` is reduced when ``plus`` (per-entry terms already weighted and masked, e.g.
+    label smoothing's) is given; "mean" still divides by ``sum_n w_n`` (PyTorch's rule)."""
     loss = jnp.where(w == 0, jnp.zeros_like(loss), loss * w)
+    if plus is not None:
+        loss = scale * loss + plus
     return _sum_or_weighted_mean(jnp.where(invalid, jnp.nan, loss), w, reduction)
 
 

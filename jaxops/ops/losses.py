@@ -3,7 +3,7 @@
 Each loss is computed per element in at least float32 and reduced there, then cast to the
 input dtype (the reduction and its gradient: :mod:`jaxops.ops.loss_machinery`).  ONNX has
 none of these ops; they live in the jaxops domain (since_version 1).
-Losses whose autodiff is already simple and stable (MSE, MAE, MSLE, hinge, KL) have no
+Losses whose autodiff is already simple and stable (MSE, MAE, MSLE, Huber, hinge, KL) have no
 registered gradient; the logistic cross-entropy has one (Caffe2's
 SigmoidCrossEntropyWithLogitsGradient), which never forms ``exp`` of a large logit.
 
@@ -154,6 +154,62 @@ def _msle_onnx(b, p, t, *, reduction):
     one = b.const(1.0, p)
     d = b.op("Sub", b.op("Log", b.op("Add", p, one)), b.op("Log", b.op("Add", t, one)))
     return b.reduce(b.op("Mul", d, d), reduction)
+
+# -------------------------------------------------------------------------------- Huber
+
+def _positive_delta(delta: float) -> str | None:
+    return None if delta > 0 else ("must be > 0 (the width of the quadratic zone; "
+                                   "delta -> 0 approaches 0, use mae for an L1 loss).")
+
+
+HUBER = _loss_schema(
+    "HuberLoss", "huber_loss",
+    "loss = 0.5 d^2 if |d| <= delta else delta (|d| - 0.5 delta), d = predictions - targets",
+    _PRED_TARGET, flops=5,
+    attributes=(Attribute("delta", "float", 1.0, check=_positive_delta,
+                          doc="where the loss turns from quadratic to linear, > 0"),),
+    formula="½d² if \\|d\\| ≤ δ else δ(\\|d\\| − ½δ), d = p − t",
+    convention="C¹ at \\|d\\| = δ; ℓ'' = 1 there (the quadratic piece)",
+)
+
+
+@defop(HUBER)
+def huber_loss(
+    predictions: ArrayLike, targets: ArrayLike, *, delta: float = 1.0, reduction: str = "mean"
+) -> jax.Array:
+    r"""Huber loss: quadratic within ``delta`` of the target, linear beyond, reduced.
+
+    .. math:: \ell = \begin{cases} \tfrac12 d^2 & |d| \le \delta \\
+              \delta (|d| - \tfrac12 \delta) & |d| > \delta \end{cases}, \qquad
+              d = p - t, \qquad \partial_p \ell = \mathrm{clip}(d, -\delta, \delta)
+
+    The loss and its first derivative are continuous at ``|d| = delta`` (both pieces give
+    ``delta^2 / 2`` and slope ``±delta``); the second derivative jumps from 1 to 0 there, and
+    jaxops gives it 1 at ``|d| = delta`` exactly (the point belongs to the quadratic piece,
+    as in the formula's ``|d| <= delta``).  Differentiated by JAX (both branches are finite,
+    so no double where is needed).  Per element this is ``optax.huber_loss(p, t, delta)``;
+    ``reduction="mean"`` is PyTorch's ``HuberLoss(delta=delta)`` (``"sum"`` and ``"none"``
+    too).  ``delta`` must be > 0 (PyTorch's rule; use :func:`mae` for an L1 loss).
+
+    Args:
+      predictions: float array.
+      targets: float array of the same shape and dtype.
+      delta: the half-width of the quadratic zone (static), > 0.
+      reduction: "none" | "sum" | "mean".
+
+    Example:
+      >>> import jax.numpy as jnp, jaxops
+      >>> jaxops.huber_loss(jnp.array([0.5, 3.0]), jnp.zeros(2), reduction="none")
+      Array([0.125, 2.5  ], dtype=float32)
+
+    References:
+      P. J. Huber, "Robust Estimation of a Location Parameter" (1964); PyTorch
+      ``HuberLoss``; optax ``huber_loss``.
+    """
+    d = upcast(predictions) - upcast(targets)
+    a = jnp.abs(d)
+    loss = jnp.where(a <= delta, 0.5 * d * d, delta * (a - 0.5 * delta))
+    return reduce(loss, reduction, predictions.dtype)
 
 
 # -------------------------------------------------------------------------------- Hinge
