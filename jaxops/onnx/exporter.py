@@ -2,7 +2,8 @@
 
 The function is traced with :func:`jaxops._recording.recording`, in which every jaxops op is one
 ``jaxops_op`` equation carrying its schema and attributes; that equation becomes one ONNX node
-(op_type, ONNX attribute names, the ai.onnx version the schema follows).  Ops that ONNX lacks
+(op_type, ONNX attribute names, the ai.onnx version the schema follows; where the model's
+opset lacks that version, the standard ops of the op's implementation).  Ops that ONNX lacks
 become nodes in the ``ai.jaxops`` domain backed by model-local functions
 (:mod:`jaxops.onnx.functions`); an op without a hand-written body (an op of another domain)
 becomes a node of its own domain whose function is derived from its implementation
@@ -210,6 +211,9 @@ def _emit_primitive(g: _Graph, eqn, ins: list[str]) -> list[str]:
     if p == "log1p":
         one = g.constant(np.ones((), out_aval.dtype))
         return g.node("Log", g.node("Add", [ins[0], one]))
+    if p == "erfc":  # 1 - erf: ONNX has no Erfc
+        one = g.constant(np.ones((), out_aval.dtype))
+        return g.node("Sub", [one, *g.node("Erf", ins)])
     if p == "expm1":
         one = g.constant(np.ones((), out_aval.dtype))
         return g.node("Sub", g.node("Exp", ins) + [one])
@@ -340,13 +344,9 @@ def _emit_jaxops(g: _Graph, eqn, ins: list[str]) -> list[str]:
     while inputs and inputs[-1] == "":
         inputs.pop()
     n_out = len(eqn.outvars)
+    if schema.domain == "" and _opset_version(schema.name, g.opset) != schema.since_version:
+        return _decomposed(g, eqn, schema, attrs, inputs)
     if schema.domain == "":
-        version = onnx.defs.get_schema(schema.name, g.opset, "").since_version
-        if version != schema.since_version:
-            raise NotImplementedError(
-                f"jaxops.onnx.export: {schema.name} in opset {g.opset} is version {version}, "
-                f"but jaxops.{schema.function} follows {schema.name}-{schema.since_version}; "
-                f"export with opset >= {schema.since_version}.")
         if schema.name == "BatchNormalization" and not attrs["training"]:
             # ONNX: one output in inference mode; jaxops returns the statistics unchanged
             (y,) = g.node(schema.name, inputs, 1, **_onnx_attrs(schema, attrs))
@@ -369,6 +369,35 @@ def _emit_jaxops(g: _Graph, eqn, ins: list[str]) -> list[str]:
     g.nodes.append(helper.make_node(schema.name, inputs, outs, domain=schema.domain,
                                     overload=fn.overload, **_onnx_attrs(schema, attrs)))
     return outs
+
+
+def _opset_version(op_type: str, opset: int) -> int | None:
+    """The version of the ai.onnx op ``op_type`` that ``opset`` holds (None: not yet)."""
+    try:
+        return onnx.defs.get_schema(op_type, opset, "").since_version
+    except onnx.defs.SchemaError:
+        return None
+
+
+def _decomposed(g: _Graph, eqn, schema, attrs: dict, inputs: list[str]) -> list[str]:
+    """An ai.onnx op whose version the model's opset lacks (Swish-24 at opset 22), written
+    out as the standard ops of its implementation, inlined in place of the node: the body
+    :func:`derived_function_proto` derives, which follows jaxops' semantics whatever the
+    opset holds (an older version with other semantics, a newer one, or none)."""
+    it = iter(eqn.invars)
+    in_avals = [next(it).aval if present else None for present in eqn.params["present"]]
+    version = _opset_version(schema.name, g.opset)
+    held = (f"opset {g.opset} has no {schema.name}" if version is None else
+            f"{schema.name} in opset {g.opset} is version {version}")
+    try:
+        fn = derived_function_proto(schema, eqn.params["run"].value, attrs, g.opset, in_avals,
+                                    [v.aval for v in eqn.outvars])
+    except NotImplementedError as e:
+        raise NotImplementedError(
+            f"jaxops.onnx.export: {held}, but jaxops.{schema.function} follows "
+            f"{schema.name}-{schema.since_version}, and its implementation has no translation "
+            f"to standard ops ({e}); export with opset >= {schema.since_version}.") from None
+    return _inline_call(g, fn, inputs)
 
 
 def _inline_call(g: _Graph, fn: onnx.FunctionProto, inputs: list[str]) -> list[str]:
@@ -733,8 +762,7 @@ def supported_exports(opset: int = DEFAULT_OPSET) -> dict[str, dict[str, int]]:
     for s in jo.schema.all_schemas():
         if s.domain == JAXOPS_DOMAIN:
             jaxops_ops[s.name] = s.since_version
-        elif s.domain == "" and (onnx.defs.get_schema(s.name, opset, "").since_version
-                                 == s.since_version):
+        elif s.domain == "" and _opset_version(s.name, opset) == s.since_version:
             onnx_ops[s.name] = s.since_version
     return {"ai.onnx": dict(sorted(onnx_ops.items())),
             JAXOPS_DOMAIN: dict(sorted(jaxops_ops.items()))}
