@@ -616,16 +616,10 @@ def _reads_y(name, op, attrs, g, g1, g2, forward, sample, kinks=()):
 def _smooth_activation_gradient_cases():
     rows = {(r[0], tuple(r[2].items())): r for r in _smooth_activation_rows()}
     for (name, _), (_, _, attrs, _, d1, d2, d3, sample, kinks) in rows.items():
-        if name in ("gelu", "silu", "hard_swish", "mish"):
+        if name in ("gelu", "silu", "hard_swish", "mish", "softplus", "log_sigmoid"):
             yield _reads_x(name, getattr(jo, f"{name}_gradient"), attrs, d1, d2, d3, sample,
                            kinks)
     z = _zeros
-    yield _reads_y("softplus", jo.softplus_gradient, {}, lambda y: -np.expm1(-y),
-                   lambda y: np.exp(-y), lambda y: -np.exp(-y), _softplus64,
-                   _uniform(-8, 8, 0.0))
-    yield _reads_y("log_sigmoid", jo.log_sigmoid_gradient, {}, lambda y: -np.expm1(y),
-                   lambda y: -np.exp(y), lambda y: -np.exp(y), lambda x: -_softplus64(-x),
-                   _uniform(-8, 8, 0.0))
     for a in (1.0, 0.5):
         yield _reads_y("elu", jo.elu_gradient, {"alpha": a},
                        lambda y, a=a: np.where(y > 0, 1.0, y + a),

@@ -191,9 +191,12 @@ def test_the_gradient_cases_cover_every_gradient_op():
 
 # onnxruntime 1.32's CPU kernels lack these ops in float64 (the reference evaluator runs them)
 # and every op in bfloat16 (the evaluator runs all of it, one bfloat16 rounding per node)
-_ORT_LACKS_F64 = {"leaky_relu", "prelu", "softsign", "binary_cross_entropy"}
+_ORT_LACKS_F64 = {"leaky_relu", "prelu", "softsign", "binary_cross_entropy", "elu", "selu",
+                  "softplus", "hard_sigmoid", "gelu"}  # gelu: Erf in its gradient's body
 # ONNX float attributes are float32: leaky_relu's alpha=-0.3 loses float64 digits
-_F32_ATTRIBUTE = {"leaky_relu": 2e-8}
+_F32_ATTRIBUTE = {"leaky_relu": 2e-8, "hard_sigmoid": 2e-8}
+# ... and these in float16 (Softplus-22, HardSigmoid-22: float and double kernels only)
+_ORT_LACKS_F16 = {"softplus", "hard_sigmoid"}
 _RTOL = {"float64": 1e-12, "float16": 2 ** -10, "bfloat16": 2 ** -7}
 
 
@@ -215,7 +218,8 @@ def test_round_trips_in_other_float_types(name, fn, args, dtype):
         want = _tuple(fn(*args))
         model = jonnx.export(fn, *args)
         assert model.graph.input[0].type.tensor_type.elem_type == _tensor_type(dtype)
-        if dtype == "bfloat16" or (dtype == "float64" and name in _ORT_LACKS_F64):
+        if dtype == "bfloat16" or (dtype == "float64" and name in _ORT_LACKS_F64) or (
+                dtype == "float16" and name in _ORT_LACKS_F16):
             got = ReferenceEvaluator(model).run(
                 None, {i.name: np.asarray(a) for i, a in zip(model.graph.input, args,
                                                                strict=True)})
@@ -258,7 +262,8 @@ def test_gradients_in_other_float_types(name, fn, args, dtype):
         if dtype == "float64":
             rtol = max(rtol, _F32_ATTRIBUTE.get(name, 0.0))
         # onnxruntime lacks bfloat16 kernels and some float64 ones (see above)
-        if dtype == "bfloat16" or (dtype == "float64" and name in _ORT_LACKS_F64):
+        if dtype == "bfloat16" or (dtype == "float64" and name in _ORT_LACKS_F64) or (
+                dtype == "float16" and name in _ORT_LACKS_F16):
             got = run_reference(model, *args)
         else:
             got = run_ort(model, *args)

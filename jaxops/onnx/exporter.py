@@ -746,7 +746,7 @@ PRIMITIVE_OPS = frozenset({
     "Or", "Reciprocal", "Sqrt", "Log", "Add", "Exp", "Sub", "Mul", "Pow", "Cast", "Reshape",
     "Squeeze", "Unsqueeze", "Transpose", "Expand", "ReduceSum", "ReduceMax", "ReduceMin",
     "ReduceProd", "ArgMax", "ArgMin", "Where", "Concat", "Min", "Max", "MatMul", "Einsum",
-    "Slice", "Pad", "Shape", "Gather", "Identity",
+    "Slice", "Pad", "Shape", "Gather", "Identity", "Constant",  # Constant: in decompositions
 })
 
 
