@@ -493,13 +493,22 @@ def _phi(x):
 
 
 def _gelu_tanh_parts(x):
+    """(p, q, u', u'') with p = (1 + tanh u)/2 = sigmoid(2u), q = (1 - tanh u)/2: so
+    1 - tanh^2 u = 4pq and tanh u = p - q, with no 1 +- tanh cancellation (float64 loses
+    1e-11 of gelu'(-4.3) to it)."""
     u = _TANH_K * (x + _TANH_C * x**3)
-    return np.tanh(u), _TANH_K * (1 + 3 * _TANH_C * x**2), 6 * _TANH_K * _TANH_C * x
+    return (_sigmoid(2 * u), _sigmoid(-2 * u), _TANH_K * (1 + 3 * _TANH_C * x**2),
+            6 * _TANH_K * _TANH_C * x)
+
+
+def _gelu_tanh_d1(x):
+    p, q, du, _ = _gelu_tanh_parts(x)
+    return p + 2 * x * p * q * du
 
 
 def _gelu_tanh_d2(x):
-    t, du, d2u = _gelu_tanh_parts(x)
-    return (1 - t * t) * du + 0.5 * x * ((1 - t * t) * d2u - 2 * t * (1 - t * t) * du**2)
+    p, q, du, d2u = _gelu_tanh_parts(x)
+    return 4 * p * q * du + 2 * x * p * q * (d2u - 2 * (p - q) * du**2)
 
 
 def _softplus64(x):
@@ -516,14 +525,14 @@ def _mish_d2(x):
     return 2 * s * (1 - t * t) + x * s * (1 - t * t) * ((1 - s) - 2 * t * s)
 
 
-def _silu_d(x, a):
-    s = _sigmoid(a * x)
-    return s * (1 + a * x * (1 - s))
+def _silu_d(x, a):  # 1 - s as sigmoid(-ax): no cancellation where s ~ 1
+    s, sn = _sigmoid(a * x), _sigmoid(-a * x)
+    return s * (1 + a * x * sn)
 
 
 def _silu_d2(x, a):
-    s = _sigmoid(a * x)
-    return a * s * (1 - s) * (2 + a * x * (1 - 2 * s))
+    s, sn = _sigmoid(a * x), _sigmoid(-a * x)
+    return a * s * sn * (2 + a * x * (sn - s))
 
 
 def _hard_swish_d(x):
@@ -541,11 +550,8 @@ def _smooth_activation_rows():
     yield ("gelu", jo.gelu, {}, gelu_exact, lambda x: 0.5 * (1 + _erf(x / math.sqrt(2)))
            + x * _phi(x), lambda x: (2 - x * x) * _phi(x),
            lambda x: (x**3 - 4 * x) * _phi(x), _uniform(-5, 5, 0.0), ())
-    yield ("gelu", jo.gelu, {"approximate": "tanh"},
-           lambda x: 0.5 * x * (1 + _gelu_tanh_parts(x)[0]),
-           lambda x: 0.5 * (1 + _gelu_tanh_parts(x)[0])
-           + 0.5 * x * (1 - _gelu_tanh_parts(x)[0] ** 2) * _gelu_tanh_parts(x)[1],
-           _gelu_tanh_d2, _cstep(_gelu_tanh_d2), _uniform(-5, 5, 0.0), ())
+    yield ("gelu", jo.gelu, {"approximate": "tanh"}, lambda x: x * _gelu_tanh_parts(x)[0],
+           _gelu_tanh_d1, _gelu_tanh_d2, _cstep(_gelu_tanh_d2), _uniform(-5, 5, 0.0), ())
     for a in (1.0, 1.702):
         yield ("silu", jo.silu, {} if a == 1.0 else {"alpha": a},
                lambda x, a=a: x * _sigmoid(a * x), lambda x, a=a: _silu_d(x, a),
@@ -574,12 +580,15 @@ def _smooth_activation_rows():
                lambda x, a=a: np.where(x > 0, 0.0, np.exp(x / a) / a),
                lambda x, a=a: np.where(x > 0, 0.0, np.exp(x / a) / a**2),
                _uniform(-3, 3, 0.0), (0.0,))
-    for a, b in ((0.2, 0.5), (1 / 6, 0.5)):
+    # the corners are planted where a x + b is exact (+-2.5 for 0.2); for 1/6, whether
+    # (1/6)(-3) + 0.5 rounds to 0 depends on an FMA: the corners only bound the samples
+    for a, b, planted in ((0.2, 0.5, (-2.5, 2.5)), (1 / 6, 0.5, ())):
         lo, hi = -b / a, (1 - b) / a
         yield ("hard_sigmoid", jo.hard_sigmoid, {} if a == 0.2 else {"alpha": a, "beta": b},
                lambda x, a=a, b=b: np.clip(a * x + b, 0, 1),
                lambda x, a=a, lo=lo, hi=hi: np.where((x > lo) & (x < hi), a, 0.0),
-               lambda x: _zeros(x), lambda x: _zeros(x), _uniform(-4, 4, lo, hi), (lo, hi))
+               lambda x: _zeros(x), lambda x: _zeros(x), _uniform(-4, 4, *planted),
+               (lo, hi))
     yield ("hard_swish", jo.hard_swish, {}, lambda x: x * np.clip(x / 6 + 0.5, 0, 1),
            _hard_swish_d, lambda x: np.where((x > -3) & (x < 3), 1 / 3, 0.0),
            lambda x: _zeros(x), _uniform(-5, 5, -3.0, 3.0, 0.0), (-3.0, 3.0))
