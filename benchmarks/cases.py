@@ -8,6 +8,7 @@ op (as the operator set grows) is one entry here.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import jax
@@ -68,5 +69,24 @@ BENCHES: dict[str, Bench] = {
               _uniform(-1, 1, 2), "TanhGradient"),
         Bench("exp_gradient", jo.exp_gradient, lambda y, dy: dy * y, _uniform(0, 5, 2),
               "ExpGradient"),
+        # smooth activations: jax.nn's function (PyTorch's definitions where jax.nn's
+        # defaults differ: gelu's erf form, hard_sigmoid with jax.nn's slope 1/6)
+        Bench("gelu", jo.gelu, lambda x: jax.nn.gelu(x, approximate=False), _uniform(-5, 5),
+              "Gelu"),
+        Bench("gelu_tanh", functools.partial(jo.gelu, approximate="tanh"),
+              lambda x: jax.nn.gelu(x, approximate=True), _uniform(-5, 5), "Gelu"),
+        Bench("silu", jo.silu, jax.nn.silu, _uniform(-6, 6), "Swish"),
+        Bench("softplus", jo.softplus, jax.nn.softplus, _uniform(-8, 8), "Softplus"),
+        Bench("elu", jo.elu, jax.nn.elu, _uniform(-4, 4, avoid_zero=True), "Elu"),
+        Bench("selu", jo.selu, jax.nn.selu, _uniform(-4, 4, avoid_zero=True), "Selu"),
+        Bench("celu", jo.celu, jax.nn.celu, _uniform(-4, 4, avoid_zero=True), "Celu"),
+        Bench("hard_sigmoid", functools.partial(jo.hard_sigmoid, alpha=1 / 6),
+              jax.nn.hard_sigmoid, _uniform(-5, 5), "HardSigmoid"),
+        Bench("hard_swish", jo.hard_swish, jax.nn.hard_swish, _uniform(-5, 5), "HardSwish"),
+        Bench("mish", jo.mish, lambda x: x * jnp.tanh(jax.nn.softplus(x)), _uniform(-5, 5),
+              "Mish"),
+        Bench("log_sigmoid", jo.log_sigmoid, jax.nn.log_sigmoid, _uniform(-8, 8),
+              "LogSigmoid"),
+        Bench("glu", jo.glu, jax.nn.glu, _uniform(-4, 4), "Glu", elementwise=False),
     )
 }

@@ -12,14 +12,6 @@ from jaxops.clipping import (
     clip_by_value as clip_by_value,
     global_norm as global_norm,
 )
-from jaxops.kernels import (  # noqa: F401
-    # imported for their effect: each fused op's kernel package registers its Pallas
-    # kernels on the op (jaxops/kernels/__init__.py); not public names
-    batch_norm as _batch_norm_kernels,
-    linear_cross_entropy as _linear_cross_entropy_kernels,
-    softmax as _softmax_kernels,
-    softmax_cross_entropy as _softmax_cross_entropy_kernels,
-)
 from jaxops.ops.activations import (
     clip as clip,
     clip_gradient as clip_gradient,
@@ -58,6 +50,14 @@ from jaxops.ops.exponential import (
     log as log,
     log_gradient as log_gradient,
 )
+from jaxops.ops.layer_normalization import (
+    group_norm as group_norm,
+    group_norm_gradient as group_norm_gradient,
+    layer_norm as layer_norm,
+    layer_norm_gradient as layer_norm_gradient,
+    rms_norm as rms_norm,
+    rms_norm_gradient as rms_norm_gradient,
+)
 from jaxops.ops.linear_cross_entropy import (
     linear_cross_entropy as linear_cross_entropy,
     linear_cross_entropy_gradient as linear_cross_entropy_gradient,
@@ -76,16 +76,29 @@ from jaxops.ops.normalization import (
     batch_norm as batch_norm,
     batch_norm_gradient as batch_norm_gradient,
 )
-
-# isort: split
-# after batch normalization: the README's table lists the ops in registration order
-from jaxops.ops.layer_normalization import (
-    group_norm as group_norm,
-    group_norm_gradient as group_norm_gradient,
-    layer_norm as layer_norm,
-    layer_norm_gradient as layer_norm_gradient,
-    rms_norm as rms_norm,
-    rms_norm_gradient as rms_norm_gradient,
+from jaxops.ops.smooth_activations import (
+    celu as celu,
+    celu_gradient as celu_gradient,
+    elu as elu,
+    elu_gradient as elu_gradient,
+    gelu as gelu,
+    gelu_gradient as gelu_gradient,
+    glu as glu,
+    glu_gradient as glu_gradient,
+    hard_sigmoid as hard_sigmoid,
+    hard_sigmoid_gradient as hard_sigmoid_gradient,
+    hard_swish as hard_swish,
+    hard_swish_gradient as hard_swish_gradient,
+    log_sigmoid as log_sigmoid,
+    log_sigmoid_gradient as log_sigmoid_gradient,
+    mish as mish,
+    mish_gradient as mish_gradient,
+    selu as selu,
+    selu_gradient as selu_gradient,
+    silu as silu,
+    silu_gradient as silu_gradient,
+    softplus as softplus,
+    softplus_gradient as softplus_gradient,
 )
 from jaxops.ops.softmax import (
     log_softmax as log_softmax,
@@ -94,5 +107,16 @@ from jaxops.ops.softmax import (
     softmax_gradient as softmax_gradient,
 )
 from jaxops.schema import Attribute as Attribute, OpSchema as OpSchema, Parameter as Parameter
+
+# isort: split
+# last, so that the README's table lists the families in the order above
+from jaxops.kernels import (  # noqa: F401
+    # imported for their effect: each fused op's kernel package registers its Pallas
+    # kernels on the op (jaxops/kernels/__init__.py); not public names
+    batch_norm as _batch_norm_kernels,
+    linear_cross_entropy as _linear_cross_entropy_kernels,
+    softmax as _softmax_kernels,
+    softmax_cross_entropy as _softmax_cross_entropy_kernels,
+)
 
 __version__ = "0.1.0"

@@ -21,6 +21,7 @@ forward output Y is 0 (it only reads Y's sign or range).
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 
 import jax.numpy as jnp
@@ -531,6 +532,227 @@ def _gradient_cases():
         _with_dy(lambda rng, shape: (np.exp(rng.uniform(-2, 2, size=shape)),)))
 
 
+# ------------------------------------------------- smooth activations (smooth_activations.py)
+
+_erf = np.vectorize(math.erf, otypes=[float])
+_SQRT2PI = math.sqrt(2 * math.pi)
+_TANH_K, _TANH_C = math.sqrt(2 / math.pi), 0.044715
+_SELU_A, _SELU_G = 1.67326319217681884765625, 1.05070102214813232421875
+
+
+def _cstep(f, h=1e-30):
+    """The derivative of a real-analytic float64 formula ``f``, by the complex step (exact
+    to float64 rounding: no cancellation)."""
+    return lambda x: np.imag(f(np.asarray(x, np.complex128) + 1j * h)) / h
+
+
+def _phi(x):
+    return np.exp(-x * x / 2) / _SQRT2PI
+
+
+def _gelu_tanh_parts(x):
+    """(p, q, u', u'') with p = (1 + tanh u)/2 = sigmoid(2u), q = (1 - tanh u)/2: so
+    1 - tanh^2 u = 4pq and tanh u = p - q, with no 1 +- tanh cancellation (float64 loses
+    1e-11 of gelu'(-4.3) to it)."""
+    u = _TANH_K * (x + _TANH_C * x**3)
+    return (_sigmoid(2 * u), _sigmoid(-2 * u), _TANH_K * (1 + 3 * _TANH_C * x**2),
+            6 * _TANH_K * _TANH_C * x)
+
+
+def _gelu_tanh_d1(x):
+    p, q, du, _ = _gelu_tanh_parts(x)
+    return p + 2 * x * p * q * du
+
+
+def _gelu_tanh_d2(x):
+    p, q, du, d2u = _gelu_tanh_parts(x)
+    return 4 * p * q * du + 2 * x * p * q * (d2u - 2 * (p - q) * du**2)
+
+
+def _softplus64(x):
+    return np.log1p(np.exp(-np.abs(x))) + np.maximum(x, 0)
+
+
+def _mish_d1(x):
+    t, s = np.tanh(np.log1p(np.exp(x))), _sigmoid(x)
+    return t + x * s * (1 - t * t)
+
+
+def _mish_d2(x):
+    t, s = np.tanh(np.log1p(np.exp(x))), _sigmoid(x)
+    return 2 * s * (1 - t * t) + x * s * (1 - t * t) * ((1 - s) - 2 * t * s)
+
+
+def _silu_d(x, a):  # 1 - s as sigmoid(-ax): no cancellation where s ~ 1
+    s, sn = _sigmoid(a * x), _sigmoid(-a * x)
+    return s * (1 + a * x * sn)
+
+
+def _silu_d2(x, a):
+    s, sn = _sigmoid(a * x), _sigmoid(-a * x)
+    return a * s * sn * (2 + a * x * (sn - s))
+
+
+def _hard_swish_d(x):
+    return np.where(x >= 3, 1.0, np.where(x > -3, x / 3 + 0.5, 0.0))
+
+
+#: (name, op, attrs, value, d1, d2, d3, sample, kinks) of the smooth activations; d3 (the
+#: derivative of d2) serves their gradient ops' second derivatives.  Where a kink is sampled
+#: the derivatives take the side the op documents (the x <= 0 side for the ELUs, the outer
+#: pieces for the hard ones).
+def _smooth_activation_rows():
+    def gelu_exact(x):
+        return x * 0.5 * (1 + _erf(x / math.sqrt(2)))
+
+    yield ("gelu", jo.gelu, {}, gelu_exact, lambda x: 0.5 * (1 + _erf(x / math.sqrt(2)))
+           + x * _phi(x), lambda x: (2 - x * x) * _phi(x),
+           lambda x: (x**3 - 4 * x) * _phi(x), _uniform(-5, 5, 0.0), ())
+    yield ("gelu", jo.gelu, {"approximate": "tanh"}, lambda x: x * _gelu_tanh_parts(x)[0],
+           _gelu_tanh_d1, _gelu_tanh_d2, _cstep(_gelu_tanh_d2), _uniform(-5, 5, 0.0), ())
+    for a in (1.0, 1.702):
+        yield ("silu", jo.silu, {} if a == 1.0 else {"alpha": a},
+               lambda x, a=a: x * _sigmoid(a * x), lambda x, a=a: _silu_d(x, a),
+               lambda x, a=a: _silu_d2(x, a), _cstep(lambda x, a=a: _silu_d2(x, a)),
+               _uniform(-6, 6, 0.0), ())
+    yield ("softplus", jo.softplus, {}, _softplus64, _sigmoid,
+           lambda x: _sigmoid(x) * (1 - _sigmoid(x)),
+           lambda x: _sigmoid(x) * (1 - _sigmoid(x)) * (1 - 2 * _sigmoid(x)),
+           _uniform(-8, 8, 0.0), ())
+    for a in (1.0, 0.5):
+        yield ("elu", jo.elu, {} if a == 1.0 else {"alpha": a},
+               lambda x, a=a: np.where(x > 0, x, a * np.expm1(x)),
+               lambda x, a=a: np.where(x > 0, 1.0, a * np.exp(x)),
+               lambda x, a=a: np.where(x > 0, 0.0, a * np.exp(x)),
+               lambda x, a=a: np.where(x > 0, 0.0, a * np.exp(x)),
+               _uniform(-4, 3, 0.0), (0.0,))
+    ga = _SELU_G * _SELU_A
+    yield ("selu", jo.selu, {}, lambda x: np.where(x > 0, _SELU_G * x, ga * np.expm1(x)),
+           lambda x: np.where(x > 0, _SELU_G, ga * np.exp(x)),
+           lambda x: np.where(x > 0, 0.0, ga * np.exp(x)),
+           lambda x: np.where(x > 0, 0.0, ga * np.exp(x)), _uniform(-4, 3, 0.0), (0.0,))
+    for a in (1.0, 2.0, -1.5):
+        yield ("celu", jo.celu, {} if a == 1.0 else {"alpha": a},
+               lambda x, a=a: np.where(x > 0, x, a * np.expm1(x / a)),
+               lambda x, a=a: np.where(x > 0, 1.0, np.exp(x / a)),
+               lambda x, a=a: np.where(x > 0, 0.0, np.exp(x / a) / a),
+               lambda x, a=a: np.where(x > 0, 0.0, np.exp(x / a) / a**2),
+               _uniform(-3, 3, 0.0), (0.0,))
+    # the corners are planted where a x + b is exact (+-2.5 for 0.2); for 1/6, whether
+    # (1/6)(-3) + 0.5 rounds to 0 depends on an FMA: the corners only bound the samples
+    for a, b, planted in ((0.2, 0.5, (-2.5, 2.5)), (1 / 6, 0.5, ())):
+        lo, hi = -b / a, (1 - b) / a
+        yield ("hard_sigmoid", jo.hard_sigmoid, {} if a == 0.2 else {"alpha": a, "beta": b},
+               lambda x, a=a, b=b: np.clip(a * x + b, 0, 1),
+               lambda x, a=a, lo=lo, hi=hi: np.where((x > lo) & (x < hi), a, 0.0),
+               lambda x: _zeros(x), lambda x: _zeros(x), _uniform(-4, 4, *planted),
+               (lo, hi))
+    yield ("hard_swish", jo.hard_swish, {}, lambda x: x * np.clip(x / 6 + 0.5, 0, 1),
+           _hard_swish_d, lambda x: np.where((x > -3) & (x < 3), 1 / 3, 0.0),
+           lambda x: _zeros(x), _uniform(-5, 5, -3.0, 3.0, 0.0), (-3.0, 3.0))
+    yield ("mish", jo.mish, {}, lambda x: x * np.tanh(_softplus64(x)), _mish_d1, _mish_d2,
+           _cstep(_mish_d2), _uniform(-5, 5, 0.0), ())
+    yield ("log_sigmoid", jo.log_sigmoid, {}, lambda x: -_softplus64(-x),
+           lambda x: 1 - _sigmoid(x), lambda x: -_sigmoid(x) * (1 - _sigmoid(x)),
+           lambda x: -_sigmoid(x) * (1 - _sigmoid(x)) * (1 - 2 * _sigmoid(x)),
+           _uniform(-8, 8, 0.0), ())
+
+
+def _smooth_activation_cases():
+    for name, op, attrs, ref, d1, d2, _, sample, kinks in _smooth_activation_rows():
+        yield Case(name, op, attrs, ref, lambda x, d1=d1: (d1(x),),
+                   lambda x, d2=d2: ((d2(x),),), sample, kinks=kinks)
+
+
+def _reads_x(name, op, attrs, d1, d2, d3, sample, kinks):
+    """The gradient op (x, dy) -> dy * d1(x) of a forward op with derivatives d1, d2, d3."""
+    return Case(f"{name}_gradient", op, attrs, lambda x, dy: dy * d1(x),
+                lambda x, dy: (dy * d2(x), d1(x)),
+                lambda x, dy: ((dy * d3(x), d2(x)), (d2(x), _zeros(x))),
+                _with_dy(sample), kinks=kinks)
+
+
+def _reads_y(name, op, attrs, g, g1, g2, forward, sample, kinks=()):
+    """The gradient op (y, dy) -> dy * g(y), y = forward(x), with g's derivatives g1, g2."""
+    return Case(f"{name}_gradient", op, attrs, lambda y, dy: dy * g(y),
+                lambda y, dy: (dy * g1(y), g(y)),
+                lambda y, dy: ((dy * g2(y), g1(y)), (g1(y), _zeros(y))),
+                _with_dy(sample, forward), kinks=kinks)
+
+
+def _smooth_activation_gradient_cases():
+    rows = {(r[0], tuple(r[2].items())): r for r in _smooth_activation_rows()}
+    for (name, _), (_, _, attrs, _, d1, d2, d3, sample, kinks) in rows.items():
+        if name in ("gelu", "silu", "hard_swish", "mish", "softplus", "log_sigmoid"):
+            yield _reads_x(name, getattr(jo, f"{name}_gradient"), attrs, d1, d2, d3, sample,
+                           kinks)
+    z = _zeros
+    for a in (1.0, 0.5):
+        yield _reads_y("elu", jo.elu_gradient, {"alpha": a},
+                       lambda y, a=a: np.where(y > 0, 1.0, y + a),
+                       lambda y: np.where(y > 0, 0.0, 1.0), z,
+                       lambda x, a=a: np.where(x > 0, x, a * np.expm1(x)),
+                       _uniform(-4, 3, 0.0), (0.0,))
+    ga = _SELU_G * _SELU_A
+    yield _reads_y("selu", jo.selu_gradient, {},
+                   lambda y: np.where(y > 0, _SELU_G, y + ga),
+                   lambda y: np.where(y > 0, 0.0, 1.0), z,
+                   lambda x: np.where(x > 0, _SELU_G * x, ga * np.expm1(x)),
+                   _uniform(-4, 3, 0.0), (0.0,))
+    for a in (2.0, -1.5):
+        yield _reads_y("celu", jo.celu_gradient, {"alpha": a},
+                       lambda y, a=a: np.where(y > 0, 1.0, 1 + y / a),
+                       lambda y, a=a: np.where(y > 0, 0.0, 1 / a), z,
+                       lambda x, a=a: np.where(x > 0, x, a * np.expm1(x / a)),
+                       _uniform(-3, 3, 0.0), (0.0,))
+    yield _reads_y("hard_sigmoid", jo.hard_sigmoid_gradient, {"alpha": 0.2},
+                   lambda y: np.where((y > 0) & (y < 1), 0.2, 0.0), z, z,
+                   lambda x: np.clip(0.2 * x + 0.5, 0, 1), _uniform(-4, 4, -2.5, 2.5),
+                   (0.0, 1.0))
+
+
+def _glu_halves(x):
+    n = x.shape[-1] // 2
+    return x[..., :n], x[..., n:]
+
+
+def _glu_cases():
+    """GLU halves its last axis: a STRUCTURED case (complex-step Jacobians of ``ref``)."""
+    def sample(rng, shape):
+        return (rng.uniform(-4, 4, size=shape),)
+
+    def glu_ref(x):
+        a, b = _glu_halves(x)
+        return a / (1 + np.exp(-b))
+
+    def glu_vjp(x, w):
+        a, b = _glu_halves(x)
+        s = _sigmoid(b)
+        return (np.concatenate([w * s, w * a * s * (1 - s)], -1),)
+
+    yield Case("glu", jo.glu, {}, glu_ref, None, None, sample, shape=(8, 6), vjp_ref=glu_vjp)
+
+    def sample_dy(rng, shape):
+        return (rng.uniform(-4, 4, size=shape),
+                rng.uniform(-2, 2, size=(*shape[:-1], shape[-1] // 2)))
+
+    def grad_ref(x, dy):
+        a, b = _glu_halves(x)
+        s = 1 / (1 + np.exp(-b))
+        return np.concatenate([dy * s, dy * a * s * (1 - s)], -1)
+
+    def grad_vjp(x, dy, w):
+        a, b = _glu_halves(x)
+        wa, wb = _glu_halves(w)
+        s = _sigmoid(b)
+        ds = s * (1 - s)
+        dx = np.concatenate([wb * dy * ds, wa * dy * ds + wb * dy * a * ds * (1 - 2 * s)], -1)
+        return dx, wa * s + wb * a * ds
+
+    yield Case("glu_gradient", jo.glu_gradient, {}, grad_ref, None, None, sample_dy,
+               shape=(8, 6), vjp_ref=grad_vjp)
+
+
 # ------------------------------------------------------- STRUCTURED: labels, channels, batch
 # References are complex-safe (no abs/max of the differentiated values but through .real),
 # written from the ONNX definitions.  Shapes: (N, C, d) = (8, 3, 3), so that one row under
@@ -1029,6 +1251,17 @@ def _loss_shape(schema, shape, attrs):
 _RAW_KEY = __import__("jax").ShapeDtypeStruct((2,), "uint32")
 
 
+def _forward_output_shape(schema, shape, dtype, attrs):
+    """The shape of a gradient op's dY: its forward op's output for an input of ``shape``
+    (GLU halves an axis), ``shape`` itself for the ops whose output is shaped as the input."""
+    import jax
+
+    forward = next((s for s in jo.schema.builtin_schemas() if s.gradient == schema.name), None)
+    if forward is None or forward.identical_type_and_shape or len(forward.inputs) != 1:
+        return shape
+    return forward.infer(jax.ShapeDtypeStruct(shape, dtype), **attrs)[0].shape
+
+
 def example_avals(schema, shape=(7,), dtype="float32", **attrs):
     """ShapeDtypeStructs that satisfy an op's schema.  Same-shape ops: every tensor input has
     ``shape`` (scalars ()).  Ops over axis 1 (``structured``): the data input has ``shape`` =
@@ -1037,10 +1270,11 @@ def example_avals(schema, shape=(7,), dtype="float32", **attrs):
     import jax
 
     if not structured(schema):
+        dy = _forward_output_shape(schema, shape, dtype, attrs)
         return tuple(
             _RAW_KEY if p.type_param == "K" else jax.ShapeDtypeStruct(
                 () if p.scalar else _loss_shape(schema, shape, attrs) if p.name == "dloss"
-                else shape, dtype) for p in schema.inputs)
+                else dy if p.name == "dY" else shape, dtype) for p in schema.inputs)
     avals = []
     for p in schema.inputs:
         if p.type_param == "K":
@@ -1068,10 +1302,11 @@ def example_args(schema, shape=(7,), dtype="float32", value=0.5, **attrs):
 CASES: tuple[Case, ...] = (
     *_relu_cases(), *_softsign_log_cases(), *_smooth_cases(), *_clip_prelu_cases(),
     *_softmax_cases(), *_loss_cases(), *_gradient_cases(), *_smooth_gradient_cases(),
+    *_smooth_activation_cases(), *_smooth_activation_gradient_cases(),
 )
 
 STRUCTURED: tuple[Case, ...] = (
     *_labelled_cases(), *_labelled_axis_smoothing_cases(), *_cross_entropy_cases(),
     *_batch_norm_cases(), *_linear_cross_entropy_cases(), *_clip_bounds_cases(),
-    *_layer_norm_cases(), *_group_norm_cases(), *_dropout_cases(),
+    *_layer_norm_cases(), *_group_norm_cases(), *_dropout_cases(), *_glu_cases(),
 )

@@ -22,6 +22,8 @@ MATRIX_OPS = {"LinearCrossEntropyLoss", "LinearCrossEntropyLossGradient"}
 SHAPED = [s for s in SCHEMAS if s.name not in MATRIX_OPS]
 ONNX_SCHEMAS = [s for s in SCHEMAS if s.inherit_onnx_schema]
 SEED_OPS = {"Relu", "ReluN", "LeakyRelu", "Softsign", "Log"}
+# ops that split an axis in halves: an odd size is refused
+HALVING = {"Glu", "GluGradient"}
 
 
 def test_registry_lists_every_op_and_gradient_op():
@@ -126,6 +128,10 @@ def test_infer_matches_eval_shape(s, shape):
             s.infer(*(jax.ShapeDtypeStruct((), jnp.float32) for _ in s.inputs))
         return
     attrs = _same_shape_attrs(s)
+    if s.name in HALVING and shape[-1] % 2:  # GLU splits the last axis into two halves
+        with pytest.raises(ValueError, match=f"axis {len(shape) - 1} .* has odd size"):
+            s.infer(*(jax.ShapeDtypeStruct(shape, jnp.float32) for _ in s.inputs))
+        return
     if structured(s) and len(shape) < 2:  # (N, C, ...) needed: a clear error instead
         avals = [jax.ShapeDtypeStruct(shape, jnp.float32 if p.type_param != "Tind" else
                                       jnp.int32) for p in s.inputs]

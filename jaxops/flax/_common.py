@@ -31,6 +31,8 @@ _FLAX_NOTES = {
     "relu_n": "``{api}.relu6`` (``n=6``)",
     "leaky_relu": "``{api}.leaky_relu`` (its ``negative_slope`` is ``alpha``)",
     "softsign": "``{api}.soft_sign``",
+    "gelu": "``{api}.gelu`` (``approximate=False``; Flax's default is the tanh form)",
+    "hard_sigmoid": "``{api}.hard_sigmoid`` (``alpha=1/6``; ONNX's default is 0.2)",
 }
 
 

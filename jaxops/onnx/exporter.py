@@ -2,7 +2,8 @@
 
 The function is traced with :func:`jaxops._recording.recording`, in which every jaxops op is one
 ``jaxops_op`` equation carrying its schema and attributes; that equation becomes one ONNX node
-(op_type, ONNX attribute names, the ai.onnx version the schema follows).  Ops that ONNX lacks
+(op_type, ONNX attribute names, the ai.onnx version the schema follows; where the model's
+opset lacks that version, the standard ops of the op's implementation).  Ops that ONNX lacks
 become nodes in the ``ai.jaxops`` domain backed by model-local functions (bodies declared
 beside the ops with ``Op.defonnx``, built by :mod:`jaxops.onnx.functions`); an op without a
 hand-written body becomes a node of its own domain whose function is derived from its
@@ -210,6 +211,9 @@ def _emit_primitive(g: _Graph, eqn, ins: list[str]) -> list[str]:
     if p == "log1p":
         one = g.constant(np.ones((), out_aval.dtype))
         return g.node("Log", g.node("Add", [ins[0], one]))
+    if p == "erfc":  # 1 - erf: ONNX has no Erfc
+        one = g.constant(np.ones((), out_aval.dtype))
+        return g.node("Sub", [one, *g.node("Erf", ins)])
     if p == "expm1":
         one = g.constant(np.ones((), out_aval.dtype))
         return g.node("Sub", g.node("Exp", ins) + [one])
@@ -383,13 +387,9 @@ def _emit_call(g: _Graph, schema, attrs, inputs, in_avals, out_avals, run) -> li
     while inputs and inputs[-1] == "":
         inputs.pop()
     n_out = len(out_avals)
+    if schema.domain == "" and _opset_version(schema.name, g.opset) != schema.since_version:
+        return _decomposed(g, schema, attrs, inputs, in_avals, out_avals, run)
     if schema.domain == "":
-        version = onnx.defs.get_schema(schema.name, g.opset, "").since_version
-        if version != schema.since_version:
-            raise NotImplementedError(
-                f"jaxops.onnx.export: {schema.name} in opset {g.opset} is version {version}, "
-                f"but jaxops.{schema.function} follows {schema.name}-{schema.since_version}; "
-                f"export with opset >= {schema.since_version}.")
         if schema.name == "BatchNormalization" and not attrs["training"]:
             # ONNX: one output in inference mode; jaxops returns the statistics unchanged
             (y,) = g.node(schema.name, inputs, 1, **_onnx_attrs(schema, attrs))
@@ -486,6 +486,25 @@ def _smoothed_cross_entropy(g: _Graph, schema, attrs, inputs, in_avals, out_aval
             "Div", [total, g.node("Where", [empty, one, denom])[0]])[0]])[0]
     loss = g.node("Cast", [per], to=_tensor_type(dtype))[0]
     return [loss, logp][:len(out_avals)]
+
+
+def _decomposed(g: _Graph, schema, attrs: dict, inputs: list[str], in_avals, out_avals,
+                run) -> list[str]:
+    """An ai.onnx op whose version the model's opset lacks (Swish-24 at opset 22), written
+    out as the standard ops of its implementation, inlined in place of the node: the body
+    :func:`derived_function_proto` derives, which follows jaxops' semantics whatever the
+    opset holds (an older version with other semantics, a newer one, or none)."""
+    version = _opset_version(schema.name, g.opset)
+    held = (f"opset {g.opset} has no {schema.name}" if version is None else
+            f"{schema.name} in opset {g.opset} is version {version}")
+    try:
+        fn = derived_function_proto(schema, run, attrs, g.opset, in_avals, out_avals)
+    except NotImplementedError as e:
+        raise NotImplementedError(
+            f"jaxops.onnx.export: {held}, but jaxops.{schema.function} follows "
+            f"{schema.name}-{schema.since_version}, and its implementation has no translation "
+            f"to standard ops ({e}); export with opset >= {schema.since_version}.") from None
+    return _inline_call(g, fn, inputs)
 
 
 def _inline_call(g: _Graph, fn: onnx.FunctionProto, inputs: list[str]) -> list[str]:
@@ -834,7 +853,7 @@ PRIMITIVE_OPS = frozenset({
     "Or", "Reciprocal", "Sqrt", "Log", "Add", "Exp", "Sub", "Mul", "Pow", "Cast", "Reshape",
     "Squeeze", "Unsqueeze", "Transpose", "Expand", "ReduceSum", "ReduceMax", "ReduceMin",
     "ReduceProd", "ArgMax", "ArgMin", "Where", "Concat", "Min", "Max", "MatMul", "Einsum",
-    "Slice", "Pad", "Shape", "Gather", "Identity",
+    "Slice", "Pad", "Shape", "Gather", "Identity", "Constant",  # Constant: in decompositions
 })
 
 
