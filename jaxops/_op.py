@@ -332,7 +332,9 @@ class Op:
     # -------------------------------------------------------------------------- registering
     def defgrad(self, vjp: Callable[..., Any]) -> Callable[..., Any]:
         """Register ``vjp(*inputs, y, dy, **attributes)`` -> the cotangents of the
-        differentiable inputs that are present (a tuple, or one array for one input).  It
+        differentiable inputs that are present (a tuple, or one array for one input), each
+        of its input's shape and dtype; ``y`` and ``dy`` are tuples for an op of several
+        outputs.  The signature is checked here, the cotangents at their first use.  It
         should call the op's gradient op, so that reverse mode runs it by name; it must be
         linear in ``dy`` and written in transposable ``jnp`` (forward mode transposes it)."""
         if self._vjp is not None:
