@@ -100,7 +100,7 @@ def unavailable(schema, arrays, attrs):
     out_avals = tuple(jax.ShapeDtypeStruct(a.shape, a.dtype)
                       for a in schema.infer(*avals, **attrs))
     where = ", ".join(schema.implementations["pallas"])
-    message = (f"jaxops.{schema.function}: implementation='pallas' runs on {where}, "
+    message = (f"{schema.qualified_name}: implementation='pallas' runs on {where}, "
                "but this call is compiled for {platform}. Use implementation='xla' "
                "(or no implementation=, which picks the platform's default), or "
                "'pallas_interpret' to run the kernel in Pallas' interpreter.")

@@ -82,7 +82,7 @@ def _aval(schema: OpSchema, param, value: Any) -> jax.ShapeDtypeStruct | None:
     if value is None:
         if param.optional:
             return None
-        raise TypeError(f"jaxops.{schema.function}: input {param.name!r} is required, got None.")
+        raise TypeError(f"{schema.qualified_name}: input {param.name!r} is required, got None.")
     if isinstance(value, jax.Array):  # arrays and tracers; a traced Python scalar stays weak
         aval = jax.typeof(value)
         return jax.ShapeDtypeStruct(aval.shape, aval.dtype, weak_type=aval.weak_type)
@@ -95,7 +95,7 @@ def _aval(schema: OpSchema, param, value: Any) -> jax.ShapeDtypeStruct | None:
         allowed = ", ".join(schema.type_constraints[param.type_param])
         example = "1 or 0" if _takes_ints(schema, param) else "1.0 or 0.0"
         raise TypeError(
-            f"jaxops.{schema.function}: input {param.name!r} is a Python bool ({value}), but "
+            f"{schema.qualified_name}: input {param.name!r} is a Python bool ({value}), but "
             f"{schema.name} accepts {param.type_param} in {{{allowed}}}. Pass a number "
             f"({example}), or an array of an accepted dtype."
         )
@@ -104,7 +104,7 @@ def _aval(schema: OpSchema, param, value: Any) -> jax.ShapeDtypeStruct | None:
             value = float(value)
         except OverflowError:
             raise ValueError(
-                f"jaxops.{schema.function}: input {param.name!r} is a Python int of "
+                f"{schema.qualified_name}: input {param.name!r} is a Python int of "
                 f"{len(str(abs(value)))} digits, beyond the float range; pass a float "
                 "(float('inf') if that is what you mean)."
             ) from None
@@ -112,7 +112,7 @@ def _aval(schema: OpSchema, param, value: Any) -> jax.ShapeDtypeStruct | None:
         dtype = jax.dtypes.canonicalize_dtype(np.result_type(value))
         return jax.ShapeDtypeStruct((), dtype, weak_type=True)
     raise TypeError(
-        f"jaxops.{schema.function}: input {param.name!r} must be a JAX or NumPy array or a "
+        f"{schema.qualified_name}: input {param.name!r} must be a JAX or NumPy array or a "
         f"Python float, got {type(value).__name__}. Wrap it with jnp.asarray(...)."
     )
 
@@ -198,7 +198,7 @@ class Op:
         return f"<jaxops op {s.function} ({s.name}-{s.since_version}, {s.domain or 'ai.onnx'})>"
 
     # ------------------------------------------------------------------------------ calling
-    def __call__(self, *inputs: Any, implementation: Implementation | None = None,
+    def __call__(self, /, *inputs: Any, implementation: Implementation | None = None,
                  **attributes: Any) -> Any:
         # the fast path: every input a JAX array, nothing to inherit or record; the jit's
         # own cache then makes a call nearly as cheap as a jax.nn call (benchmarks.dispatch)
@@ -240,12 +240,12 @@ class Op:
         self._attribute_cache[key] = given
         return given
 
-    def _call(self, *args, implementation=None, **kwargs):
+    def _call(self, /, *args, implementation=None, **kwargs):
         schema = self.schema
         try:
             bound = self._signature.bind(*args, **kwargs)
         except TypeError as e:
-            raise TypeError(f"jaxops.{schema.function}: {e}; signature is "
+            raise TypeError(f"{schema.qualified_name}: {e}; signature is "
                             f"{self._signature}") from None
         bound.apply_defaults()  # omitted optional inputs are None
         arrays = [bound.arguments[n] for n in self._input_names]
@@ -258,7 +258,7 @@ class Op:
                 isinstance(a, jax.core.Tracer) for a in arrays):
             values = [None if a is None else np.asarray(a) for a in arrays]
             if (problem := schema.value_check(*values, **attrs)) is not None:
-                raise ValueError(f"jaxops.{schema.function}: {problem}")
+                raise ValueError(f"{schema.qualified_name}: {problem}")
         if is_recording():  # export: one jaxops_op equation (jaxops/_recording.py)
             return record(schema, self._jitted, self._vjp, self._differentiable, arrays,
                           avals, attrs)
@@ -312,34 +312,77 @@ class Op:
             return inherited
         if implementation not in offered:
             raise ValueError(
-                f"jaxops.{schema.function}: implementation={implementation!r} is not "
+                f"{schema.qualified_name}: implementation={implementation!r} is not "
                 f"registered; {schema.name} has {', '.join(map(repr, offered))} "
                 f"(platforms: {dict(schema.implementations)}).")
         if implementation != "xla" and (why := self._kernels["pallas"].supports(**attrs)):
-            raise ValueError(f"jaxops.{schema.function}: implementation={implementation!r} "
+            raise ValueError(f"{schema.qualified_name}: implementation={implementation!r} "
                              f"does not support {why}; use implementation='xla'.")
         return implementation
 
-    def inplace(self, *args: Any, **kwargs: Any) -> Any:
+    def inplace(self, /, *args: Any, **kwargs: Any) -> Any:
         """The op jitted with its inputs donated where the schema lets the outputs alias
         them (``allow_inplace``): the output reuses the input's buffer."""
         attrs = {k: v for k, v in kwargs.items() if k in self._attr_set}
         kwargs.setdefault("implementation", None)
         if (why := self.schema.inplace_refusal(attrs)) is not None:
-            raise ValueError(f"jaxops.{self.schema.function} may not run in place: {why}")
+            raise ValueError(f"{self.schema.qualified_name} may not run in place: {why}")
         return self._inplace_jit(*args, **kwargs)
 
     # -------------------------------------------------------------------------- registering
     def defgrad(self, vjp: Callable[..., Any]) -> Callable[..., Any]:
         """Register ``vjp(*inputs, y, dy, **attributes)`` -> the cotangents of the
-        differentiable inputs that are present (a tuple, or one array for one input).  It
+        differentiable inputs that are present (a tuple, or one array for one input), each
+        of its input's shape and dtype; ``y`` and ``dy`` are tuples for an op of several
+        outputs.  The signature is checked here, the cotangents at their first use.  It
         should call the op's gradient op, so that reverse mode runs it by name; it must be
         linear in ``dy`` and written in transposable ``jnp`` (forward mode transposes it)."""
         if self._vjp is not None:
             raise ValueError(f"{self.name} already has a registered gradient")
+        self._check_gradient_signature(vjp)
         self._vjp = vjp
         self._with_gradient.cache_clear()
         return vjp
+
+    def _check_gradient_signature(self, vjp: Callable[..., Any]) -> None:
+        """A gradient function that cannot take the op's inputs, y and dy positionally and its
+        attributes as keywords is refused here, not with an opaque error at its first use."""
+        try:
+            sig = inspect.signature(vjp)
+        except (TypeError, ValueError):
+            return  # a builtin or C function: nothing to check
+        n = self._n_inputs + 2
+        try:
+            sig.bind(*range(n), **dict.fromkeys(self._attr_names))
+        except TypeError as e:
+            example = ", ".join([*self._input_names, "y", "dy"])
+            if self._attr_names:
+                example += ", *, " + ", ".join(self._attr_names)
+            raise TypeError(
+                f"{self.schema.qualified_name}: defgrad: the gradient function {sig} must "
+                f"take the op's {self._n_inputs} inputs {self._input_names}, y and dy ({n} "
+                f"positional arguments) and its attributes {list(self._attr_names)} as "
+                f"keywords ({e}); write it as def _({example}): ...") from None
+
+    def _checked_cotangents(self, cts: Any, primals: Sequence[Any],
+                            present: Sequence[int]) -> tuple:
+        """The registered gradient's result as a tuple: one cotangent per differentiable
+        input present, of that input's shape and dtype, or an error naming the op."""
+        cts = cts if isinstance(cts, tuple) else (cts,)
+        names = [self._input_names[i] for i in present]
+        where = f"{self.schema.qualified_name}: the registered gradient"
+        if len(cts) != len(present):
+            raise ValueError(
+                f"{where} returned {len(cts)} cotangent{'s' if len(cts) != 1 else ''}, "
+                f"expected {len(present)} (for {', '.join(map(repr, names))}: one per "
+                "differentiable input present, in order, as a tuple).")
+        for name, i, ct in zip(names, present, cts, strict=True):
+            want, got = jax.typeof(primals[i]), jax.typeof(ct)
+            if (got.shape, got.dtype) != (want.shape, want.dtype):
+                raise ValueError(
+                    f"{where}'s cotangent for {name!r} has shape {got.shape} and dtype "
+                    f"{got.dtype}, expected {want.shape} and {want.dtype} (the input's).")
+        return cts
 
     def defonnx(self, body: Callable[..., Any] | None = None, *, native_type: bool = False):
         """Register ``body(b, *input names, **attributes) -> output name(s)``, the op's ONNX
@@ -469,7 +512,7 @@ class Op:
             def vjp(dy):
                 with _state_set("implementation", choice):  # gradient ops: the same
                     cts = registered_vjp(*primals, y, dy, **attrs)
-                cts = cts if isinstance(cts, tuple) else (cts,)
+                cts = self._checked_cotangents(cts, primals, present)
                 return tuple(cts[k] for k in wrt)
 
             (t_out,) = jax.linear_transpose(vjp, y)(tuple(tangents[present[k]] for k in wrt))
@@ -557,14 +600,16 @@ def _inferred_schema(impl: Callable[..., Any], *, name: str, domain: str, since_
             raise TypeError(f"{where}: *args/**kwargs are not supported ({p}); list the "
                             "inputs and attributes.")
 
-    def infer(s, in_avals, **attrs):
+    # schema and in_avals positional-only: an attribute may be named ``s`` or ``in_avals``
+    def infer(s, in_avals, /, **attrs):
         args = [None if a is None else jax.ShapeDtypeStruct(a.shape, a.dtype) for a in in_avals]
         out = jax.eval_shape(functools.partial(impl, **attrs), *args)
         out = out if isinstance(out, tuple) else (out,)
         if len(out) != len(s.outputs):
-            raise ValueError(f"jaxops.{s.function}: the implementation returns {len(out)} "
+            raise ValueError(f"{s.qualified_name}: the implementation returns {len(out)} "
                              f"outputs, the schema declares {len(s.outputs)} "
                              f"({[p.name for p in s.outputs]}); pass outputs=(...) to defop.")
+        _check_output_types(s, in_avals, out)
         return tuple(jax.ShapeDtypeStruct(o.shape, o.dtype) for o in out)
 
     return OpSchema(
@@ -575,6 +620,29 @@ def _inferred_schema(impl: Callable[..., Any], *, name: str, domain: str, since_
         type_constraints=type_constraints or {"T": FLOAT_TYPES}, elementwise=False,
         identical_type_and_shape=False, infer_fn=infer, allow_inplace=tuple(allow_inplace),
         gradient=gradient)
+
+
+def _check_output_types(schema: OpSchema, in_avals, out) -> None:
+    """The schema is the contract: an output of type parameter T has the dtype the inputs
+    bound T to (strong inputs first; a Python scalar's weak dtype only when alone), so an
+    implementation that returns float32 for float16 inputs is refused, never passed off as
+    of type T (opcheck's dtypes check would otherwise compare the implementation with
+    itself)."""
+    bound: dict[str, Any] = {}
+    present = [(p, a) for p, a in zip(schema.inputs, in_avals, strict=True) if a is not None]
+    for strong in (True, False):
+        for p, a in present:
+            if bool(getattr(a, "weak_type", False)) != strong:
+                bound.setdefault(p.type_param, a.dtype)
+    for p, o in zip(schema.outputs, out, strict=True):
+        want = bound.get(p.type_param)
+        if want is not None and o.dtype != want:
+            raise TypeError(
+                f"{schema.qualified_name}: output {p.name!r} has dtype {o.dtype}, but the "
+                f"schema declares it {p.type_param}, which is {np.dtype(want).name} here (the "
+                f"inputs' dtype). Return {p.name} in its inputs' dtype (compute in float32 "
+                f"and cast back: y.astype(x.dtype)), or declare {schema.name}'s outputs with "
+                "a type of their own (schema=OpSchema(...)).")
 
 
 def defop(schema: OpSchema | None = None, /, *, name: str | None = None,
@@ -616,6 +684,10 @@ def defop(schema: OpSchema | None = None, /, *, name: str | None = None,
     def decorate(impl: Callable[..., Any]) -> Op:
         s = schema
         if s is None:
+            if "implementation" in inspect.signature(impl).parameters:
+                raise ValueError(f"jaxops.defop(name={name!r}): 'implementation' is reserved "
+                                 "(every op takes implementation=...), so it cannot name an "
+                                 "input or attribute; rename that parameter.")
             if domain in ("", "ai.onnx", JAXOPS_DOMAIN):
                 raise ValueError(f"jaxops.defop(name={name!r}): the domain {domain!r} belongs "
                                  "to ONNX or to jaxops' own ops; give your op a domain of its "
@@ -624,6 +696,11 @@ def defop(schema: OpSchema | None = None, /, *, name: str | None = None,
                 impl, name=name, domain=domain, since_version=since_version, doc=doc,
                 outputs=outputs, type_constraints=type_constraints,
                 allow_inplace=allow_inplace, gradient=gradient))
+            try:
+                return Op(impl, s)
+            except BaseException:  # the name is not taken by an op that was never made
+                _schema_registry.unregister(s.name)
+                raise
         return Op(impl, s)
 
     return decorate

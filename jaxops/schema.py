@@ -148,8 +148,9 @@ class Attribute:
     onnx_name: str | None = None
 
     def canonical(self, op: str, value: Any) -> Any:
-        """The value as a hashable Python scalar of this attribute's type, or an error."""
-        where = f"jaxops.{op}: attribute {self.name!r}"
+        """The value as a hashable Python scalar of this attribute's type, or an error
+        (``op``: the op's name in messages, :attr:`OpSchema.qualified_name`)."""
+        where = f"{op}: attribute {self.name!r}"
         if value is None and self.default is None and not self.required:
             return None
         if isinstance(value, jax.core.Tracer) or (
@@ -206,7 +207,7 @@ def pointwise_cost(flops: float = 0, transcendentals: float = 0):
     """Caffe2's ``PointwiseCostInference<N>``: N flops per output element, every input
     read once and every output written once."""
 
-    def cost(in_avals, out_avals, **attrs):
+    def cost(in_avals, out_avals, /, **attrs):
         n = sum(math.prod(a.shape) for a in out_avals)
         return Cost(
             flops=flops * n,
@@ -218,7 +219,7 @@ def pointwise_cost(flops: float = 0, transcendentals: float = 0):
     return cost
 
 
-def _identical_type_and_shape(schema: OpSchema, in_avals, **attrs):
+def _identical_type_and_shape(schema: OpSchema, in_avals, /, **attrs):
     """Caffe2's ``IdenticalTypeAndShape``: every tensor input has one shape and dtype; the
     outputs have them too.  Scalar inputs must be scalars."""
     first = in_avals[0]
@@ -228,12 +229,12 @@ def _identical_type_and_shape(schema: OpSchema, in_avals, **attrs):
         if p.scalar:
             if a.shape != ():
                 raise ValueError(
-                    f"jaxops.{schema.function}: input {p.name!r} must be a scalar (shape ()), "
+                    f"{schema.qualified_name}: input {p.name!r} must be a scalar (shape ()), "
                     f"got shape {a.shape}."
                 )
         elif a.shape != first.shape:
             raise ValueError(
-                f"jaxops.{schema.function}: input {p.name!r} must have the shape of "
+                f"{schema.qualified_name}: input {p.name!r} must have the shape of "
                 f"{schema.inputs[0].name!r} {first.shape}, got {a.shape}."
             )
     return tuple(jax.ShapeDtypeStruct(first.shape, first.dtype) for _ in schema.outputs)
@@ -261,7 +262,8 @@ class OpSchema:
       inherit_onnx_schema: the record mirrors ``onnx.defs.get_schema(name, since_version)``.
       gradient: the op_type of the registered gradient op, if any.
       cost_fn: ``(in_avals, out_avals, **attrs) -> Cost`` (Caffe2's cost inference).
-      infer_fn: ``(schema, in_avals, **attrs) -> tuple of ShapeDtypeStruct``.
+      infer_fn: ``(schema, in_avals, /, **attrs) -> tuple of ShapeDtypeStruct`` (schema and
+        in_avals positional-only: an attribute may have any name).
       implementations: implementation name -> platforms it runs on (Caffe2's
         ``REGISTER_CPU_OPERATOR`` / ``REGISTER_CUDA_OPERATOR``): ``"xla"`` everywhere,
         ``"pallas"`` where a kernel is registered (:data:`XLA_AND_PALLAS`).
@@ -301,6 +303,14 @@ class OpSchema:
     formula: str = ""
     convention: str = ""
 
+    @property
+    def qualified_name(self) -> str:
+        """The op's name in messages: ``jaxops.<function>`` for jaxops' own ops (domains
+        ai.onnx and ai.jaxops), ``<domain>.<function>`` for a user's op."""
+        if self.domain in ("", JAXOPS_DOMAIN):
+            return f"jaxops.{self.function}"
+        return f"{self.domain}.{self.function}"
+
     def attribute(self, name: str) -> Attribute:
         for a in self.attributes:
             if a.name == name:
@@ -321,7 +331,7 @@ class OpSchema:
         not cover: refused, never given a silent zero derivative."""
         name = self.inputs[index].name
         return TypeError(
-            f"jaxops.{self.function}: input {name!r} is not differentiable ({self.name} has "
+            f"{self.qualified_name}: input {name!r} is not differentiable ({self.name} has "
             "no derivative with respect to it, as in PyTorch), but it was differentiated: a "
             "tangent reached it in jvp/grad. Differentiate with respect to the other inputs "
             f"only (argnums=...), or pass jax.lax.stop_gradient({name}) to treat it as a "
@@ -348,7 +358,7 @@ class OpSchema:
                 first = bound.setdefault(p.type_param, dtype)
                 if dtype != first:
                     raise TypeError(
-                        f"jaxops.{self.function}: input {p.name!r} has dtype "
+                        f"{self.qualified_name}: input {p.name!r} has dtype "
                         f"{dtype_name(dtype)}, but an earlier input of type {p.type_param} is "
                         f"{dtype_name(first)}; jaxops does "
                         "not promote silently. Cast the inputs to one dtype."
@@ -372,7 +382,7 @@ class OpSchema:
         else:
             advice = "Cast it with x.astype(jnp.float32)."
         return TypeError(
-            f"jaxops.{self.function}: input {param.name!r} has dtype {name}, but "
+            f"{self.qualified_name}: input {param.name!r} has dtype {name}, but "
             f"{self.name} accepts {param.type_param} in {{{', '.join(allowed)}}}. {advice}"
         )
 
@@ -382,13 +392,13 @@ class OpSchema:
         for a in self.attributes:
             if a.name not in attrs:
                 if a.required:
-                    raise TypeError(f"jaxops.{self.function}: attribute {a.name!r} is required.")
+                    raise TypeError(f"{self.qualified_name}: attribute {a.name!r} is required.")
                 out[a.name] = a.default
             else:
-                out[a.name] = a.canonical(self.function, attrs[a.name])
+                out[a.name] = a.canonical(self.qualified_name, attrs[a.name])
         return out
 
-    def infer(self, *in_avals, **attrs) -> tuple[jax.ShapeDtypeStruct, ...]:
+    def infer(self, /, *in_avals, **attrs) -> tuple[jax.ShapeDtypeStruct, ...]:
         """Output shapes and dtypes, without running anything (must match jax.eval_shape)."""
         self.check_inputs(in_avals)
         attrs = self.canonical_attributes(attrs)
@@ -398,7 +408,7 @@ class OpSchema:
             return _identical_type_and_shape(self, in_avals, **attrs)
         raise NotImplementedError(f"{self.name} has no shape inference")
 
-    def cost(self, *in_avals, **attrs) -> Cost:
+    def cost(self, /, *in_avals, **attrs) -> Cost:
         """Caffe2-style cost of one call on inputs of these shapes and dtypes."""
         if self.cost_fn is None:
             raise NotImplementedError(f"{self.name} has no cost inference")
@@ -414,12 +424,14 @@ class OpSchema:
             )
 
         attrs = "\n".join(
-            f"    {a.name}: {a.type} = {a.default!r}  {a.doc}" for a in self.attributes
+            f"    {a.name}: {a.type}"
+            f"{' (required)' if a.required else f' = {a.default!r}'}  {a.doc}"
+            for a in self.attributes
         ) or "    (none)"
         tcs = "\n".join(f"    {k} in {{{', '.join(v)}}}" for k, v in self.type_constraints.items())
         return (
             f"{self.name}-{self.since_version} (domain {self.domain or 'ai.onnx'!r}) "
-            f"= jaxops.{self.function}\n  {self.doc}\n"
+            f"= {self.qualified_name}\n  {self.doc}\n"
             f"  inputs:\n{params(self.inputs)}\n  outputs:\n{params(self.outputs)}\n"
             f"  attributes:\n{attrs}\n  type constraints:\n{tcs}\n"
             f"  allow_inplace: {list(self.allow_inplace)}\n"
@@ -435,10 +447,25 @@ _REGISTRY: dict[str, OpSchema] = {}
 
 def register(schema: OpSchema) -> OpSchema:
     """Add a schema to the registry (an op_type may be registered once)."""
-    if schema.name in _REGISTRY:
-        raise ValueError(f"schema {schema.name!r} is already registered")
+    if (holder := _REGISTRY.get(schema.name)) is not None:
+        raise ValueError(
+            f"schema {schema.name!r} is already registered: op_types are unique across "
+            f"domains in jaxops' registry (get() looks an op up by op_type alone), and "
+            f"{schema.name!r} is held by {holder.qualified_name} (domain "
+            f"{holder.domain or 'ai.onnx'}). Give your op another name, e.g. "
+            f"{_free_name(schema)!r}.")
     _REGISTRY[schema.name] = schema
     return schema
+
+
+def _free_name(schema: OpSchema) -> str:
+    """An unregistered op_type for a clashing ``schema``: its domain's last part
+    capitalized in front of its name (``MyopsRelu``), numbered if that is taken too."""
+    prefix = "".join(part.capitalize() for part in schema.domain.split(".")[-1:]) or "My"
+    candidate, k = prefix + schema.name, 2
+    while candidate in _REGISTRY:
+        candidate, k = f"{prefix}{schema.name}{k}", k + 1
+    return candidate
 
 
 def unregister(name: str) -> OpSchema:

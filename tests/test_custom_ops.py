@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import jaxops
+from jaxops.testing import opcheck
 
 
 @jaxops.defop(name="TestSquareplus", domain="test.ops")
@@ -87,11 +88,11 @@ def test_jit_vmap_and_static_attributes():
 
 
 def test_bad_input_names_the_op():
-    with pytest.raises(TypeError, match=r"jaxops.squareplus: input 'x' has dtype int32"):
+    with pytest.raises(TypeError, match=r"test\.ops\.squareplus: input 'x' has dtype int32"):
         squareplus(jnp.arange(3))
-    with pytest.raises(TypeError, match=r"jaxops.squareplus: attribute 'b' must be a float"):
+    with pytest.raises(TypeError, match=r"test\.ops\.squareplus: attribute 'b' must be a float"):
         squareplus(X, b="4")
-    with pytest.raises(TypeError, match=r"jaxops.squareplus: .*unexpected keyword"):
+    with pytest.raises(TypeError, match=r"test\.ops\.squareplus: .*unexpected keyword"):
         squareplus(X, c=1.0)
     assert squareplus(0).dtype == jnp.float32  # a Python int, as jnp takes it
 
@@ -142,3 +143,125 @@ def test_in_a_flax_module():
     np.testing.assert_allclose(y, _ref(model.linear(x), 1.0)[0], rtol=1e-6)
     grads = nnx.grad(lambda m: m(x).sum())(model)
     assert np.isfinite(grads.linear.kernel[...]).all()
+
+
+# ---------------------------------------------------------------- reviewer's defects
+@pytest.fixture
+def user_op():
+    """``user_op(name, fn, **defop_kwargs)``: a user op, unregistered after the test."""
+    made = []
+
+    def make(name, fn, **kwargs):
+        op = jaxops.defop(name=name, domain=kwargs.pop("domain", "t.ops"), **kwargs)(fn)
+        made.append(name)
+        return op
+
+    yield make
+    for name in made:
+        jaxops.schema.unregister(name)
+
+
+def _half_up(x):
+    x = x.astype(jnp.float32) if x.dtype in (jnp.float16, jnp.bfloat16) else x
+    return jnp.tanh(x)
+
+
+def test_an_output_dtype_other_than_the_schemas_is_refused(user_op):
+    half_up = user_op("TestHalfUp", _half_up)
+    assert half_up(X).dtype == jnp.float32  # T = float32: as declared
+    with pytest.raises(TypeError, match=r"t\.ops\._half_up: output 'Y' has dtype float32, "
+                                        r"but the schema declares it T, which is float16"):
+        half_up(X.astype(jnp.float16))
+    with pytest.raises(AssertionError, match=r"- dtypes: float16 inputs: TypeError: "
+                                             r"t\.ops\._half_up: output 'Y' has dtype float32"):
+        opcheck(half_up, X, onnx=False)
+
+
+@pytest.mark.parametrize("attr", ["s", "in_avals", "self", "schema", "attrs", "domain",
+                                  "name", "n_out", "inputs", "values", "dy"])
+def test_an_attribute_may_take_any_name(user_op, attr):
+    ns = {}
+    exec(f"def scaled(x, *, {attr}=2.0):\n    return x * {attr}", ns)
+    op = user_op(f"TestAttr_{attr}", ns["scaled"])
+    np.testing.assert_allclose(op(X), 2 * X)
+    np.testing.assert_allclose(op(X, **{attr: 3.0}), 3 * X)
+    np.testing.assert_allclose(jax.jit(op)(X), 2 * X)
+    assert op.schema.infer(jax.ShapeDtypeStruct((7,), jnp.float32), **{attr: 3.0})
+    np.testing.assert_allclose(jax.grad(lambda x: op(x, **{attr: 3.0}).sum())(X), 3.0)
+
+
+def test_an_attribute_named_implementation_is_refused_before_registering():
+    with pytest.raises(ValueError, match=r"'implementation' is reserved.*rename"):
+        jaxops.defop(name="TestImplAttr", domain="t.ops")(
+            lambda x, *, implementation=1.0: x)
+    assert "TestImplAttr" not in {s.name for s in jaxops.schema.all_schemas()}
+
+
+def test_a_failing_defop_leaves_no_schema(monkeypatch):
+    import jaxops._op as _op
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(_op.Op, "__init__", broken)
+    with pytest.raises(RuntimeError, match="boom"):
+        jaxops.defop(name="TestBroken", domain="t.ops")(lambda x: x)
+    assert "TestBroken" not in {s.name for s in jaxops.schema.all_schemas()}
+
+
+def test_errors_name_a_user_op_by_its_domain(user_op):
+    def relu(x):
+        return jnp.maximum(x, 0)
+
+    op = user_op("TestMyRelu2", relu)
+    with pytest.raises(TypeError, match=r"^t\.ops\.relu: input 'x' has dtype int32"):
+        op(jnp.arange(3))
+    with pytest.raises(TypeError, match=r"^jaxops\.relu: input 'X' has dtype int32"):
+        jaxops.relu(jnp.arange(3))  # a built-in op keeps jaxops.<function>
+
+
+def test_a_clash_names_the_holder_and_suggests_another_name():
+    with pytest.raises(ValueError, match=r"'Relu' is already registered.*unique across "
+                                         r"domains.*jaxops\.relu \(domain ai\.onnx\).*"
+                                         r"another name"):
+        jaxops.defop(name="Relu", domain="t.ops")(lambda x: x)
+
+
+def test_a_required_attribute_prints_as_required(user_op):
+    def scale(x, *, k: float):
+        return x * k
+
+    op = user_op("TestRequiredK", scale)
+    text = str(op.schema)
+    assert "k: float (required)" in text and "= None" not in text
+    with pytest.raises(TypeError, match=r"missing a required argument: 'k'"):
+        op(X)
+
+
+def test_defgrad_checks_the_gradients_signature(user_op):
+    def mul(x, w, *, beta=1.0):
+        return x * w * beta
+
+    op = user_op("TestMulSig", mul)
+    with pytest.raises(TypeError, match=r"t\.ops\.mul.*defgrad.*beta"):
+        op.defgrad(lambda x, w, y, dy: (dy * w, dy * x))
+    with pytest.raises(TypeError, match=r"t\.ops\.mul.*defgrad.*4 positional"):
+        op.defgrad(lambda x, y, dy, *, beta: dy)
+
+
+def test_defgrad_checks_the_returned_cotangents(user_op):
+    def mul(x, w, *, beta=1.0):
+        return x * w * beta
+
+    op = user_op("TestMulCount", mul)
+    op.defgrad(lambda x, w, y, dy, *, beta: dy * w * beta)  # one cotangent for two inputs
+    with pytest.raises(ValueError, match=r"t\.ops\.mul: the registered gradient returned 1 "
+                                         r"cotangent, expected 2 \(for 'x', 'w'"):
+        jax.grad(lambda x: op(x, X).sum())(X)
+
+    op2 = user_op("TestMulShape", mul)
+    op2.defgrad(lambda x, w, y, dy, *, beta: (dy.sum(), dy * x))
+    with pytest.raises(ValueError, match=r"t\.ops\.mul: the registered gradient's cotangent "
+                                         r"for 'x' has shape \(\) and dtype float32, expected "
+                                         r"\(7,\) and float32"):
+        jax.grad(lambda x: op2(x, X).sum())(X)

@@ -834,3 +834,25 @@ def test_import_constant_nodes_in_each_form():
     model = _model(nodes, [_vi("x", [3, 4])], [_vi("y", [4, 3])], 13)
     x = np.asarray(RNG.normal(size=(3, 4)), np.float32)
     np.testing.assert_allclose(jonnx.import_model(model)(x), (2 * x).reshape(4, 3))
+
+
+def test_every_exported_standard_op_type_is_importable():
+    """What the exporter may write (at the version it writes), import_model reads."""
+    exports = jonnx.supported_exports()["ai.onnx"]
+    imports = jonnx.supported_imports()["ai.onnx"]
+    missing = {t: v for t, v in exports.items() if v not in imports.get(t, [])}
+    assert not missing, f"exported but not importable: {missing}"
+
+
+def test_an_op_using_sin_and_cos_round_trips():
+    @jo.defop(name="TestSinCos", domain="test.import")
+    def sin_cos(x):
+        return jnp.sin(x) * jnp.cos(x)
+
+    try:
+        x = jnp.linspace(-3, 3, 7)
+        model = jonnx.export(sin_cos, x)
+        imported = jonnx.import_model(model)
+        np.testing.assert_allclose(imported(x), np.sin(x) * np.cos(x), rtol=1e-6, atol=1e-7)
+    finally:
+        jo.schema.unregister("TestSinCos")

@@ -398,3 +398,21 @@ def test_an_implementation_disagreeing_with_its_schema_is_refused():
     with pytest.raises(TypeError, match=r"WrongShape's implementation returns float32\[3\] "
                        r"for output 'Y', but its schema infers float32\[4,3\]"):
         jonnx.export(wrong_shape, _data(jnp.float32)[0])
+
+
+def test_an_attribute_named_like_a_node_field_exports():
+    @defop(name="TestNodeFieldAttrs", domain=DOMAIN)
+    def node_fields(x, *, name=2.0, domain=1.0, overload=0.5):
+        return x * name + domain * overload
+
+    try:
+        x = _data(jnp.float32)[0]
+        model = jonnx.export(lambda x: node_fields(x, name=3.0), x)
+        (node,) = model.graph.node
+        assert (node.domain, node.op_type) == (DOMAIN, "TestNodeFieldAttrs")
+        assert {a.name: a.f for a in node.attribute} == {"name": 3.0, "domain": 1.0,
+                                                          "overload": 0.5}
+        (got,) = _run_ort(model, x)
+        np.testing.assert_allclose(got, 3 * x + 0.5, rtol=1e-6)
+    finally:
+        jo.schema.unregister("TestNodeFieldAttrs")

@@ -299,7 +299,7 @@ def group_norm(x, scale, bias, *, groups, epsilon):
 
 def check_rate(rate: float, where: str) -> float:
     """The module's ``rate`` as a float in [0, 1], or the op's own error, at construction."""
-    return jo.schema.get("KeyedDropout").attribute("rate").canonical(where, rate)
+    return jo.schema.get("KeyedDropout").attribute("rate").canonical(f"jaxops.{where}", rate)
 
 
 def dropout(x: Any, draw_key: Any, rate: float, deterministic: bool) -> jax.Array:

@@ -415,8 +415,12 @@ def _emit_call(g: _Graph, schema, attrs, inputs, in_avals, out_avals, run) -> li
     g.functions[(fn.domain, fn.name, fn.overload)] = fn
     _import_domain(g.domains, schema)
     outs = [g.fresh(schema.name.lower()) for _ in range(n_out)]
-    g.nodes.append(helper.make_node(schema.name, inputs, outs, domain=schema.domain,
-                                    overload=fn.overload, **_onnx_attrs(schema, attrs)))
+    node = helper.make_node(schema.name, inputs, outs, domain=schema.domain,
+                            overload=fn.overload)
+    # attributes added apart: a user's attribute may be called name, domain or overload
+    node.attribute.extend(helper.make_attribute(k, v)
+                          for k, v in sorted(_onnx_attrs(schema, attrs).items()))
+    g.nodes.append(node)
     return outs
 
 

@@ -144,7 +144,8 @@ for _t, _f in {"Add": jnp.add, "Sub": jnp.subtract, "Mul": jnp.multiply, "Div": 
             _fold(f, n.inputs))
 for _t, _f in {"Neg": jnp.negative, "Abs": jnp.abs, "Sign": jnp.sign, "Sqrt": jnp.sqrt,
                "Reciprocal": jnp.reciprocal, "Floor": jnp.floor, "Ceil": jnp.ceil,
-               "Erf": jax.scipy.special.erf, "Not": jnp.logical_not, "IsNaN": jnp.isnan,
+               "Erf": jax.scipy.special.erf, "Sin": jnp.sin, "Cos": jnp.cos,
+               "Not": jnp.logical_not, "IsNaN": jnp.isnan,
                "Identity": lambda x: x, "Softplus": jax.nn.softplus}.items():
     _op(_t)(lambda n, f=_f: f(n.inputs[0]))
 
