@@ -54,6 +54,9 @@ class Case:
     shape: tuple[int, ...] | None = None  # input shape to sample (default: the tests')
     batching: bool = True  # the op takes a row of its inputs (vmap, scan over the rows)
     wrt: tuple[int, ...] | None = None  # differentiate these alone, the others closed over
+    # tests/test_numerics.py's tolerance at its finite points, in eps of the dtype: 4, but
+    # where a measured derivative formula needs more (said at the row)
+    ulps: float = 4.0
 
     def __call__(self, *xs):
         return self.op(*xs, **self.attrs)
@@ -561,12 +564,15 @@ def _gelu_tanh_parts(x):
 
 def _gelu_tanh_d1(x):
     p, q, du, _ = _gelu_tanh_parts(x)
-    return p + 2 * x * p * q * du
+    with np.errstate(invalid="ignore"):  # at +-inf: the limits, 1 and 0
+        return np.where(np.isinf(x), (x > 0) * 1.0, p + 2 * x * p * q * du)
 
 
 def _gelu_tanh_d2(x):
     p, q, du, d2u = _gelu_tanh_parts(x)
-    return 4 * p * q * du + 2 * x * p * q * (d2u - 2 * (p - q) * du**2)
+    with np.errstate(invalid="ignore"):  # at +-inf: the limit, 0
+        return np.where(np.isinf(x), 0.0,
+                        4 * p * q * du + 2 * x * p * q * (d2u - 2 * (p - q) * du**2))
 
 
 def _softplus64(x):
@@ -658,10 +664,17 @@ def _smooth_activation_rows():
            _uniform(-8, 8, 0.0), ())
 
 
+# measured at x = +-1 against the float64 references: mish'' 12.9 eps in float32 and mish'
+# 4.8 in float64 (the one-division forms of its derivatives cancel a little), silu(1.702)''
+# 4.1 eps in float64
+_ULPS = {("mish", ()): 16.0, ("silu", (("alpha", 1.702),)): 8.0}
+
+
 def _smooth_activation_cases():
     for name, op, attrs, ref, d1, d2, _, sample, kinks in _smooth_activation_rows():
         yield Case(name, op, attrs, ref, lambda x, d1=d1: (d1(x),),
-                   lambda x, d2=d2: ((d2(x),),), sample, kinks=kinks)
+                   lambda x, d2=d2: ((d2(x),),), sample, kinks=kinks,
+                   ulps=_ULPS.get((name, tuple(attrs.items())), 4.0))
 
 
 def _reads_x(name, op, attrs, d1, d2, d3, sample, kinks):

@@ -770,8 +770,8 @@ UNCLEAR_BEFORE = [  # (id, error type, message, model)
            inits=[init("s", np.array([4]))])),
     ("sparse initializer", NotImplementedError, "sparse initializer 'w'.*dense initializer",
      None),
-    ("unsupported op", ValueError, r"Gelu node 'bad'.*unsupported op 'Gelu'",
-     model([N("Gelu", ["x"], ["y"], name="bad")], [vi("x", [3])], [vi("y", [3])], 20)),
+    ("unsupported op", ValueError, r"Shrink node 'bad'.*unsupported op 'Shrink'",
+     model([N("Shrink", ["x"], ["y"], name="bad")], [vi("x", [3])], [vi("y", [3])], 20)),
 ]
 
 

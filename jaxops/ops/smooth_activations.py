@@ -95,7 +95,10 @@ def _gelu_tanh_parts(xf):
     the value, both signs in the derivative).  Written once for the forward and the gradient
     op (XLA then computes them once), each derived value used once: XLA:CPU does not fuse an
     exp or a division into several consumers, and would write it to memory."""
-    u = _TANH_K * (xf + _TANH_C * (xf * xf * xf))
+    # |x| <= 30 in u: beyond, |u| > 960 and e = 0 in float64 too, and x^3 would overflow
+    # (float32 at 1e13), making e's derivative 0 * inf = NaN (gelu'' at 1e30)
+    xc = jnp.clip(xf, -30.0, 30.0)
+    u = _TANH_K * (xc + _TANH_C * (xc * xc * xc))
     e = jnp.exp(-2 * jnp.abs(u))
     return e, jnp.where(u >= 0, jnp.ones_like(e), e)
 
@@ -170,10 +173,11 @@ def gelu_gradient(x: ArrayLike, dy: ArrayLike, *, approximate: str = "none") -> 
     xf, dyf = upcast(x), upcast(dy)
     if approximate == "tanh":
         e, a = _gelu_tanh_parts(xf)
-        # x^2 bounded: where it would overflow e is 0, and 0 * inf would be NaN
-        x2 = jnp.minimum(xf * xf, 1e30 if xf.dtype != jnp.float64 else 1e300)
+        # x bounded where it multiplies e: beyond |x| = 30 e is 0, and x^2 would overflow
+        # (0 * inf = NaN, in the value and in its derivative)
+        xc = jnp.clip(xf, -30.0, 30.0)
         # a / (1 + e) + 2 sqrt(2/pi) x (1 + 3 c x^2) e / (1 + e)^2, over one division
-        n = a * (1 + e) + (2 * _TANH_K) * (xf * e) * (1 + 3 * _TANH_C * x2)
+        n = a * (1 + e) + (2 * _TANH_K) * (xc * e) * (1 + 3 * _TANH_C * (xc * xc))
         d = n / ((1 + e) * (1 + e))
     else:
         d = 0.5 * jax.lax.erfc(-xf * _SQRT_HALF) + xf * (
@@ -499,7 +503,11 @@ def selu_gradient(y: ArrayLike, dy: ArrayLike, *, alpha: float = _SELU_ALPHA,
     """
     yf, dyf = upcast(y), upcast(dy)
     positive = yf > 0 if gamma >= 0 else yf < 0
-    return jnp.where(positive, gamma * dyf, dyf * (yf + gamma * alpha)).astype(dy.dtype)
+    # the saturated output -gamma alpha, as rounded to y's dtype: slope 0 there (in half
+    # precision y + gamma alpha would leave the rounding error, 2.9e-4 in bfloat16)
+    saturated = yf == upcast(jnp.asarray(-gamma * alpha, jnp.result_type(y)))
+    slope = jnp.where(saturated, 0.0, yf + gamma * alpha)
+    return jnp.where(positive, gamma * dyf, dyf * slope).astype(dy.dtype)
 
 
 # ---------------------------------------------------------------------------------- Celu
